@@ -1,0 +1,6 @@
+//! The embedded inference engine: GGUF models run in-process on candle-core.
+//!
+//! The engine knows nothing of the optimizer. It loads a model (weights, tokenizer and chat
+//! template all from one GGUF file), and turns chat requests into completions with usage.
+
+pub mod gguf;

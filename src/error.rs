@@ -1,0 +1,75 @@
+//! The library's one error type.
+//!
+//! Every variant names what is at fault (a file, a field, a tensor, a token) so that the
+//! binary can print a single line a user can act on. The library never panics on input.
+
+use std::path::PathBuf;
+
+/// Result alias used across the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in fgo.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A file exists but is not a valid GGUF file (bad magic, truncated, corrupt header).
+    #[error("{path}: not a valid GGUF file: {reason}")]
+    InvalidGguf { path: PathBuf, reason: String },
+
+    /// A required metadata key is missing from a GGUF file, or has the wrong type.
+    #[error("GGUF metadata `{key}`: {reason}")]
+    Metadata { key: String, reason: String },
+
+    /// The GGUF file declares an architecture this engine does not implement.
+    #[error("unsupported model architecture `{arch}` (supported: {supported})")]
+    UnsupportedArchitecture { arch: String, supported: String },
+
+    /// A tensor is missing, has an unexpected shape, or uses an unsupported type.
+    #[error("tensor `{name}`: {reason}")]
+    Tensor { name: String, reason: String },
+
+    /// The tokenizer could not be built or could not encode/decode.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    /// The chat template could not be parsed or rendered.
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+
+    /// A model source (path, alias or hub id) could not be resolved.
+    #[error("model `{source_spec}`: {reason}")]
+    ModelSource { source_spec: String, reason: String },
+
+    /// A request does not fit: e.g. a prompt longer than the context window.
+    #[error("{0}")]
+    Request(String),
+
+    /// An invalid option or parameter value.
+    #[error("invalid value for `{name}`: {reason}")]
+    InvalidArgument { name: String, reason: String },
+
+    /// A device (CPU/CUDA) could not be created or is not compiled in.
+    #[error("device `{device}`: {reason}")]
+    Device { device: String, reason: String },
+
+    /// An error from the tensor library.
+    #[error("tensor backend: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! fgo: offline LLM-as-optimizer.
+//!
+//! The library has two halves: [`engine`], an embedded GGUF inference engine on candle-core,
+//! and (later) the optimizer that improves an agent's text components through the [`llm`]
+//! seam. The binary `fgo` is a thin command line over this library; the library never prints.
+
+pub mod engine;
+pub mod error;
+
+pub use error::{Error, Result};
