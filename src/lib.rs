@@ -6,5 +6,6 @@
 
 pub mod engine;
 pub mod error;
+pub mod llm;
 
 pub use error::{Error, Result};

@@ -4,3 +4,10 @@
 //! template all from one GGUF file), and turns chat requests into completions with usage.
 
 pub mod gguf;
+pub mod kv;
+pub mod model;
+pub mod device;
+pub mod source;
+pub mod generate;
+
+pub use generate::{Completion, Engine, GenerationRequest, LoadOptions, Prompt};
