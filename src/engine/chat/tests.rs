@@ -7,7 +7,8 @@ use candle_core::quantized::gguf_file::Value as GgufValue;
 use super::python::strftime_utc;
 use super::*;
 
-/// `tokenizer.chat_template` of Qwen2.5-Instruct (0.5B to 72B share it).
+/// `tokenizer.chat_template` of Qwen2.5-Instruct, byte for byte as in
+/// `qwen2.5-coder-0.5b-instruct.gguf`.
 const QWEN25_TEMPLATE: &str = r##"{%- if tools %}
     {{- '<|im_start|>system\n' }}
     {%- if messages[0]['role'] == 'system' %}
@@ -64,8 +65,8 @@ const QWEN25_TEMPLATE: &str = r##"{%- if tools %}
 {%- endif %}
 "##;
 
-/// `tokenizer.chat_template` of SmolLM2-Instruct (135M/360M/1.7B). The `\n` in its string
-/// literals are real newlines in the original, as here.
+/// `tokenizer.chat_template` of SmolLM2-Instruct, byte for byte as in
+/// `SmolLM2-135M-Instruct.Q4_1.gguf` (its string literals hold real newlines).
 const SMOLLM2_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system
 You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>
 ' }}{% endif %}{{'<|im_start|>' + message['role'] + '
