@@ -3,11 +3,14 @@
 //! The engine knows nothing of the optimizer. It loads a model (weights, tokenizer and chat
 //! template all from one GGUF file), and turns chat requests into completions with usage.
 
+pub mod chat;
+pub mod device;
+pub mod generate;
 pub mod gguf;
 pub mod kv;
 pub mod model;
-pub mod device;
+pub mod sampling;
 pub mod source;
-pub mod generate;
+pub mod tokenizer;
 
 pub use generate::{Completion, Engine, GenerationRequest, LoadOptions, Prompt};
