@@ -4,3 +4,4 @@
 //! template all from one GGUF file), and turns chat requests into completions with usage.
 
 pub mod gguf;
+pub mod tokenizer;
