@@ -43,7 +43,7 @@ fn model_file(fixture: &Fixture) -> PathBuf {
     if committed.is_file() {
         committed
     } else {
-        common::model_path(&fixture.file)
+        common::model_path_for(&fixture.alias, &fixture.file)
     }
 }
 
@@ -110,7 +110,10 @@ fn check(fixture_path: &Path) -> Result<String, String> {
 
 #[test]
 fn token_ids_match_llama_cpp() {
-    let dir = fixtures_dir().join("tokenizer");
+    // Extra fixture sets (same format) can be checked with FGO_TOKENIZER_FIXTURES_DIR.
+    let dir = std::env::var_os("FGO_TOKENIZER_FIXTURES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| fixtures_dir().join("tokenizer"));
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
         .map(|entry| entry.expect("directory entry").path())

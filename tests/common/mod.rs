@@ -16,15 +16,24 @@ pub fn models_dir() -> PathBuf {
 }
 
 /// The path of an installed model file. A missing file fails the test with the command that
-/// fetches it (tests never skip silently).
+/// fetches it (tests never skip silently); the alias is looked up in the manifest.
 pub fn model_path(file_name: &str) -> PathBuf {
+    locate(file_name, alias_of(file_name).as_deref())
+}
+
+/// [`model_path`] for a model whose manifest alias the caller knows.
+pub fn model_path_for(alias: &str, file_name: &str) -> PathBuf {
+    locate(file_name, Some(alias))
+}
+
+fn locate(file_name: &str, alias: Option<&str>) -> PathBuf {
     let path = models_dir().join(file_name);
     if !path.is_file() {
-        let alias = alias_of(file_name).unwrap_or_else(|| "<alias>".to_string());
         panic!(
-            "model file {} is missing: run `scripts/fetch-models.sh {alias}` \
+            "model file {} is missing: run `scripts/fetch-models.sh {}` \
              (or set FGO_MODELS_DIR to where the models are)",
-            path.display()
+            path.display(),
+            alias.unwrap_or("<alias>"),
         );
     }
     path

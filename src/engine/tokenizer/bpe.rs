@@ -25,6 +25,34 @@ const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])
 /// Qwen 2's pattern: Llama 3's with single digits.
 const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Code points that Unicode 16 made letters, numbers or punctuation and that llama.cpp's
+/// category tables (Unicode 15.1, `unicode-data.cpp`) do not have; the regex engine knows
+/// Unicode 16, so they are taken out of its classes to classify text as llama.cpp does.
+const NEW_IN_UNICODE_16: [(&str, &str); 3] = [
+    (
+        r"\p{L}",
+        r"\x{1C89}-\x{1C8A}\x{A7CB}-\x{A7CD}\x{A7DA}-\x{A7DC}\x{105C0}-\x{105F3}\x{10D4A}-\x{10D65}\x{10D6F}-\x{10D85}\x{10EC2}-\x{10EC4}\x{11380}-\x{11389}\x{1138B}\x{1138E}\x{11390}-\x{113B5}\x{113B7}\x{113D1}\x{113D3}\x{11BC0}-\x{11BE0}\x{13460}-\x{143FA}\x{16100}-\x{1611D}\x{16D40}-\x{16D6C}\x{18CFF}\x{1E5D0}-\x{1E5ED}\x{1E5F0}",
+    ),
+    (
+        r"\p{N}",
+        r"\x{10D40}-\x{10D49}\x{116D0}-\x{116E3}\x{11BF0}-\x{11BF9}\x{16130}-\x{16139}\x{16D70}-\x{16D79}\x{1CCF0}-\x{1CCF9}\x{1E5F1}-\x{1E5FA}",
+    ),
+    (
+        r"\p{P}",
+        r"\x{1B4E}-\x{1B4F}\x{1B7F}\x{10D6E}\x{113D4}-\x{113D5}\x{113D7}-\x{113D8}\x{11BE1}\x{16D6D}-\x{16D6F}\x{1E5FF}",
+    ),
+];
+
+/// Rewrites `\p{L}`, `\p{N}` and `\p{P}` as the classes llama.cpp's tables give (a nested
+/// class, valid both alone and inside brackets).
+fn with_llama_cpp_categories(regex: &str) -> String {
+    NEW_IN_UNICODE_16
+        .iter()
+        .fold(regex.to_string(), |regex, (class, newer)| {
+            regex.replace(class, &format!("[{class}--[{newer}]]"))
+        })
+}
+
 /// A pre-tokenizer family (llama.cpp's `LLAMA_VOCAB_PRE_TYPE_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BpePre {
@@ -123,7 +151,7 @@ pub(crate) fn build(vocab: &Vocab, merges: &[&str], pre: BpePre) -> Result<token
     let mut steps: Vec<PreTokenizerWrapper> = Vec::new();
     for regex in pre.regexes() {
         let split = Split::new(
-            SplitPattern::Regex((*regex).to_string()),
+            SplitPattern::Regex(with_llama_cpp_categories(regex)),
             SplitDelimiterBehavior::Isolated,
             false,
         )
@@ -196,7 +224,7 @@ mod tests {
             .filter(|&c| table[c].is_some())
             .map(|c| char::from_u32(c as u32).unwrap().to_string())
             .collect();
-        for extra in ["ab", "abc", "bc", "Ġa", "Ġab", "12", "123", "<|end|>"] {
+        for extra in ["ab", "abc", "bc", "Ġa", "Ġab", "12", "123", "'s", "<|end|>"] {
             texts.push(extra.to_string());
         }
         let kinds = texts
@@ -236,6 +264,18 @@ mod tests {
     fn bad_merges_are_dropped_and_duplicates_keep_their_first_rank() {
         let (vocab, tk) = toy(BpePre::Gpt2, &["x", "q z", "b c", "a b", "b c"]);
         assert_eq!(encode(&tk, &vocab, "abc"), vec!["a", "bc"]);
+    }
+
+    #[test]
+    fn letters_new_in_unicode_16_are_not_letters() {
+        // U+10D50 (Garay, Unicode 16) is not a letter for llama.cpp: it joins the
+        // apostrophe as punctuation, so "'s" is not split off as a contraction.
+        let (vocab, tk) = toy(BpePre::Qwen2, &["' s"]);
+        let pieces = encode(&tk, &vocab, "\u{10D50}'s");
+        assert_eq!(pieces[pieces.len() - 2..], ["'", "s"]);
+        // U+0905 (Devanagari A) is a letter: "'s" is a contraction piece of its own.
+        let pieces = encode(&tk, &vocab, "\u{905}'s");
+        assert_eq!(pieces.last().map(String::as_str), Some("'s"));
     }
 
     #[test]

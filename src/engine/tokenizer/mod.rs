@@ -25,8 +25,74 @@ use crate::error::{Error, Result};
 use spm::{SpmEncoder, SPACE_MARK};
 use vocab::{Fragment, SpecialSplitter, Vocab};
 
+/// Token texts that llama.cpp recognises by text (end-of-generation, fill-in-the-middle and
+/// gpt-oss channel tokens) and makes special whatever the file says, so that they are cut
+/// out of input text: e.g. Qwen 2.5's `</s>` is a normal token in the file.
+const SPECIAL_BY_TEXT: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "</s>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "[e~[",
+    "<\u{ff5c}end\u{2581}of\u{2581}sentence\u{ff5c}>",
+    "<end_of_utterance>",
+    "<|eom_id|>",
+    "<|fim_prefix|>",
+    "<fim-prefix>",
+    "<fim_prefix>",
+    "<\u{ff5c}fim\u{2581}begin\u{ff5c}>",
+    "<PRE>",
+    "\u{2581}<PRE>",
+    "<|code_prefix|>",
+    "<|prefix|>",
+    "<|fim_suffix|>",
+    "<fim-suffix>",
+    "<fim_suffix>",
+    "<\u{ff5c}fim\u{2581}hole\u{ff5c}>",
+    "<SUF>",
+    "\u{2581}<SUF>",
+    "<|code_suffix|>",
+    "<|suffix|>",
+    "<|fim_middle|>",
+    "<fim-middle>",
+    "<fim_middle>",
+    "<\u{ff5c}fim\u{2581}end\u{ff5c}>",
+    "<MID>",
+    "\u{2581}<MID>",
+    "<|code_middle|>",
+    "<|middle|>",
+    "<|fim_pad|>",
+    "<fim-pad>",
+    "<fim_pad>",
+    "<PAD>",
+    "[PAD]",
+    "<|fim_repo|>",
+    "<|repo_name|>",
+    "<fim-repo>",
+    "<REPO>",
+    "<reponame>",
+    "<|file_sep|>",
+    "<|channel|>",
+    "<|message|>",
+    "<|start|>",
+    "<|constrain|>",
+];
+
 /// Token texts that end a turn in common chat formats; present ones become stop ids.
-/// llama.cpp treats these as control tokens whatever the file says.
 const END_OF_TURN_TEXTS: &[&str] = &[
     "<|im_end|>",
     "<|eot_id|>",
@@ -83,7 +149,7 @@ impl Tokenizer {
     pub fn from_gguf(metadata: &Metadata) -> Result<Tokenizer> {
         let model = metadata.str("tokenizer.ggml.model")?;
         let mut vocab = gguf_vocab(metadata)?;
-        for text in END_OF_TURN_TEXTS {
+        for text in SPECIAL_BY_TEXT {
             vocab.force_control(text);
         }
         let mut unknown_pre = None;
