@@ -8,6 +8,12 @@
 //! control, user-defined and unknown tokens written literally in the text are emitted as
 //! their ids, and nothing else is (all ids come from the model's algorithm); a tokenizer
 //! is immutable once built, so it is shared freely across threads.
+//!
+//! `decode(encode(text)) == text` except where the ids themselves lose information, exactly
+//! as in llama.cpp: a literal `▁` in SentencePiece input encodes like a space, and bytes
+//! that a byte-level vocabulary lacks are dropped (SmolLM2 has no tokens for the UTF-8 lead
+//! bytes 0xF1 and 0xF2, used by code points U+40000 to U+BFFFF, nor for a few control
+//! bytes). Spaces are never "cleaned up" on decoding.
 
 mod bpe;
 mod spm;
@@ -125,7 +131,7 @@ enum Encoder {
 }
 
 /// A tokenizer whose ids match llama.cpp's for the same GGUF file.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Tokenizer {
     vocab: Vocab,
     splitter: SpecialSplitter,
@@ -141,11 +147,27 @@ pub struct Tokenizer {
     unknown_pre: Option<String>,
 }
 
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("kind", &self.kind())
+            .field("vocab_size", &self.vocab_size())
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .field("add_bos", &self.add_bos)
+            .field("stop_ids", &self.stop_ids)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Tokenizer {
     /// Builds the tokenizer described by `tokenizer.ggml.*` in `metadata`.
     ///
     /// An unknown `tokenizer.ggml.pre` falls back to llama.cpp's `default` pre-tokenizer and
     /// is reported by [`Tokenizer::unknown_pre`]; an unknown `tokenizer.ggml.model` is an error.
+    /// Without `bos_token_id`/`eos_token_id`, SentencePiece vocabularies use 1 and 2 as
+    /// llama.cpp does; byte-level ones have none (llama.cpp's legacy default, 11, is not
+    /// copied). A special token id outside the vocabulary is an error.
     pub fn from_gguf(metadata: &Metadata) -> Result<Tokenizer> {
         let model = metadata.str("tokenizer.ggml.model")?;
         let mut vocab = gguf_vocab(metadata)?;
@@ -335,15 +357,16 @@ impl Tokenizer {
                 .map_err(|e| Error::Tokenizer(format!("decoding: {e}")));
         }
         let mut bytes = Vec::with_capacity(ids.len() * 4);
-        for &id in ids {
-            bytes.extend_from_slice(self.token_bytes(id).unwrap_or_default());
+        for (i, &id) in ids.iter().enumerate() {
+            let mut piece = self.token_bytes(id).unwrap_or_default();
+            // The space SentencePiece put before the text is not part of it: llama.cpp
+            // strips one leading space from the first piece.
+            if i == 0 && matches!(&self.encoder, Encoder::Spm(spm) if spm.add_space_prefix()) {
+                piece = piece.strip_prefix(b" ").unwrap_or(piece);
+            }
+            bytes.extend_from_slice(piece);
         }
-        // The space SentencePiece put before the text is not part of it (llama.cpp strips
-        // one leading space from the first piece).
-        let strip = matches!(&self.encoder, Encoder::Spm(spm) if spm.add_space_prefix())
-            && bytes.first() == Some(&b' ');
-        let text = if strip { &bytes[1..] } else { &bytes[..] };
-        Ok(String::from_utf8_lossy(text).into_owned())
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// The bytes one token stands for when decoded (control and user-defined tokens: their
