@@ -64,8 +64,17 @@ pub enum Error {
     Device { device: String, reason: String },
 
     /// An error from the tensor library.
-    #[error("tensor backend: {0}")]
+    #[error("tensor backend: {}", candle_message(.0))]
     Candle(#[from] candle_core::Error),
+}
+
+/// The message of a tensor-library error without the backtrace that candle attaches when
+/// `RUST_BACKTRACE` is set, so that errors stay one line.
+pub fn candle_message(error: &candle_core::Error) -> String {
+    match error {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
+        other => other.to_string(),
+    }
 }
 
 impl Error {

@@ -40,7 +40,10 @@ fn write_tiny_gguf(path: &Path, arch: &str) {
     let mut f = std::fs::File::create(path).expect("create");
     gguf_file::write(
         &mut f,
-        &[("general.architecture", &arch), ("llama.embedding_length", &len)],
+        &[
+            ("general.architecture", &arch),
+            ("llama.embedding_length", &len),
+        ],
         &[("token_embd.weight", &q)],
     )
     .expect("write gguf");
@@ -48,7 +51,13 @@ fn write_tiny_gguf(path: &Path, arch: &str) {
 
 fn generate_with(model: &Path) -> Output {
     fgo(
-        &["generate", "--model", model.to_str().expect("utf-8"), "--prompt", "hi"],
+        &[
+            "generate",
+            "--model",
+            model.to_str().expect("utf-8"),
+            "--prompt",
+            "hi",
+        ],
         &[],
     )
 }
@@ -64,7 +73,10 @@ fn file_that_is_not_gguf() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("notes.gguf");
     std::fs::write(&path, "these are not weights\n").expect("write");
-    assert_error(&generate_with(&path), &["notes.gguf", "not a valid GGUF file", "magic"]);
+    assert_error(
+        &generate_with(&path),
+        &["notes.gguf", "not a valid GGUF file", "magic"],
+    );
 }
 
 #[test]
@@ -77,7 +89,10 @@ fn truncated_gguf() {
     assert_error(&generate_with(&path), &["cut.gguf", "truncated"]);
     // Cut inside the header too.
     std::fs::write(&path, &bytes[..40]).expect("truncate");
-    assert_error(&generate_with(&path), &["cut.gguf", "not a valid GGUF file"]);
+    assert_error(
+        &generate_with(&path),
+        &["cut.gguf", "not a valid GGUF file"],
+    );
 }
 
 #[test]
@@ -87,7 +102,10 @@ fn unsupported_architecture() {
     write_tiny_gguf(&path, "mamba");
     assert_error(
         &generate_with(&path),
-        &["unsupported model architecture `mamba`", "llama, qwen2, qwen3, gemma3"],
+        &[
+            "unsupported model architecture `mamba`",
+            "llama, qwen2, qwen3, gemma3",
+        ],
     );
 }
 
@@ -105,10 +123,17 @@ fn unsupported_tensor_type() {
         .expect("tensor name in file")
         + name.len();
     let type_at = at + 4 + 2 * 8;
-    assert_eq!(&bytes[type_at..type_at + 4], &0u32.to_le_bytes(), "F32 type id");
+    assert_eq!(
+        &bytes[type_at..type_at + 4],
+        &0u32.to_le_bytes(),
+        "F32 type id"
+    );
     bytes[type_at..type_at + 4].copy_from_slice(&20u32.to_le_bytes());
     std::fs::write(&path, &bytes).expect("write");
-    assert_error(&generate_with(&path), &["iq.gguf", "unsupported tensor type IQ4_NL"]);
+    assert_error(
+        &generate_with(&path),
+        &["iq.gguf", "unsupported tensor type IQ4_NL"],
+    );
 }
 
 #[test]
@@ -121,8 +146,18 @@ fn alias_not_installed_and_unknown_alias() {
     )
     .expect("manifest");
     let env = [("FGO_MODELS_DIR", dir.path())];
-    let out = fgo(&["generate", "--model", "ghost-model", "--prompt", "hi"], &env);
-    assert_error(&out, &["ghost-model", "not installed", "scripts/fetch-models.sh ghost-model"]);
+    let out = fgo(
+        &["generate", "--model", "ghost-model", "--prompt", "hi"],
+        &env,
+    );
+    assert_error(
+        &out,
+        &[
+            "ghost-model",
+            "not installed",
+            "scripts/fetch-models.sh ghost-model",
+        ],
+    );
     let out = fgo(&["generate", "--model", "phantom", "--prompt", "hi"], &env);
     assert_error(&out, &["phantom", "not a known alias", "ghost-model"]);
 }
@@ -132,7 +167,13 @@ fn prompt_longer_than_the_context_window() {
     let model: PathBuf = common::model_path("SmolLM2-135M-Instruct.Q4_1.gguf");
     let prompt = "lorem ipsum dolor ".repeat(3000);
     let out = fgo(
-        &["generate", "--model", model.to_str().expect("utf-8"), "--prompt", &prompt],
+        &[
+            "generate",
+            "--model",
+            model.to_str().expect("utf-8"),
+            "--prompt",
+            &prompt,
+        ],
         &[],
     );
     assert_error(&out, &["does not fit the context window of 8192 tokens"]);
@@ -142,7 +183,15 @@ fn prompt_longer_than_the_context_window() {
 fn invalid_sampling_option() {
     let model: PathBuf = common::model_path("SmolLM2-135M-Instruct.Q4_1.gguf");
     let out = fgo(
-        &["generate", "--model", model.to_str().expect("utf-8"), "--prompt", "hi", "--top-p", "1.5"],
+        &[
+            "generate",
+            "--model",
+            model.to_str().expect("utf-8"),
+            "--prompt",
+            "hi",
+            "--top-p",
+            "1.5",
+        ],
         &[],
     );
     assert_error(&out, &["top_p"]);

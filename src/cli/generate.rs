@@ -89,6 +89,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             "text": completion.text,
             "finish_reason": completion.finish_reason,
             "usage": u,
+            "peak_rss_bytes": fgo::engine::bench::peak_rss_bytes(),
             "timings": {
                 "load_s": engine.load_time().as_secs_f64(),
                 "prompt_s": t.prefill_s,

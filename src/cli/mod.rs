@@ -1,5 +1,6 @@
 //! Subcommands and the options they share.
 
+mod bench;
 mod generate;
 mod models;
 
@@ -25,6 +26,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// List installed and fetchable models.
     Models(models::ModelsArgs),
+    /// Measure prompt-processing and generation speed of one sequence.
+    Bench(bench::BenchArgs),
 }
 
 /// Where and how to run a model.
@@ -68,7 +71,9 @@ fn configure_threads(threads: Option<usize>) -> anyhow::Result<()> {
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     // Fails only if the pool was already built, in which case the variable above has
     // already sized it the same way.
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
     Ok(())
 }
 
@@ -94,5 +99,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Models(args) => models::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }

@@ -27,9 +27,16 @@ pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("models directory: {}", manifest.dir.display());
-    println!("{:<22} {:<10} {:>9}  {:<12} {:<10}  file", "alias", "arch", "size", "license", "status");
+    println!(
+        "{:<22} {:<10} {:>9}  {:<12} {:<10}  file",
+        "alias", "arch", "size", "license", "status"
+    );
     for (e, path) in rows {
-        let status = if path.is_some() { "installed" } else { "fetchable" };
+        let status = if path.is_some() {
+            "installed"
+        } else {
+            "fetchable"
+        };
         println!(
             "{:<22} {:<10} {:>6.0} MB  {:<12} {:<10}  {}",
             e.alias,

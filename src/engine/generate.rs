@@ -302,7 +302,9 @@ impl Engine {
         // Decode: one token for every unfinished sequence per step.
         loop {
             let started = Instant::now();
-            let live: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].finish.is_none()).collect();
+            let live: Vec<usize> = (0..seqs.len())
+                .filter(|&i| seqs[i].finish.is_none())
+                .collect();
             if live.is_empty() {
                 return Ok(());
             }
@@ -325,7 +327,8 @@ impl Engine {
             let elapsed = started.elapsed().as_secs_f64();
             let context = self.config().context_length;
             let tokenizer = &self.tokenizer;
-            let mut live_seqs: Vec<&mut Sequence> = seqs.iter_mut().filter(|s| s.finish.is_none()).collect();
+            let mut live_seqs: Vec<&mut Sequence> =
+                seqs.iter_mut().filter(|s| s.finish.is_none()).collect();
             live_seqs
                 .par_iter_mut()
                 .zip(rows.par_iter())

@@ -14,7 +14,7 @@ use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
 
-use crate::error::{Error, Result};
+use crate::error::{candle_message, Error, Result};
 
 /// The four magic bytes that open every GGUF file.
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
@@ -245,15 +245,19 @@ impl GgufFile {
             }
             Err(_) => return Err(invalid("file is shorter than the 4-byte magic".into())),
         }
-        reader.seek(SeekFrom::Start(0)).map_err(|e| Error::io(&path, e))?;
+        reader
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| Error::io(&path, e))?;
         let content = Content::read(&mut reader).map_err(|e| {
-            let message = e.to_string();
+            let message = candle_message(&e);
             match unknown_type_id(&message) {
                 Some(id) => Error::UnsupportedTensorType {
                     path: path.clone(),
                     type_name: ggml_type_name(id),
                 },
-                None => invalid(format!("cannot read header (truncated or corrupt?): {message}")),
+                None => invalid(format!(
+                    "cannot read header (truncated or corrupt?): {message}"
+                )),
             }
         })?;
         let file_len = reader
@@ -327,7 +331,7 @@ impl GgufFile {
         info.read(&mut self.reader, self.tensor_data_offset, device)
             .map_err(|e| Error::Tensor {
                 name: name.to_string(),
-                reason: e.to_string(),
+                reason: candle_message(&e),
             })
     }
 

@@ -103,10 +103,7 @@ pub fn models_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("FGO_MODELS_DIR") {
         return PathBuf::from(dir);
     }
-    let starts = [
-        std::env::current_dir().ok(),
-        std::env::current_exe().ok(),
-    ];
+    let starts = [std::env::current_dir().ok(), std::env::current_exe().ok()];
     for start in starts.into_iter().flatten() {
         for dir in start.ancestors() {
             let candidate = dir.join("models");
@@ -252,8 +249,13 @@ mod tests {
         assert_eq!(m.entries.len(), 1);
         assert_eq!(m.entries[0].parts, vec!["p==1:x", "p2==1:y"]);
         assert_eq!(m.aliases(), "a");
-        let err = Manifest::parse(dir, path, "a\tb\n").unwrap_err().to_string();
-        assert!(err.contains("manifest.tsv:1") && err.contains("7 tab-separated"), "{err}");
+        let err = Manifest::parse(dir, path, "a\tb\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("manifest.tsv:1") && err.contains("7 tab-separated"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -269,6 +271,9 @@ mod tests {
     #[test]
     fn missing_path_is_a_clear_error() {
         let err = resolve("./does/not/exist.gguf").unwrap_err().to_string();
-        assert!(err.contains("does/not/exist.gguf") && err.contains("no such model file"), "{err}");
+        assert!(
+            err.contains("does/not/exist.gguf") && err.contains("no such model file"),
+            "{err}"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Causal (optionally sliding-window, optionally soft-capped) attention of one sequence's
 //! new tokens over its cached keys and values, with grouped-query heads.
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 
 use crate::error::Result;
 
@@ -10,7 +10,6 @@ use crate::error::Result;
 pub struct AttentionSpec {
     pub n_heads: usize,
     pub n_kv_heads: usize,
-    pub head_dim: usize,
     pub scale: f32,
     pub softcap: Option<f32>,
     /// Keys further back than this many positions are invisible.
@@ -79,10 +78,14 @@ mod tests {
     #[test]
     fn mask_is_causal_and_windowed() -> Result<()> {
         let dev = Device::Cpu;
-        let m = causal_mask(3, 5, None, &dev)?.expect("mask").to_vec2::<f32>()?;
+        let m = causal_mask(3, 5, None, &dev)?
+            .expect("mask")
+            .to_vec2::<f32>()?;
         let visible = |row: &Vec<f32>| row.iter().filter(|x| x.is_finite()).count();
         assert_eq!(m.iter().map(visible).collect::<Vec<_>>(), vec![3, 4, 5]);
-        let w = causal_mask(2, 6, Some(3), &dev)?.expect("mask").to_vec2::<f32>()?;
+        let w = causal_mask(2, 6, Some(3), &dev)?
+            .expect("mask")
+            .to_vec2::<f32>()?;
         assert!(w[0][1].is_infinite() && w[0][2].is_finite() && w[0][4].is_finite());
         assert!(w[0][5].is_infinite() && w[1][2].is_infinite() && w[1][5].is_finite());
         assert!(causal_mask(1, 6, None, &dev)?.is_none());
@@ -96,7 +99,6 @@ mod tests {
         let spec = AttentionSpec {
             n_heads: 4,
             n_kv_heads: 2,
-            head_dim: 3,
             scale: 1.0,
             softcap: None,
             window: None,

@@ -77,7 +77,9 @@ pub struct Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model").field("config", &self.config).finish()
+        f.debug_struct("Model")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -181,7 +183,9 @@ impl Model {
         let mut spans = Vec::with_capacity(steps.len());
         for step in steps.iter() {
             if step.tokens.is_empty() {
-                return Err(Error::Request("a forward step needs at least one token".into()));
+                return Err(Error::Request(
+                    "a forward step needs at least one token".into(),
+                ));
             }
             let start = step.cache.len();
             if start + step.tokens.len() > c.context_length {
@@ -210,9 +214,18 @@ impl Model {
         for (index, layer) in self.layers.iter().enumerate() {
             let sliding = c.is_sliding(index);
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            let mut q = layer.q.forward(&h)?.reshape((1, n_tokens, c.n_heads, c.head_dim))?;
-            let mut k = layer.k.forward(&h)?.reshape((1, n_tokens, c.n_kv_heads, c.head_dim))?;
-            let v = layer.v.forward(&h)?.reshape((n_tokens, c.n_kv_heads, c.head_dim))?;
+            let mut q = layer
+                .q
+                .forward(&h)?
+                .reshape((1, n_tokens, c.n_heads, c.head_dim))?;
+            let mut k = layer
+                .k
+                .forward(&h)?
+                .reshape((1, n_tokens, c.n_kv_heads, c.head_dim))?;
+            let v = layer
+                .v
+                .forward(&h)?
+                .reshape((n_tokens, c.n_kv_heads, c.head_dim))?;
             if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
                 q = candle_nn::ops::rms_norm(&q.contiguous()?, qn, eps)?;
                 k = candle_nn::ops::rms_norm(&k.contiguous()?, kn, eps)?;
@@ -224,7 +237,6 @@ impl Model {
             let spec = AttentionSpec {
                 n_heads: c.n_heads,
                 n_kv_heads: c.n_kv_heads,
-                head_dim: c.head_dim,
                 scale: c.attention_scale,
                 softcap: c.attn_logit_softcap,
                 window: if sliding { c.sliding_window } else { None },
@@ -234,7 +246,9 @@ impl Model {
                 let heads_first = |t: &Tensor| -> Result<Tensor> {
                     Ok(t.narrow(0, offset, len)?.transpose(0, 1)?.contiguous()?)
                 };
-                let (k_all, v_all) = step.cache.append(index, &heads_first(&k)?, &heads_first(&v)?)?;
+                let (k_all, v_all) =
+                    step.cache
+                        .append(index, &heads_first(&k)?, &heads_first(&v)?)?;
                 outputs.push(attend(&spec, &heads_first(&q)?, &k_all, &v_all)?);
             }
             let attn = if outputs.len() == 1 {
@@ -266,7 +280,12 @@ impl Model {
     }
 
     /// Projects the requested rows of the final hidden states to vocabulary logits.
-    fn logits(&self, x: &Tensor, steps: &[SeqStep<'_>], spans: &[(usize, usize)]) -> Result<Vec<Tensor>> {
+    fn logits(
+        &self,
+        x: &Tensor,
+        steps: &[SeqStep<'_>],
+        spans: &[(usize, usize)],
+    ) -> Result<Vec<Tensor>> {
         let mut rows = Vec::new();
         let mut counts = Vec::with_capacity(steps.len());
         for (step, &(offset, len)) in steps.iter().zip(spans) {
