@@ -1,10 +1,14 @@
 //! Our forward pass against llama.cpp on the same files: logits at every position of fixed
 //! prompts, and 64-token greedy continuations (fixtures from `scripts/reference/`).
 //!
-//! Tolerance: both engines quantize activations to 8 bits before each quantized matmul but
-//! accumulate in different orders, so logits agree to a few hundredths on average and to
-//! [`LOGIT_TOLERANCE`] at worst. A greedy continuation may diverge only at a step where
-//! llama.cpp's top two logits are closer than that tolerance.
+//! Tolerance: both engines quantize activations to 8 bits before each quantized matmul, but
+//! sum in different orders and with different kernels, and these small models amplify a
+//! flipped rounding step (llama.cpp differs from itself by similar amounts between batched
+//! and token-by-token evaluation; see `scripts/reference/README.md`). candle-transformers,
+//! a third implementation, matches ours to 1e-6 (`tests/forward_oracle.rs`) while differing
+//! from llama.cpp as much as we do. Hence a bound of [`tolerance`] per logit (absolute plus
+//! relative to the logit's size) and a mean bound; a greedy continuation may diverge only
+//! at a step where llama.cpp's top two logits are closer than that bound.
 
 use std::path::{Path, PathBuf};
 
@@ -15,10 +19,13 @@ use serde::Deserialize;
 
 mod common;
 
-/// Largest absolute difference allowed between our logit and llama.cpp's for the same token.
-const LOGIT_TOLERANCE: f32 = 0.5;
+/// Largest difference allowed between our logit and llama.cpp's for the same token.
+fn tolerance(logit: f32) -> f32 {
+    0.5 + 0.04 * logit.abs()
+}
+
 /// Largest mean absolute difference over a fixture's compared logits.
-const MEAN_TOLERANCE: f32 = 0.1;
+const MEAN_TOLERANCE: f32 = 0.25;
 
 #[derive(Deserialize)]
 struct LogitsFixture {
@@ -111,7 +118,7 @@ fn check_logits(alias: &str) {
                 worst = worst.max(diff);
                 sum += f64::from(diff);
                 count += 1;
-                if diff > LOGIT_TOLERANCE {
+                if diff > tolerance(expected) {
                     failures.push(format!(
                         "{}: position {pos} token {id}: ours {} vs {expected}",
                         case.name, ours[id as usize]
@@ -119,7 +126,7 @@ fn check_logits(alias: &str) {
                 }
             }
             let margin = reference.top[0].1 - reference.top[1].1;
-            if margin > LOGIT_TOLERANCE && argmax(ours) != reference.top[0].0 {
+            if margin > tolerance(reference.top[0].1) && argmax(ours) != reference.top[0].0 {
                 failures.push(format!("{}: position {pos}: argmax differs", case.name));
             }
         }
@@ -138,6 +145,7 @@ fn check_greedy(alias: &str) {
         let mut cache = model.new_cache();
         let mut next = case.prompt_tokens.clone();
         let mut ours = Vec::new();
+        let mut top_logits = Vec::new();
         for _ in 0..case.generated.len() {
             let row = model
                 .forward(&mut [SeqStep {
@@ -152,6 +160,7 @@ fn check_greedy(alias: &str) {
                 .expect("logits");
             let token = argmax(&row);
             ours.push(token);
+            top_logits.push(row[token as usize]);
             next = vec![token];
         }
         match ours.iter().zip(&case.generated).position(|(a, b)| a != b) {
@@ -163,7 +172,7 @@ fn check_greedy(alias: &str) {
                     case.name
                 );
                 assert!(
-                    margin < LOGIT_TOLERANCE,
+                    margin < tolerance(top_logits[step]),
                     "{alias}/{}: diverges at step {step} although llama.cpp's margin is {margin}",
                     case.name
                 );

@@ -1,5 +1,12 @@
 //! Our forward pass against candle-transformers' quantized llama and qwen2 models, an
-//! independent implementation on the same files (batch 1, whole prompt then one token).
+//! independent implementation on the same files and kernels, one token at a time: the two
+//! must agree to float rounding.
+//!
+//! Also: a prompt processed in one step against the same prompt fed token by token. These
+//! differ by more than rounding because activations are quantized to 8 bits before every
+//! matmul: a 1e-7 difference in an attention sum (matrix shapes change the summation order)
+//! can flip one rounding step, and these small models amplify it (SmolLM2's residual stream
+//! reaches values in the hundreds). The bound is the same one used against llama.cpp.
 
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
@@ -8,37 +15,41 @@ use fgo::engine::model::{LogitsWanted, Model, SeqStep};
 
 mod common;
 
-/// Largest absolute logit difference allowed; see `BENCHMARKS.md`/README for the figures
-/// measured (both sides quantize activations to 8 bits before each matmul).
-const TOLERANCE: f32 = 0.1;
+/// Largest absolute logit difference allowed between two implementations of the same
+/// arithmetic.
+const TOLERANCE: f32 = 1e-3;
+
+/// Bound for the same sequence computed with different batch shapes: absolute plus relative
+/// to the logit's magnitude (see the module doc).
+fn schedule_tolerance(logit: f32) -> f32 {
+    0.5 + 0.04 * logit.abs()
+}
 
 const PROMPT: &[u32] = &[
     504, 3575, 282, 4649, 314, 1085, 30, 216, 1012, 314, 253, 1345, 28, 198,
 ];
 
-fn ours(file: &str, tokens: &[u32]) -> (Vec<f32>, Vec<f32>) {
+/// Our logits when feeding `tokens` one at a time (the decode path).
+fn ours(file: &str, tokens: &[u32]) -> Vec<Vec<f32>> {
     let mut gguf = GgufFile::open(common::model_path(file)).expect("open");
     let model = Model::load(&mut gguf, &Device::Cpu).expect("load");
     let mut cache = model.new_cache();
-    let (prompt, next) = tokens.split_at(tokens.len() - 1);
-    let first = model
-        .forward(&mut [SeqStep {
-            tokens: prompt,
-            cache: &mut cache,
-            logits: LogitsWanted::Last,
-        }])
-        .expect("forward")
-        .remove(0);
-    let second = model
-        .forward(&mut [SeqStep {
-            tokens: next,
-            cache: &mut cache,
-            logits: LogitsWanted::Last,
-        }])
-        .expect("forward")
-        .remove(0);
-    let row = |t: Tensor| t.squeeze(0).and_then(|t| t.to_vec1::<f32>()).expect("row");
-    (row(first), row(second))
+    tokens
+        .iter()
+        .map(|t| {
+            model
+                .forward(&mut [SeqStep {
+                    tokens: std::slice::from_ref(t),
+                    cache: &mut cache,
+                    logits: LogitsWanted::Last,
+                }])
+                .expect("forward")
+                .remove(0)
+                .squeeze(0)
+                .and_then(|t| t.to_vec1::<f32>())
+                .expect("row")
+        })
+        .collect()
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -56,57 +67,115 @@ fn argmax(v: &[f32]) -> usize {
         .0
 }
 
-fn check(name: &str, ours: (Vec<f32>, Vec<f32>), theirs: (Vec<f32>, Vec<f32>)) {
-    let d1 = max_diff(&ours.0, &theirs.0);
-    let d2 = max_diff(&ours.1, &theirs.1);
-    eprintln!("{name}: max |Δlogit| prompt {d1:.4}, next token {d2:.4}");
-    assert!(d1 < TOLERANCE && d2 < TOLERANCE, "{name}: {d1} / {d2}");
-    assert_eq!(argmax(&ours.0), argmax(&theirs.0));
-    assert_eq!(argmax(&ours.1), argmax(&theirs.1));
+fn check(name: &str, ours: Vec<Vec<f32>>, theirs: Vec<Vec<f32>>) {
+    let worst = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| max_diff(a, b))
+        .fold(0.0, f32::max);
+    eprintln!(
+        "{name}: max |Δlogit| over {} positions {worst:.6}",
+        ours.len()
+    );
+    assert!(worst < TOLERANCE, "{name}: {worst}");
+    for (a, b) in ours.iter().zip(&theirs) {
+        assert_eq!(argmax(a), argmax(b));
+    }
+}
+
+/// Runs a candle-transformers model one token at a time over [`PROMPT`].
+fn theirs(mut forward: impl FnMut(&Tensor, usize) -> candle_core::Result<Tensor>) -> Vec<Vec<f32>> {
+    PROMPT
+        .iter()
+        .enumerate()
+        .map(|(pos, &t)| {
+            let x = Tensor::new(&[t], &Device::Cpu)
+                .and_then(|x| x.unsqueeze(0))
+                .expect("ids");
+            forward(&x, pos)
+                .and_then(|l| l.squeeze(0))
+                .and_then(|l| l.to_vec1::<f32>())
+                .expect("forward")
+        })
+        .collect()
+}
+
+fn read_content(file: &str) -> (gguf_file::Content, std::fs::File) {
+    let mut reader = std::fs::File::open(common::model_path(file)).expect("open");
+    let content = gguf_file::Content::read(&mut reader).expect("read");
+    (content, reader)
 }
 
 #[test]
 fn llama_matches_candle_transformers() {
     use candle_transformers::models::quantized_llama::ModelWeights;
     let file = "SmolLM2-135M-Instruct.Q4_1.gguf";
-    let path = common::model_path(file);
-    let mut reader = std::fs::File::open(&path).expect("open");
-    let content = gguf_file::Content::read(&mut reader).expect("read");
+    let (content, mut reader) = read_content(file);
     let mut model = ModelWeights::from_gguf(content, &mut reader, &Device::Cpu).expect("load");
-    let (prompt, next) = PROMPT.split_at(PROMPT.len() - 1);
-    let run = |m: &mut ModelWeights, t: &[u32], pos: usize| {
-        let x = Tensor::new(t, &Device::Cpu)
-            .and_then(|x| x.unsqueeze(0))
-            .expect("ids");
-        m.forward(&x, pos)
-            .and_then(|l| l.squeeze(0))
-            .and_then(|l| l.to_vec1::<f32>())
-            .expect("fwd")
-    };
-    let a = run(&mut model, prompt, 0);
-    let b = run(&mut model, next, prompt.len());
-    check("smollm2-135m", ours(file, PROMPT), (a, b));
+    let reference = theirs(|x, pos| model.forward(x, pos));
+    check("smollm2-135m", ours(file, PROMPT), reference);
 }
 
 #[test]
 fn qwen2_matches_candle_transformers() {
     use candle_transformers::models::quantized_qwen2::ModelWeights;
     let file = "qwen2.5-coder-0.5b-instruct.gguf";
-    let path = common::model_path(file);
-    let mut reader = std::fs::File::open(&path).expect("open");
-    let content = gguf_file::Content::read(&mut reader).expect("read");
+    let (content, mut reader) = read_content(file);
     let mut model = ModelWeights::from_gguf(content, &mut reader, &Device::Cpu).expect("load");
-    let (prompt, next) = PROMPT.split_at(PROMPT.len() - 1);
-    let run = |m: &mut ModelWeights, t: &[u32], pos: usize| {
-        let x = Tensor::new(t, &Device::Cpu)
-            .and_then(|x| x.unsqueeze(0))
-            .expect("ids");
-        m.forward(&x, pos)
-            .and_then(|l| l.squeeze(0))
-            .and_then(|l| l.to_vec1::<f32>())
-            .expect("fwd")
-    };
-    let a = run(&mut model, prompt, 0);
-    let b = run(&mut model, next, prompt.len());
-    check("qwen2.5-coder-0.5b", ours(file, PROMPT), (a, b));
+    let reference = theirs(|x, pos| model.forward(x, pos));
+    check("qwen2.5-coder-0.5b", ours(file, PROMPT), reference);
+}
+
+/// Processing a prompt in one step gives the same logits as feeding it one token at a time.
+#[test]
+fn prefill_equals_token_by_token() {
+    for file in [
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "qwen2.5-coder-0.5b-instruct.gguf",
+    ] {
+        let mut gguf = GgufFile::open(common::model_path(file)).expect("open");
+        let model = Model::load(&mut gguf, &Device::Cpu).expect("load");
+        let mut cache = model.new_cache();
+        let all = model
+            .forward(&mut [SeqStep {
+                tokens: PROMPT,
+                cache: &mut cache,
+                logits: LogitsWanted::All,
+            }])
+            .expect("forward")
+            .remove(0)
+            .to_vec2::<f32>()
+            .expect("rows");
+        let mut cache = model.new_cache();
+        let mut worst = 0f32;
+        for (i, token) in PROMPT.iter().enumerate() {
+            let row = model
+                .forward(&mut [SeqStep {
+                    tokens: std::slice::from_ref(token),
+                    cache: &mut cache,
+                    logits: LogitsWanted::Last,
+                }])
+                .expect("forward")
+                .remove(0)
+                .squeeze(0)
+                .and_then(|t| t.to_vec1::<f32>())
+                .expect("row");
+            worst = worst.max(max_diff(&row, &all[i]));
+            // The 20 most likely tokens, as against llama.cpp.
+            let mut top: Vec<usize> = (0..row.len()).collect();
+            top.sort_by(|&a, &b| all[i][b].total_cmp(&all[i][a]));
+            for &id in &top[..20] {
+                let (ours, batched) = (row[id], all[i][id]);
+                assert!(
+                    (ours - batched).abs() <= schedule_tolerance(batched),
+                    "{file}: position {i} token {id}: {ours} vs {batched}"
+                );
+            }
+            let margin = all[i][top[0]] - all[i][top[1]];
+            if margin > schedule_tolerance(all[i][top[0]]) {
+                assert_eq!(argmax(&row), top[0], "{file}: position {i}");
+            }
+        }
+        eprintln!("{file}: prefill vs token-by-token max |Δlogit| {worst:.5}");
+    }
 }

@@ -114,3 +114,41 @@ mod tests {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod prefill_tests {
+    use super::*;
+
+    /// Attending for all new tokens at once equals attending for each token over the keys up
+    /// to and including its own position (what decoding does).
+    #[test]
+    fn prefill_equals_incremental() -> Result<()> {
+        let dev = Device::Cpu;
+        let spec = AttentionSpec {
+            n_heads: 9,
+            n_kv_heads: 3,
+            scale: 0.125,
+            softcap: None,
+            window: None,
+        };
+        let (t, hd) = (14, 64);
+        let q = Tensor::randn(0f32, 1.0, (9, t, hd), &dev)?;
+        let k = Tensor::randn(0f32, 1.0, (3, t, hd), &dev)?;
+        let v = Tensor::randn(0f32, 1.0, (3, t, hd), &dev)?;
+        let all = attend(&spec, &q, &k, &v)?;
+        for i in 0..t {
+            let one = attend(
+                &spec,
+                &q.narrow(1, i, 1)?,
+                &k.narrow(1, 0, i + 1)?,
+                &v.narrow(1, 0, i + 1)?,
+            )?;
+            let diff = (one - all.narrow(0, i, 1)?)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            assert!(diff < 1e-5, "token {i}: {diff}");
+        }
+        Ok(())
+    }
+}

@@ -119,3 +119,32 @@ mod tests {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    #[test]
+    fn many_positions_equal_one_at_a_time() -> Result<()> {
+        let dev = Device::Cpu;
+        let rope = Rotary::new(64, 100_000.0, 1.0, None);
+        for interleaved in [true, false] {
+            for t in [9usize, 10, 14] {
+                let x = Tensor::randn(0f32, 1.0, (1, t, 9, 64), &dev)?;
+                let positions: Vec<usize> = (0..t).collect();
+                let all = rope.tables(&positions, &dev)?.apply(&x, interleaved)?;
+                for p in 0..t {
+                    let one = rope
+                        .tables(&[p], &dev)?
+                        .apply(&x.narrow(1, p, 1)?, interleaved)?;
+                    let d = (one - all.narrow(1, p, 1)?)?
+                        .abs()?
+                        .max_all()?
+                        .to_scalar::<f32>()?;
+                    assert!(d < 1e-5, "interleaved {interleaved} t {t} p {p}: {d}");
+                }
+            }
+        }
+        Ok(())
+    }
+}
