@@ -6,5 +6,7 @@
 
 pub mod engine;
 pub mod error;
+pub mod llm;
+pub mod optimizer;
 
 pub use error::{Error, Result};

@@ -4,3 +4,5 @@
 //! template all from one GGUF file), and turns chat requests into completions with usage.
 
 pub mod gguf;
+pub mod chat;
+pub mod sampling;

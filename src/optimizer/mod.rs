@@ -1,0 +1,60 @@
+//! The optimizer: Fine-Grained Optimization (divide, optimize, merge) of an agent's text
+//! components, plus the all-at-once and no-optimization baselines.
+//!
+//! Inputs are validated up front ([`task`], [`dataset`], [`validate`]) so that bad input fails
+//! before any model is loaded. Every model call goes through [`calls::Calls`], which records
+//! it in the run's event log, memoizes it run-wide and replays it on resume.
+
+pub mod agent;
+pub mod calls;
+pub mod dataset;
+pub mod events;
+pub mod metric;
+pub mod rng;
+pub mod task;
+pub mod template;
+
+#[cfg(test)]
+pub(crate) mod testutil;
+
+use crate::error::{Error, Result};
+use dataset::Dataset;
+use task::{AgentSpec, Task};
+use template::Template;
+
+/// Checks the task against its data: every template placeholder names a component or a
+/// field every example has, every expected answer suits the metric, and a command agent
+/// runs on the first training example. Call before loading any model.
+pub fn validate(task: &Task, data: &Dataset) -> Result<()> {
+    if let AgentSpec::Chat { system, user, .. } = &task.spec.agent {
+        let templates = [("agent.system", system.as_deref()), ("agent.user", Some(user.as_str()))];
+        for (field, text) in templates {
+            let Some(text) = text else { continue };
+            let t = Template::parse(text).map_err(|r| task.err(field, r))?;
+            for name in t.names() {
+                if task.initial.contains_key(name) {
+                    continue;
+                }
+                if let Some(ex) = data.all().find(|e| !e.fields.contains_key(name)) {
+                    return Err(Error::Data {
+                        file: ex.file.clone(),
+                        line: ex.line,
+                        reason: format!("`{field}` uses `{{{{{name}}}}}` but this example has no field `{name}`"),
+                    });
+                }
+            }
+        }
+    }
+    metric::check_applicable(&task.spec.metric, data.all())?;
+    if let AgentSpec::Command { command, timeout_s } = &task.spec.agent {
+        if let Some(ex) = data.train.first() {
+            let input = serde_json::json!({
+                "components": task.initial,
+                "example": serde_json::Value::Object(ex.fields.clone()),
+            });
+            agent::run_json_command(command, &input, std::time::Duration::from_secs_f64(*timeout_s))
+                .map_err(|e| task.err("agent.command", format!("trial run on {}:{}: {e}", ex.file.display(), ex.line)))?;
+        }
+    }
+    Ok(())
+}
