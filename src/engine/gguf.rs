@@ -245,7 +245,9 @@ impl GgufFile {
             }
             Err(_) => return Err(invalid("file is shorter than the 4-byte magic".into())),
         }
-        reader.seek(SeekFrom::Start(0)).map_err(|e| Error::io(&path, e))?;
+        reader
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| Error::io(&path, e))?;
         let content = Content::read(&mut reader)
             .map_err(|e| invalid(format!("cannot read header (truncated or corrupt?): {e}")))?;
         let file_len = reader

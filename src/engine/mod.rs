@@ -3,6 +3,6 @@
 //! The engine knows nothing of the optimizer. It loads a model (weights, tokenizer and chat
 //! template all from one GGUF file), and turns chat requests into completions with usage.
 
-pub mod gguf;
 pub mod chat;
+pub mod gguf;
 pub mod sampling;

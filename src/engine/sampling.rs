@@ -17,7 +17,14 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_k: None, top_p: None, seed: 0, max_new_tokens: 256, stop: Vec::new() }
+        Self {
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            seed: 0,
+            max_new_tokens: 256,
+            stop: Vec::new(),
+        }
     }
 }
 

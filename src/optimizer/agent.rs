@@ -77,7 +77,10 @@ pub enum Executor {
         extract: Extract,
     },
     /// An external program.
-    Command { command: Vec<String>, timeout: Duration },
+    Command {
+        command: Vec<String>,
+        timeout: Duration,
+    },
 }
 
 /// An executor plus the metric.
@@ -97,7 +100,9 @@ impl Agent {
                 extract,
                 ..
             } => Executor::Chat {
-                llm: llm.ok_or_else(|| task.err("agent.model", "no model was loaded for the chat agent"))?,
+                llm: llm.ok_or_else(|| {
+                    task.err("agent.model", "no model was loaded for the chat agent")
+                })?,
                 system: system
                     .as_deref()
                     .map(Template::parse)
@@ -119,7 +124,12 @@ impl Agent {
     }
 
     /// Runs every job and scores it; outcomes in job order.
-    pub fn evaluate(&self, calls: &Calls, ctx: &Ctx, jobs: &[(&Components, &Example)]) -> Vec<Outcome> {
+    pub fn evaluate(
+        &self,
+        calls: &Calls,
+        ctx: &Ctx,
+        jobs: &[(&Components, &Example)],
+    ) -> Vec<Outcome> {
         let raw: Vec<(String, Result<Raw, String>)> = match &self.executor {
             Executor::Chat {
                 llm,
@@ -269,7 +279,9 @@ pub fn run_json_command(command: &[String], input: &Value, timeout: Duration) ->
         command: name.clone(),
         reason,
     };
-    let (program, args) = command.split_first().ok_or_else(|| err("empty command".into()))?;
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| err("empty command".into()))?;
     let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::piped())
@@ -300,19 +312,33 @@ pub fn run_json_command(command: &[String], input: &Value, timeout: Duration) ->
         }
         out
     });
-    let status = match child.wait_timeout(timeout).map_err(|e| err(e.to_string()))? {
+    let status = match child
+        .wait_timeout(timeout)
+        .map_err(|e| err(e.to_string()))?
+    {
         Some(s) => s,
         None => {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(err(format!("timed out after {:.1}s", timeout.as_secs_f64())));
+            return Err(err(format!(
+                "timed out after {:.1}s",
+                timeout.as_secs_f64()
+            )));
         }
     };
     let _ = writer.join();
     let out = reader.join().unwrap_or_default();
     let stderr_text = err_reader.join().unwrap_or_default();
     if !status.success() {
-        let tail: String = stderr_text.trim().chars().rev().take(300).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: String = stderr_text
+            .trim()
+            .chars()
+            .rev()
+            .take(300)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         return Err(err(format!("exited with {status}: {tail}")));
     }
     serde_json::from_str(out.trim()).map_err(|e| err(format!("output is not JSON: {e}")))
@@ -325,7 +351,10 @@ mod tests {
     #[test]
     fn extraction_modes() {
         assert_eq!(extract_answer(&Extract::LastLine, "a\nb\n\n"), "b");
-        let re = Extract::Regex { pattern: r"(\d+)".into(), group: 1 };
+        let re = Extract::Regex {
+            pattern: r"(\d+)".into(),
+            group: 1,
+        };
         assert_eq!(extract_answer(&re, "1 then 22"), "22");
         let jf = Extract::JsonField { field: "x".into() };
         assert_eq!(extract_answer(&jf, "ok {\"x\": 5}"), "5");
@@ -334,13 +363,20 @@ mod tests {
     #[test]
     fn command_errors_are_reported() {
         let sh = |s: &str| vec!["sh".to_string(), "-c".to_string(), s.to_string()];
-        let v = run_json_command(&sh("cat >/dev/null; echo '{\"answer\": 1}'"), &Value::Null, Duration::from_secs(5)).unwrap();
+        let v = run_json_command(
+            &sh("cat >/dev/null; echo '{\"answer\": 1}'"),
+            &Value::Null,
+            Duration::from_secs(5),
+        )
+        .unwrap();
         assert_eq!(v["answer"], 1);
         let e = run_json_command(&sh("exit 3"), &Value::Null, Duration::from_secs(5)).unwrap_err();
         assert!(e.to_string().contains("exited"), "{e}");
-        let e = run_json_command(&sh("sleep 5"), &Value::Null, Duration::from_millis(200)).unwrap_err();
+        let e =
+            run_json_command(&sh("sleep 5"), &Value::Null, Duration::from_millis(200)).unwrap_err();
         assert!(e.to_string().contains("timed out"), "{e}");
-        let e = run_json_command(&sh("echo nope"), &Value::Null, Duration::from_secs(5)).unwrap_err();
+        let e =
+            run_json_command(&sh("echo nope"), &Value::Null, Duration::from_secs(5)).unwrap_err();
         assert!(e.to_string().contains("not JSON"), "{e}");
     }
 }

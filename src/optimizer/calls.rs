@@ -158,23 +158,35 @@ impl Calls {
 
     /// Completes `requests` on `llm`, answering from memo and replay where possible and
     /// submitting the rest in one batch. Results come back in request order.
-    pub fn complete(&self, llm: &dyn Llm, ctx: &Ctx, role: Role, requests: &[ChatRequest]) -> Vec<Result<Completion>> {
+    pub fn complete(
+        &self,
+        llm: &dyn Llm,
+        ctx: &Ctx,
+        role: Role,
+        requests: &[ChatRequest],
+    ) -> Vec<Result<Completion>> {
         let model = llm.name();
-        let keys: Vec<String> = requests.iter().map(|r| Self::key(role, &model, r)).collect();
+        let keys: Vec<String> = requests
+            .iter()
+            .map(|r| Self::key(role, &model, r))
+            .collect();
         let mut live: Vec<usize> = Vec::new();
         {
             let mut st = self.lock();
             let mut queued = std::collections::HashSet::new();
             for (i, key) in keys.iter().enumerate() {
                 if st.memo.contains_key(key) {
-                    st.ledger.push(entry(ctx, role, Source::Memo, Usage::default(), 0.0));
+                    st.ledger
+                        .push(entry(ctx, role, Source::Memo, Usage::default(), 0.0));
                 } else if let Some(rec) = st.replay.remove(key) {
-                    st.ledger.push(entry(ctx, role, Source::Replayed, rec.usage, rec.time_s));
+                    st.ledger
+                        .push(entry(ctx, role, Source::Replayed, rec.usage, rec.time_s));
                     st.memo.insert(key.clone(), rec.result);
                 } else if queued.insert(key.clone()) {
                     live.push(i);
                 } else {
-                    st.ledger.push(entry(ctx, role, Source::Memo, Usage::default(), 0.0));
+                    st.ledger
+                        .push(entry(ctx, role, Source::Memo, Usage::default(), 0.0));
                 }
             }
         }
@@ -189,7 +201,10 @@ impl Calls {
                     None => Err("the model returned fewer results than requests".to_string()),
                 };
                 let (usage, time_s) = match &result {
-                    Ok(c) => (c.usage, c.timings.queue_s + c.timings.prefill_s + c.timings.decode_s),
+                    Ok(c) => (
+                        c.usage,
+                        c.timings.queue_s + c.timings.prefill_s + c.timings.decode_s,
+                    ),
                     Err(_) => (Usage::default(), 0.0),
                 };
                 let record = CallRecord {
@@ -207,7 +222,8 @@ impl Calls {
                 if let Err(e) = st.log.append(&Event::Call(Box::new(record))) {
                     tracing::error!("event log: {e}");
                 }
-                st.ledger.push(entry(ctx, role, Source::Live, usage, time_s));
+                st.ledger
+                    .push(entry(ctx, role, Source::Live, usage, time_s));
                 st.memo.insert(keys[i].clone(), result);
             }
         }
@@ -231,11 +247,18 @@ impl Calls {
     pub fn known_command(&self, ctx: &Ctx, key: &str) -> Option<Result<Value, String>> {
         let mut st = self.lock();
         if let Some(r) = st.command_memo.get(key).cloned() {
-            st.ledger.push(entry(ctx, Role::Agent, Source::Memo, Usage::default(), 0.0));
+            st.ledger
+                .push(entry(ctx, Role::Agent, Source::Memo, Usage::default(), 0.0));
             return Some(r);
         }
         let rec = st.command_replay.remove(key)?;
-        st.ledger.push(entry(ctx, Role::Agent, Source::Replayed, Usage::default(), rec.time_s));
+        st.ledger.push(entry(
+            ctx,
+            Role::Agent,
+            Source::Replayed,
+            Usage::default(),
+            rec.time_s,
+        ));
         st.command_memo.insert(key.to_string(), rec.result.clone());
         Some(rec.result)
     }
@@ -254,7 +277,13 @@ impl Calls {
         if let Err(e) = st.log.append(&Event::Command(record)) {
             tracing::error!("event log: {e}");
         }
-        st.ledger.push(entry(ctx, Role::Agent, Source::Live, Usage::default(), time_s));
+        st.ledger.push(entry(
+            ctx,
+            Role::Agent,
+            Source::Live,
+            Usage::default(),
+            time_s,
+        ));
         st.command_memo.insert(key.into(), result);
     }
 
@@ -281,8 +310,16 @@ impl Calls {
     /// The first budget reached, if any.
     pub fn budget_hit(&self, budget: &BudgetSpec) -> Option<BudgetHit> {
         let checks = [
-            ("optimizer_tokens", budget.optimizer_tokens.map(|v| v as f64), self.tokens(Role::Optimizer) as f64),
-            ("agent_tokens", budget.agent_tokens.map(|v| v as f64), self.tokens(Role::Agent) as f64),
+            (
+                "optimizer_tokens",
+                budget.optimizer_tokens.map(|v| v as f64),
+                self.tokens(Role::Optimizer) as f64,
+            ),
+            (
+                "agent_tokens",
+                budget.agent_tokens.map(|v| v as f64),
+                self.tokens(Role::Agent) as f64,
+            ),
             ("wall_time_s", budget.wall_time_s, self.elapsed_s()),
         ];
         checks.into_iter().find_map(|(name, limit, used)| {

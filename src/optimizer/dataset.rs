@@ -46,7 +46,9 @@ impl Example {
 }
 
 /// Which split.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Split {
     Train,
@@ -89,12 +91,23 @@ impl Dataset {
             let n_val = (((n as f64) * r.val).round() as usize).min(n - n_train.min(n));
             let test = all.split_off((n_train + n_val).min(n));
             let val = all.split_off(n_train.min(n));
-            let ds = Dataset { train: all, val, test };
-            for (split, ratio, v) in [("train", r.train, &ds.train), ("val", r.val, &ds.val), ("test", r.test, &ds.test)] {
+            let ds = Dataset {
+                train: all,
+                val,
+                test,
+            };
+            for (split, ratio, v) in [
+                ("train", r.train, &ds.train),
+                ("val", r.val, &ds.val),
+                ("test", r.test, &ds.test),
+            ] {
                 if ratio > 0.0 && v.is_empty() {
                     return Err(task.err(
                         &format!("data.split.{split}"),
-                        format!("the {split} split of {} is empty ({n} examples)", file.display()),
+                        format!(
+                            "the {split} split of {} is empty ({n} examples)",
+                            file.display()
+                        ),
                     ));
                 }
             }
@@ -105,7 +118,10 @@ impl Dataset {
                 let path = task.resolve(p);
                 let v = read_jsonl(&path, &d.answer_field, id_field)?;
                 if v.is_empty() {
-                    return Err(task.err(&format!("data.{field}"), format!("{} has no examples", path.display())));
+                    return Err(task.err(
+                        &format!("data.{field}"),
+                        format!("{} has no examples", path.display()),
+                    ));
                 }
                 Ok(v)
             };
@@ -147,7 +163,11 @@ impl Dataset {
     /// A hash of the data, to detect a changed dataset on resume.
     pub fn fingerprint(&self) -> String {
         let mut text = String::new();
-        for (s, v) in [("train", &self.train), ("val", &self.val), ("test", &self.test)] {
+        for (s, v) in [
+            ("train", &self.train),
+            ("val", &self.val),
+            ("test", &self.test),
+        ] {
             for e in v.iter() {
                 text.push_str(s);
                 text.push_str(&e.id);
@@ -180,14 +200,22 @@ pub fn read_jsonl(path: &Path, answer_field: &str, id_field: Option<&str>) -> Re
             return Err(data_err(line, "expected a JSON object".into()));
         };
         let Some(answer) = fields.get(answer_field).cloned() else {
-            return Err(data_err(line, format!("missing answer field `{answer_field}`")));
+            return Err(data_err(
+                line,
+                format!("missing answer field `{answer_field}`"),
+            ));
         };
         let id = match id_field {
             Some(f) => match fields.get(f) {
                 Some(v) => value_text(v),
                 None => return Err(data_err(line, format!("missing id field `{f}`"))),
             },
-            None => format!("{}:{line}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()),
+            None => format!(
+                "{}:{line}",
+                path.file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default()
+            ),
         };
         if !seen_ids.insert(id.clone()) {
             return Err(data_err(line, format!("duplicate id `{id}`")));
@@ -240,7 +268,9 @@ pub(crate) mod tests {
     fn split_by_ratio_is_seeded_and_complete() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("all.jsonl");
-        let lines: Vec<String> = (0..20).map(|i| format!("{{\"q\":{i},\"answer\":{i}}}")).collect();
+        let lines: Vec<String> = (0..20)
+            .map(|i| format!("{{\"q\":{i},\"answer\":{i}}}"))
+            .collect();
         std::fs::write(&p, lines.join("\n")).unwrap();
         let toml = r#"
 name = "t"

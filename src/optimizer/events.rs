@@ -77,7 +77,10 @@ pub struct EventLog {
 impl EventLog {
     /// A log that writes nowhere (tests, `fgo eval`).
     pub fn none() -> Self {
-        Self { path: None, file: None }
+        Self {
+            path: None,
+            file: None,
+        }
     }
 
     /// Opens (or creates) `path` for appending and returns the replayable events already in
@@ -138,7 +141,8 @@ impl EventLog {
         };
         let mut line = serde_json::to_string(event).map_err(json_err(path))?;
         line.push('\n');
-        file.write_all(line.as_bytes()).map_err(|e| Error::io(path, e))?;
+        file.write_all(line.as_bytes())
+            .map_err(|e| Error::io(path, e))?;
         file.flush().map_err(|e| Error::io(path, e))
     }
 }
@@ -169,7 +173,8 @@ mod tests {
             run_elapsed_s: 0.2,
         });
         log.append(&cmd).unwrap();
-        log.append(&Event::Step(serde_json::json!({"x": 1}))).unwrap();
+        log.append(&Event::Step(serde_json::json!({"x": 1})))
+            .unwrap();
         drop(log);
         let mut text = std::fs::read_to_string(&p).unwrap();
         text.push_str("{\"type\":\"comm");

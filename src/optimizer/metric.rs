@@ -69,8 +69,12 @@ pub fn validate_spec(spec: &MetricSpec) -> Result<(), String> {
         MetricSpec::Numeric { tolerance } if !(tolerance.is_finite() && *tolerance >= 0.0) => {
             Err("tolerance must be a non-negative number".into())
         }
-        MetricSpec::Choice { labels } if labels.is_empty() => Err("labels must not be empty".into()),
-        MetricSpec::JsonField { field } if field.is_empty() => Err("field must not be empty".into()),
+        MetricSpec::Choice { labels } if labels.is_empty() => {
+            Err("labels must not be empty".into())
+        }
+        MetricSpec::JsonField { field } if field.is_empty() => {
+            Err("field must not be empty".into())
+        }
         MetricSpec::Command { command, timeout_s } => {
             if command.is_empty() || command[0].trim().is_empty() {
                 Err("command must name a program".into())
@@ -85,24 +89,36 @@ pub fn validate_spec(spec: &MetricSpec) -> Result<(), String> {
 }
 
 /// Checks that every example's expected answer suits the metric.
-pub fn check_applicable<'a>(spec: &MetricSpec, examples: impl Iterator<Item = &'a Example>) -> Result<()> {
+pub fn check_applicable<'a>(
+    spec: &MetricSpec,
+    examples: impl Iterator<Item = &'a Example>,
+) -> Result<()> {
     for ex in examples {
         let expected = ex.answer_text();
         match spec {
             MetricSpec::Numeric { .. } if parse_number(&expected).is_none() => {
-                return Err(ex.err(format!("metric `numeric`: expected answer `{expected}` is not a number")));
+                return Err(ex.err(format!(
+                    "metric `numeric`: expected answer `{expected}` is not a number"
+                )));
             }
             MetricSpec::Choice { labels } if !labels.iter().any(|l| norm(l) == norm(&expected)) => {
-                return Err(ex.err(format!("metric `choice`: expected answer `{expected}` is not one of the labels")));
+                return Err(ex.err(format!(
+                    "metric `choice`: expected answer `{expected}` is not one of the labels"
+                )));
             }
             MetricSpec::Regex => {
-                Regex::new(&format!("^(?:{expected})$"))
-                    .map_err(|e| ex.err(format!("metric `regex`: expected answer is not a valid regex: {e}")))?;
+                Regex::new(&format!("^(?:{expected})$")).map_err(|e| {
+                    ex.err(format!(
+                        "metric `regex`: expected answer is not a valid regex: {e}"
+                    ))
+                })?;
             }
             MetricSpec::JsonField { field } => {
                 if let Value::Object(o) = &ex.answer {
                     if !o.contains_key(field) {
-                        return Err(ex.err(format!("metric `json_field`: expected answer has no field `{field}`")));
+                        return Err(ex.err(format!(
+                            "metric `json_field`: expected answer has no field `{field}`"
+                        )));
                     }
                 }
             }
@@ -137,15 +153,21 @@ pub fn score(spec: &MetricSpec, prediction: &str, ex: &Example) -> Result<f64> {
             Ok(re) => bool_score(re.is_match(prediction.trim())),
             Err(_) => 0.0,
         },
-        MetricSpec::Numeric { tolerance } => match (last_number(prediction), parse_number(&expected)) {
-            (Some(p), Some(e)) => bool_score((p - e).abs() <= *tolerance + 1e-12),
-            _ => 0.0,
-        },
+        MetricSpec::Numeric { tolerance } => {
+            match (last_number(prediction), parse_number(&expected)) {
+                (Some(p), Some(e)) => bool_score((p - e).abs() <= *tolerance + 1e-12),
+                _ => 0.0,
+            }
+        }
         MetricSpec::Choice { labels } => {
             let p = norm(prediction);
             let named: Vec<&String> = labels.iter().filter(|l| word_in(&p, &norm(l))).collect();
             let exact = labels.iter().find(|l| norm(l) == p);
-            let chosen = exact.or(if named.len() == 1 { named.first().copied() } else { None });
+            let chosen = exact.or(if named.len() == 1 {
+                named.first().copied()
+            } else {
+                None
+            });
             bool_score(chosen.is_some_and(|l| norm(l) == norm(&expected)))
         }
         MetricSpec::TokenF1 => token_f1(prediction, &expected),
@@ -155,15 +177,24 @@ pub fn score(spec: &MetricSpec, prediction: &str, ex: &Example) -> Result<f64> {
                 other => other.clone(),
             };
             let got = first_json_object(prediction).and_then(|o| o.get(field).cloned());
-            bool_score(got.is_some_and(|g| g == want || value_text(&g).trim() == value_text(&want).trim()))
+            bool_score(
+                got.is_some_and(|g| g == want || value_text(&g).trim() == value_text(&want).trim()),
+            )
         }
         MetricSpec::Command { command, timeout_s } => {
             let input = serde_json::json!({"prediction": prediction, "example": Value::Object(ex.fields.clone())});
-            let out = crate::optimizer::agent::run_json_command(command, &input, Duration::from_secs_f64(*timeout_s))?;
-            let s = out.get("score").and_then(Value::as_f64).ok_or_else(|| Error::Command {
-                command: command.join(" "),
-                reason: "output has no numeric `score`".into(),
-            })?;
+            let out = crate::optimizer::agent::run_json_command(
+                command,
+                &input,
+                Duration::from_secs_f64(*timeout_s),
+            )?;
+            let s = out
+                .get("score")
+                .and_then(Value::as_f64)
+                .ok_or_else(|| Error::Command {
+                    command: command.join(" "),
+                    reason: "output has no numeric `score`".into(),
+                })?;
             s.clamp(0.0, 1.0)
         }
     })
@@ -197,12 +228,21 @@ fn norm(s: &str) -> String {
 }
 
 fn word_in(haystack: &str, word: &str) -> bool {
-    !word.is_empty() && haystack.split_whitespace().collect::<Vec<_>>().windows(word.split_whitespace().count().max(1)).any(|w| w.join(" ") == word)
+    !word.is_empty()
+        && haystack
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(word.split_whitespace().count().max(1))
+            .any(|w| w.join(" ") == word)
 }
 
 /// Parses a number, allowing thousands separators and surrounding whitespace.
 pub fn parse_number(s: &str) -> Option<f64> {
-    s.trim().replace(',', "").parse::<f64>().ok().filter(|v| v.is_finite())
+    s.trim()
+        .replace(',', "")
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())
 }
 
 /// The last number in `s` (what a model writes last is usually its answer).
@@ -220,7 +260,10 @@ fn static_number_re() -> &'static Regex {
 
 fn token_f1(pred: &str, expected: &str) -> f64 {
     let p: Vec<String> = norm(pred).split_whitespace().map(String::from).collect();
-    let e: Vec<String> = norm(expected).split_whitespace().map(String::from).collect();
+    let e: Vec<String> = norm(expected)
+        .split_whitespace()
+        .map(String::from)
+        .collect();
     if p.is_empty() || e.is_empty() {
         return bool_score(p == e);
     }
@@ -262,29 +305,51 @@ mod tests {
 
     #[test]
     fn metrics_score_as_documented() {
-        let exact = MetricSpec::Exact { ignore_case: true, collapse_whitespace: true, strip_punctuation: false };
+        let exact = MetricSpec::Exact {
+            ignore_case: true,
+            collapse_whitespace: true,
+            strip_punctuation: false,
+        };
         assert_eq!(sc(&exact, "  Paris ", "paris"), 1.0);
         assert_eq!(sc(&exact, "Paris.", "paris"), 0.0);
         let num = MetricSpec::Numeric { tolerance: 0.0 };
         assert_eq!(sc(&num, "3 apples + 4 = 7", "7"), 1.0);
         assert_eq!(sc(&num, "1,200", "1200"), 1.0);
         assert_eq!(sc(&num, "none", "7"), 0.0);
-        let choice = MetricSpec::Choice { labels: vec!["yes".into(), "no".into()] };
+        let choice = MetricSpec::Choice {
+            labels: vec!["yes".into(), "no".into()],
+        };
         assert_eq!(sc(&choice, "The answer is yes.", "yes"), 1.0);
         assert_eq!(sc(&choice, "yes or no", "yes"), 0.0);
         assert!((sc(&MetricSpec::TokenF1, "the red cat", "red cat") - 0.8).abs() < 1e-9);
-        let jf = MetricSpec::JsonField { field: "date".into() };
-        assert_eq!(sc(&jf, "Here: {\"date\": \"2024-01-02\"}", "2024-01-02"), 1.0);
+        let jf = MetricSpec::JsonField {
+            field: "date".into(),
+        };
+        assert_eq!(
+            sc(&jf, "Here: {\"date\": \"2024-01-02\"}", "2024-01-02"),
+            1.0
+        );
         assert_eq!(sc(&MetricSpec::Regex, "abc123", "abc\\d+"), 1.0);
-        assert_eq!(sc(&MetricSpec::Contains { ignore_case: true }, "It is PARIS", "paris"), 1.0);
+        assert_eq!(
+            sc(
+                &MetricSpec::Contains { ignore_case: true },
+                "It is PARIS",
+                "paris"
+            ),
+            1.0
+        );
     }
 
     #[test]
     fn inapplicable_metric_names_the_line() {
         let ex = examples(&[("q", "7"), ("q", "seven")]);
-        let err = check_applicable(&MetricSpec::Numeric { tolerance: 0.0 }, ex.iter()).unwrap_err().to_string();
+        let err = check_applicable(&MetricSpec::Numeric { tolerance: 0.0 }, ex.iter())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("mem.jsonl:2"), "{err}");
-        let choice = MetricSpec::Choice { labels: vec!["7".into()] };
+        let choice = MetricSpec::Choice {
+            labels: vec!["7".into()],
+        };
         assert!(check_applicable(&choice, ex.iter()).is_err());
     }
 }

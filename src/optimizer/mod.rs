@@ -7,13 +7,27 @@
 
 pub mod agent;
 pub mod calls;
+pub mod charts;
 pub mod dataset;
+pub mod diff;
+pub mod divide;
+pub mod env;
 pub mod events;
+pub mod guard;
+pub mod merge;
 pub mod metric;
+pub mod optimize;
+pub mod parse;
+pub mod prompts;
+pub mod report;
 pub mod rng;
+pub mod run;
+pub mod rundir;
 pub mod task;
 pub mod template;
 
+#[cfg(test)]
+mod tests;
 #[cfg(test)]
 pub(crate) mod testutil;
 
@@ -22,12 +36,23 @@ use dataset::Dataset;
 use task::{AgentSpec, Task};
 use template::Template;
 
+/// Loads a task file and its data and validates both (no model is loaded).
+pub fn prepare(path: &std::path::Path) -> Result<(Task, Dataset)> {
+    let task = Task::load(path)?;
+    let data = Dataset::load(&task)?;
+    validate(&task, &data)?;
+    Ok((task, data))
+}
+
 /// Checks the task against its data: every template placeholder names a component or a
 /// field every example has, every expected answer suits the metric, and a command agent
 /// runs on the first training example. Call before loading any model.
 pub fn validate(task: &Task, data: &Dataset) -> Result<()> {
     if let AgentSpec::Chat { system, user, .. } = &task.spec.agent {
-        let templates = [("agent.system", system.as_deref()), ("agent.user", Some(user.as_str()))];
+        let templates = [
+            ("agent.system", system.as_deref()),
+            ("agent.user", Some(user.as_str())),
+        ];
         for (field, text) in templates {
             let Some(text) = text else { continue };
             let t = Template::parse(text).map_err(|r| task.err(field, r))?;
@@ -52,8 +77,17 @@ pub fn validate(task: &Task, data: &Dataset) -> Result<()> {
                 "components": task.initial,
                 "example": serde_json::Value::Object(ex.fields.clone()),
             });
-            agent::run_json_command(command, &input, std::time::Duration::from_secs_f64(*timeout_s))
-                .map_err(|e| task.err("agent.command", format!("trial run on {}:{}: {e}", ex.file.display(), ex.line)))?;
+            agent::run_json_command(
+                command,
+                &input,
+                std::time::Duration::from_secs_f64(*timeout_s),
+            )
+            .map_err(|e| {
+                task.err(
+                    "agent.command",
+                    format!("trial run on {}:{}: {e}", ex.file.display(), ex.line),
+                )
+            })?;
         }
     }
     Ok(())

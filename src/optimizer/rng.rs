@@ -71,6 +71,9 @@ mod tests {
         Rng::new(7).shuffle(&mut b);
         assert_eq!(a, b);
         assert_ne!(a, (0..20).collect::<Vec<_>>());
-        assert_ne!(Rng::derived(1, "x").next_u64(), Rng::derived(1, "y").next_u64());
+        assert_ne!(
+            Rng::derived(1, "x").next_u64(),
+            Rng::derived(1, "y").next_u64()
+        );
     }
 }

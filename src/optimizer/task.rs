@@ -440,14 +440,21 @@ impl Task {
         let explicit = d.train.is_some() || d.val.is_some() || d.test.is_some();
         match (&d.file, explicit) {
             (Some(_), true) => {
-                return Err(self.err("data", "give either `file` (with `split`) or train/val/test"))
+                return Err(self.err(
+                    "data",
+                    "give either `file` (with `split`) or train/val/test",
+                ))
             }
-            (None, false) => return Err(self.err("data", "give `train` (and `val`, `test`) or `file`")),
+            (None, false) => {
+                return Err(self.err("data", "give `train` (and `val`, `test`) or `file`"))
+            }
             (Some(_), false) => {
                 let Some(s) = d.split else {
                     return Err(self.err("data.split", "required with `data.file`"));
                 };
-                let ok = [s.train, s.val, s.test].iter().all(|r| r.is_finite() && *r >= 0.0);
+                let ok = [s.train, s.val, s.test]
+                    .iter()
+                    .all(|r| r.is_finite() && *r >= 0.0);
                 if !ok || (s.train + s.val + s.test - 1.0).abs() > 1e-6 {
                     return Err(self.err("data.split", "ratios must be >= 0 and sum to 1"));
                 }
@@ -464,7 +471,11 @@ impl Task {
                 }
             }
         }
-        for (field, v) in [("max_train", d.max_train), ("max_val", d.max_val), ("max_test", d.max_test)] {
+        for (field, v) in [
+            ("max_train", d.max_train),
+            ("max_val", d.max_val),
+            ("max_test", d.max_test),
+        ] {
             if v == Some(0) {
                 return Err(self.err(&format!("data.{field}"), "must be positive"));
             }
@@ -485,7 +496,10 @@ impl Task {
             .map_err(|e| self.err("optimizer.diagnosis_params", e.to_string()))?;
         match (o.subset_size, o.subset_count) {
             (Some(_), Some(_)) => {
-                return Err(self.err("optimizer.subset_size", "give subset_size or subset_count, not both"))
+                return Err(self.err(
+                    "optimizer.subset_size",
+                    "give subset_size or subset_count, not both",
+                ))
             }
             (Some(0), _) => return Err(self.err("optimizer.subset_size", "must be positive")),
             (_, Some(0)) => return Err(self.err("optimizer.subset_count", "must be positive")),
@@ -503,7 +517,10 @@ impl Task {
             }
         }
         if o.show_failures == 0 && o.show_successes == 0 {
-            return Err(self.err("optimizer.show_failures", "show_failures and show_successes are both 0"));
+            return Err(self.err(
+                "optimizer.show_failures",
+                "show_failures and show_successes are both 0",
+            ));
         }
         if o.merge_fan_in < 2 {
             return Err(self.err("optimizer.merge_fan_in", "must be at least 2"));
@@ -536,7 +553,11 @@ fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> Error {
     };
     Error::Task {
         file: path.to_path_buf(),
-        field: if field.is_empty() { "(syntax)".into() } else { field },
+        field: if field.is_empty() {
+            "(syntax)".into()
+        } else {
+            field
+        },
         reason,
     }
 }
@@ -593,7 +614,10 @@ type = "exact"
         let err = load(&text).unwrap_err().to_string();
         assert!(err.contains("optimizer.subset_size"), "{err}");
         let text = format!("{MINIMAL}\n[optimizer]\nmerge_fan_in = 1\n");
-        assert!(load(&text).unwrap_err().to_string().contains("merge_fan_in"));
+        assert!(load(&text)
+            .unwrap_err()
+            .to_string()
+            .contains("merge_fan_in"));
         let text = MINIMAL.replace("train = \"train.jsonl\"", "file = \"all.jsonl\"");
         assert!(load(&text).unwrap_err().to_string().contains("data.split"));
     }

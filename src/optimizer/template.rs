@@ -28,11 +28,16 @@ impl Template {
         let mut rest = text;
         while let Some(start) = rest.find("{{") {
             let Some(len) = rest[start + 2..].find("}}") else {
-                return Err(format!("unclosed `{{{{` at byte {}", text.len() - rest.len() + start));
+                return Err(format!(
+                    "unclosed `{{{{` at byte {}",
+                    text.len() - rest.len() + start
+                ));
             };
             let name = rest[start + 2..start + 2 + len].trim();
             if !crate::optimizer::task::is_identifier(name) {
-                return Err(format!("`{{{{{name}}}}}` is not a placeholder (use letters, digits, _)"));
+                return Err(format!(
+                    "`{{{{{name}}}}}` is not a placeholder (use letters, digits, _)"
+                ));
             }
             if start > 0 {
                 parts.push(Part::Text(rest[..start].to_string()));
@@ -104,6 +109,9 @@ mod tests {
     fn rejects_bad_placeholders() {
         assert!(Template::parse("{{ a b }}").is_err());
         assert!(Template::parse("{{open").is_err());
-        assert_eq!(Template::parse("plain { text }").unwrap().names().count(), 0);
+        assert_eq!(
+            Template::parse("plain { text }").unwrap().names().count(),
+            0
+        );
     }
 }
