@@ -92,3 +92,51 @@ pub fn validate(task: &Task, data: &Dataset) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod validate_tests {
+    use super::*;
+
+    fn setup(task_extra: &str, data: &str) -> (tempfile::TempDir, Result<(Task, Dataset)>) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let toml = format!(
+            "name = \"t\"\n[components.sys]\ntext = \"Answer.\"\n{task_extra}\n[data]\ntrain = \"train.jsonl\"\n[metric]\ntype = \"numeric\"\n"
+        );
+        std::fs::write(dir.path().join("task.toml"), toml).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("train.jsonl"), data).unwrap_or_else(|e| panic!("{e}"));
+        let r = prepare(&dir.path().join("task.toml"));
+        (dir, r)
+    }
+
+    const CHAT: &str =
+        "[agent]\ntype = \"chat\"\nmodel = \"m\"\nsystem = \"{{sys}}\"\nuser = \"{{question}}\"";
+
+    #[test]
+    fn template_field_missing_from_data_names_the_line() {
+        let (_d, r) = setup(
+            CHAT,
+            "{\"question\": \"q\", \"answer\": 1}\n{\"q\": \"x\", \"answer\": 2}\n",
+        );
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("train.jsonl:2") && e.contains("question"), "{e}");
+    }
+
+    #[test]
+    fn metric_that_cannot_apply_and_empty_split() {
+        let (_d, r) = setup(CHAT, "{\"question\": \"q\", \"answer\": \"many\"}\n");
+        assert!(r.unwrap_err().to_string().contains("not a number"));
+        let (_d, r) = setup(CHAT, "\n");
+        assert!(r.unwrap_err().to_string().contains("data.train"));
+    }
+
+    #[test]
+    fn failing_agent_command_is_caught_before_any_model() {
+        let agent = "[agent]\ntype = \"command\"\ncommand = [\"sh\", \"-c\", \"exit 4\"]\n[optimizer]\nmodel = \"m\"";
+        let (_d, r) = setup(agent, "{\"question\": \"q\", \"answer\": 1}\n");
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.contains("agent.command") && e.contains("train.jsonl:1"),
+            "{e}"
+        );
+    }
+}
