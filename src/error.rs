@@ -31,6 +31,10 @@ pub enum Error {
     #[error("unsupported model architecture `{arch}` (supported: {supported})")]
     UnsupportedArchitecture { arch: String, supported: String },
 
+    /// The file stores tensors in a type this engine cannot compute with.
+    #[error("{path}: unsupported tensor type {type_name}; supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q8_K")]
+    UnsupportedTensorType { path: PathBuf, type_name: String },
+
     /// A tensor is missing, has an unexpected shape, or uses an unsupported type.
     #[error("tensor `{name}`: {reason}")]
     Tensor { name: String, reason: String },

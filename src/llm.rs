@@ -1,62 +1,67 @@
-//! TEMPORARY stub of the LLM seam (the real module lands with the engine on `main`; on
-//! merge, take main's version of this file).
+//! The seam between the optimizer and whatever runs the language model.
+//!
+//! The optimizer sees only [`Llm`]: submit many chat requests at once, get each completion
+//! back with its usage. The embedded [`Engine`] implements it; an HTTP client for an
+//! OpenAI-compatible server can implement it too, so a user can move to a bigger machine
+//! without touching the optimizer.
 
 use crate::engine::chat::ChatMessage;
+use crate::engine::generate::{Engine, GenerationRequest, Prompt};
 use crate::engine::sampling::SamplingParams;
 use crate::error::Result;
-use serde::{Deserialize, Serialize};
+
+pub use crate::engine::generate::{Completion, FinishReason, Timings, Usage};
 
 /// One chat request: a conversation and how to sample its reply.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
     pub params: SamplingParams,
 }
 
-/// Why a generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FinishReason {
-    Eos,
-    StopString,
-    Length,
-    ContextFull,
-}
-
-/// Token counts of one request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
-    pub prompt_tokens: usize,
-    pub cached_prompt_tokens: usize,
-    pub completion_tokens: usize,
-}
-
-/// Where one request's time went, in seconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Timings {
-    pub queue_s: f64,
-    pub prefill_s: f64,
-    pub decode_s: f64,
-}
-
-/// The result of one request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Completion {
-    pub text: String,
-    pub token_ids: Vec<u32>,
-    pub finish_reason: FinishReason,
-    pub usage: Usage,
-    pub timings: Timings,
-}
-
 /// A language model that completes batches of chat requests.
 pub trait Llm: Send + Sync {
-    /// A short name for reports.
+    /// A short name for reports (the model file or endpoint).
     fn name(&self) -> String;
+
     /// The context window, in tokens.
     fn context_length(&self) -> usize;
-    /// How many tokens `text` takes.
+
+    /// How many tokens `text` takes (for truncating prompts to fit).
     fn count_tokens(&self, text: &str) -> Result<usize>;
-    /// Completes every request; per-request results in order.
+
+    /// Completes every request; results come back in request order, each on its own, so one
+    /// failing request does not fail the others. Implementations should run requests
+    /// concurrently where they can.
     fn complete(&self, requests: &[ChatRequest]) -> Vec<Result<Completion>>;
+}
+
+impl Llm for Engine {
+    fn name(&self) -> String {
+        self.path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    fn context_length(&self) -> usize {
+        self.config().context_length
+    }
+
+    fn count_tokens(&self, text: &str) -> Result<usize> {
+        Ok(self.tokenizer().encode(text)?.len())
+    }
+
+    fn complete(&self, requests: &[ChatRequest]) -> Vec<Result<Completion>> {
+        let requests: Vec<GenerationRequest> = requests
+            .iter()
+            .map(|r| GenerationRequest {
+                prompt: Prompt::Chat {
+                    messages: r.messages.clone(),
+                },
+                params: r.params.clone(),
+            })
+            .collect();
+        self.generate_batch(&requests)
+    }
 }

@@ -245,11 +245,17 @@ impl GgufFile {
             }
             Err(_) => return Err(invalid("file is shorter than the 4-byte magic".into())),
         }
-        reader
-            .seek(SeekFrom::Start(0))
-            .map_err(|e| Error::io(&path, e))?;
-        let content = Content::read(&mut reader)
-            .map_err(|e| invalid(format!("cannot read header (truncated or corrupt?): {e}")))?;
+        reader.seek(SeekFrom::Start(0)).map_err(|e| Error::io(&path, e))?;
+        let content = Content::read(&mut reader).map_err(|e| {
+            let message = e.to_string();
+            match unknown_type_id(&message) {
+                Some(id) => Error::UnsupportedTensorType {
+                    path: path.clone(),
+                    type_name: ggml_type_name(id),
+                },
+                None => invalid(format!("cannot read header (truncated or corrupt?): {message}")),
+            }
+        })?;
         let file_len = reader
             .seek(SeekFrom::End(0))
             .map_err(|e| Error::io(&path, e))?;
@@ -329,6 +335,40 @@ impl GgufFile {
     pub fn into_metadata(self) -> Metadata {
         self.metadata
     }
+}
+
+/// The ggml type id in candle's "unknown dtype for tensor N" error, if that is the error.
+fn unknown_type_id(message: &str) -> Option<u32> {
+    let rest = &message[message.find("unknown dtype for tensor ")? + 25..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// The ggml name of a tensor type id, for error messages.
+fn ggml_type_name(id: u32) -> String {
+    let name = match id {
+        4 => "Q4_2 (removed from ggml)",
+        5 => "Q4_3 (removed from ggml)",
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        20 => "IQ4_NL",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        23 => "IQ4_XS",
+        24 => "I8",
+        25 => "I16",
+        26 => "I32",
+        27 => "I64",
+        28 => "F64",
+        29 => "IQ1_M",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        39 => "MXFP4",
+        _ => return format!("with ggml id {id} (unknown)"),
+    };
+    format!("{name} (ggml id {id})")
 }
 
 fn tensor_bytes(info: &TensorInfo) -> Option<u64> {

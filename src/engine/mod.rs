@@ -4,5 +4,13 @@
 //! template all from one GGUF file), and turns chat requests into completions with usage.
 
 pub mod chat;
+pub mod device;
+pub mod generate;
 pub mod gguf;
+pub mod kv;
+pub mod model;
 pub mod sampling;
+pub mod source;
+pub mod tokenizer;
+
+pub use generate::{Completion, Engine, GenerationRequest, LoadOptions, Prompt};

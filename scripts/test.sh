@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: fetches the test models (verified, cached
+# under ~/.cache/fgo), then builds and runs every test.
+#
+#   scripts/test.sh [extra cargo test arguments]
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+# Build outputs live outside the clone by default so that fresh clones reuse them.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fgo/target}"
+scripts/fetch-models.sh all
+cargo test --all-targets "$@"

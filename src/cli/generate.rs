@@ -1,0 +1,105 @@
+//! `fgo generate`: one completion, as text or as JSON with usage and timings.
+
+use std::io::Read;
+
+use clap::Args;
+use fgo::engine::chat::ChatMessage;
+use fgo::engine::sampling::SamplingParams;
+use fgo::engine::{GenerationRequest, Prompt};
+use serde_json::json;
+
+use super::EngineArgs;
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// System message.
+    #[arg(long)]
+    system: Option<String>,
+    /// User message (read from stdin when absent).
+    #[arg(short, long)]
+    prompt: Option<String>,
+    /// Complete the prompt as raw text, without the chat template.
+    #[arg(long)]
+    raw: bool,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches P.
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Keep only the K most likely tokens.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Random seed (the same seed gives the same text).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop when this string appears (repeatable); it is not included in the output.
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Print a JSON object with the text, usage and timings.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    let params = SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+        max_new_tokens: args.max_tokens,
+        stop: args.stop.clone(),
+    };
+    params.validate()?;
+    let user = match args.prompt {
+        Some(p) => p,
+        None => {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text)?;
+            text
+        }
+    };
+    let prompt = if args.raw {
+        let system = args.system.map(|s| s + "\n").unwrap_or_default();
+        Prompt::Text {
+            text: system + &user,
+        }
+    } else {
+        let mut messages = Vec::new();
+        if let Some(system) = args.system {
+            messages.push(ChatMessage::system(system));
+        }
+        messages.push(ChatMessage::user(user));
+        Prompt::Chat { messages }
+    };
+    let engine = args.engine.load()?;
+    let completion = engine.generate(&GenerationRequest { prompt, params })?;
+    if args.json {
+        let t = completion.timings;
+        let u = completion.usage;
+        let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
+        let out = json!({
+            "model": args.engine.model,
+            "path": engine.path(),
+            "text": completion.text,
+            "finish_reason": completion.finish_reason,
+            "usage": u,
+            "timings": {
+                "load_s": engine.load_time().as_secs_f64(),
+                "prompt_s": t.prefill_s,
+                "generation_s": t.decode_s,
+                "prompt_tokens_per_s": rate(u.prompt_tokens - u.cached_prompt_tokens, t.prefill_s),
+                "generation_tokens_per_s": rate(u.completion_tokens.saturating_sub(1), t.decode_s),
+            },
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("{}", completion.text);
+    }
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! Subcommands and the options they share.
+
+mod generate;
+mod models;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Offline LLM-as-optimizer with an embedded GGUF engine.
+#[derive(Debug, Parser)]
+#[command(name = "fgo", version, about)]
+pub struct Cli {
+    /// More log output (repeat for more); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate a completion with a local model.
+    Generate(generate::GenerateArgs),
+    /// List installed and fetchable models.
+    Models(models::ModelsArgs),
+}
+
+/// Where and how to run a model.
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// Model: a GGUF path, an alias from models/ (see `fgo models`), or hf:OWNER/REPO/FILE.gguf.
+    #[arg(short, long, default_value = "qwen2.5-coder-1.5b")]
+    pub model: String,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Threads for CPU work (default: the machine's cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// A tokenizer.json to use instead of the GGUF's vocabulary.
+    #[arg(long)]
+    pub tokenizer: Option<std::path::PathBuf>,
+}
+
+impl EngineArgs {
+    /// Resolves the model and loads it.
+    pub fn load(&self) -> anyhow::Result<fgo::engine::Engine> {
+        configure_threads(self.threads)?;
+        let path = fgo::engine::source::resolve(&self.model)?;
+        let options = fgo::engine::LoadOptions {
+            device: fgo::engine::device::parse_device(&self.device)?,
+            tokenizer_json: self.tokenizer.clone(),
+        };
+        tracing::info!(path = %path.display(), "loading model");
+        Ok(fgo::engine::Engine::load(&path, &options)?)
+    }
+}
+
+/// Sizes the global thread pool used by the tensor kernels and CPU-side work.
+fn configure_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    let Some(n) = threads else { return Ok(()) };
+    if n == 0 {
+        anyhow::bail!("invalid value for `--threads`: must be at least 1");
+    }
+    // candle sizes its matmul parallelism from this variable; set it before any kernel runs.
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    // Fails only if the pool was already built, in which case the variable above has
+    // already sized it the same way.
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    Ok(())
+}
+
+/// Sets up `tracing` on stderr.
+pub fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, _) => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+}
+
+/// Runs the chosen subcommand.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Models(args) => models::run(args),
+    }
+}

@@ -1,0 +1,302 @@
+//! The forward pass: one implementation for the llama family (llama, qwen2, qwen3) and
+//! gemma3, driven by [`ModelConfig`].
+//!
+//! [`Model::forward`] runs a *ragged batch*: any number of sequences, each with its own new
+//! tokens, its own position and its own [`KvCache`]. All tokens of all sequences go through
+//! the projections and feed-forward as one matrix (so the weights are read once per step),
+//! and attention runs per sequence over that sequence's cache. The caches live with the
+//! caller; the model holds only weights.
+
+mod attention;
+pub mod config;
+mod rope;
+mod weights;
+
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+
+pub use config::{Activation, Architecture, ModelConfig, RopeLayout};
+
+use crate::engine::gguf::GgufFile;
+use crate::engine::kv::KvCache;
+use crate::error::{Error, Result};
+use attention::{attend, AttentionSpec};
+use rope::Rotary;
+use weights::{Linear, WeightLoader};
+
+/// Which rows of logits a sequence wants back from a forward step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsWanted {
+    /// Only the last new token's (what generation needs).
+    Last,
+    /// Every new token's (for scoring and tests).
+    All,
+    /// None (a prefill chunk that is not the last).
+    None,
+}
+
+/// One sequence's part of a forward step.
+#[derive(Debug)]
+pub struct SeqStep<'a> {
+    /// Tokens to append, at positions `cache.len()..cache.len() + tokens.len()`.
+    pub tokens: &'a [u32],
+    /// The sequence's cache, extended by the step.
+    pub cache: &'a mut KvCache,
+    pub logits: LogitsWanted,
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    post_attn_norm: Option<Tensor>,
+    ffn_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    post_ffn_norm: Option<Tensor>,
+}
+
+/// A loaded model: weights on one device and the configuration to run them.
+pub struct Model {
+    config: ModelConfig,
+    embedding: Arc<QTensor>,
+    layers: Vec<Layer>,
+    output_norm: Tensor,
+    lm_head: QMatMul,
+    rotary_global: Rotary,
+    rotary_local: Rotary,
+    device: Device,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("config", &self.config).finish()
+    }
+}
+
+impl Model {
+    /// Loads every tensor of `file` onto `device`, keeping matrices and the token embedding
+    /// quantized.
+    pub fn load(file: &mut GgufFile, device: &Device) -> Result<Self> {
+        let config = ModelConfig::from_gguf(file)?;
+        let c = &config;
+        let mut w = WeightLoader::new(file, device);
+        let embedding = Arc::new(w.qtensor("token_embd.weight", &[c.vocab_size, c.d_model])?);
+        let q_dim = c.n_heads * c.head_dim;
+        let kv_dim = c.n_kv_heads * c.head_dim;
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for i in 0..c.n_layers {
+            let p = format!("blk.{i}");
+            let n = |s: &str| format!("{p}.{s}");
+            let qk_norm = |w: &mut WeightLoader, s: &str| -> Result<Option<Tensor>> {
+                if c.qk_norm {
+                    w.vector(&n(s), c.head_dim).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            let sandwich = |w: &mut WeightLoader, s: &str| -> Result<Option<Tensor>> {
+                if c.sandwich_norms {
+                    w.vector(&n(s), c.d_model).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            layers.push(Layer {
+                attn_norm: w.vector(&n("attn_norm.weight"), c.d_model)?,
+                q: w.linear(&n("attn_q"), q_dim, c.d_model)?,
+                k: w.linear(&n("attn_k"), kv_dim, c.d_model)?,
+                v: w.linear(&n("attn_v"), kv_dim, c.d_model)?,
+                o: w.linear(&n("attn_output"), c.d_model, q_dim)?,
+                q_norm: qk_norm(&mut w, "attn_q_norm.weight")?,
+                k_norm: qk_norm(&mut w, "attn_k_norm.weight")?,
+                post_attn_norm: sandwich(&mut w, "post_attention_norm.weight")?,
+                ffn_norm: w.vector(&n("ffn_norm.weight"), c.d_model)?,
+                gate: w.linear(&n("ffn_gate"), c.ffn_dim, c.d_model)?,
+                up: w.linear(&n("ffn_up"), c.ffn_dim, c.d_model)?,
+                down: w.linear(&n("ffn_down"), c.d_model, c.ffn_dim)?,
+                post_ffn_norm: sandwich(&mut w, "post_ffw_norm.weight")?,
+            });
+        }
+        let output_norm = w.vector("output_norm.weight", c.d_model)?;
+        let lm_head = if w.has("output.weight") {
+            QMatMul::from_arc(Arc::new(
+                w.qtensor("output.weight", &[c.vocab_size, c.d_model])?,
+            ))?
+        } else {
+            QMatMul::from_arc(embedding.clone())?
+        };
+        let factors = match w.opt_vector("rope_freqs.weight", c.rope_dim / 2)? {
+            Some(t) => Some(t.to_vec1::<f32>()?),
+            None => None,
+        };
+        let rotary_global = Rotary::new(
+            c.rope_dim,
+            c.rope_base,
+            1.0 / c.rope_linear_scale,
+            factors.as_deref(),
+        );
+        let rotary_local = Rotary::new(c.rope_dim, c.rope_base_local, 1.0, factors.as_deref());
+        Ok(Self {
+            config,
+            embedding,
+            layers,
+            output_norm,
+            lm_head,
+            rotary_global,
+            rotary_local,
+            device: device.clone(),
+        })
+    }
+
+    /// The model's hyperparameters.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A fresh, empty cache for one sequence of this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.n_layers)
+    }
+
+    /// Runs one step for a ragged batch of sequences and returns, per sequence, the logits
+    /// it asked for: `(rows, vocab)` with `rows` = 1, its token count, or 0. Every cache
+    /// advances by its sequence's token count.
+    pub fn forward(&self, steps: &mut [SeqStep<'_>]) -> Result<Vec<Tensor>> {
+        let c = &self.config;
+        let mut tokens = Vec::new();
+        let mut positions = Vec::new();
+        let mut spans = Vec::with_capacity(steps.len());
+        for step in steps.iter() {
+            if step.tokens.is_empty() {
+                return Err(Error::Request("a forward step needs at least one token".into()));
+            }
+            let start = step.cache.len();
+            if start + step.tokens.len() > c.context_length {
+                return Err(Error::Request(format!(
+                    "sequence of {} tokens exceeds the context window of {} tokens",
+                    start + step.tokens.len(),
+                    c.context_length
+                )));
+            }
+            spans.push((tokens.len(), step.tokens.len()));
+            tokens.extend_from_slice(step.tokens);
+            positions.extend(start..start + step.tokens.len());
+        }
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n_tokens = tokens.len();
+        let ids = Tensor::from_vec(tokens, n_tokens, &self.device)?;
+        let mut x = self.embedding.embedding(&ids)?.to_dtype(DType::F32)?;
+        if let Some(scale) = c.embedding_scale {
+            x = (x * f64::from(scale))?;
+        }
+        let global = self.rotary_global.tables(&positions, &self.device)?;
+        let local = self.rotary_local.tables(&positions, &self.device)?;
+        let eps = c.rms_eps as f32;
+        for (index, layer) in self.layers.iter().enumerate() {
+            let sliding = c.is_sliding(index);
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
+            let mut q = layer.q.forward(&h)?.reshape((1, n_tokens, c.n_heads, c.head_dim))?;
+            let mut k = layer.k.forward(&h)?.reshape((1, n_tokens, c.n_kv_heads, c.head_dim))?;
+            let v = layer.v.forward(&h)?.reshape((n_tokens, c.n_kv_heads, c.head_dim))?;
+            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                q = candle_nn::ops::rms_norm(&q.contiguous()?, qn, eps)?;
+                k = candle_nn::ops::rms_norm(&k.contiguous()?, kn, eps)?;
+            }
+            let tables = if sliding { &local } else { &global };
+            let interleaved = c.rope_layout == RopeLayout::Interleaved;
+            let q = tables.apply(&q, interleaved)?.squeeze(0)?;
+            let k = tables.apply(&k, interleaved)?.squeeze(0)?;
+            let spec = AttentionSpec {
+                n_heads: c.n_heads,
+                n_kv_heads: c.n_kv_heads,
+                head_dim: c.head_dim,
+                scale: c.attention_scale,
+                softcap: c.attn_logit_softcap,
+                window: if sliding { c.sliding_window } else { None },
+            };
+            let mut outputs = Vec::with_capacity(steps.len());
+            for (step, &(offset, len)) in steps.iter_mut().zip(&spans) {
+                let heads_first = |t: &Tensor| -> Result<Tensor> {
+                    Ok(t.narrow(0, offset, len)?.transpose(0, 1)?.contiguous()?)
+                };
+                let (k_all, v_all) = step.cache.append(index, &heads_first(&k)?, &heads_first(&v)?)?;
+                outputs.push(attend(&spec, &heads_first(&q)?, &k_all, &v_all)?);
+            }
+            let attn = if outputs.len() == 1 {
+                outputs.swap_remove(0)
+            } else {
+                Tensor::cat(&outputs, 0)?
+            };
+            let mut attn = layer.o.forward(&attn)?;
+            if let Some(norm) = &layer.post_attn_norm {
+                attn = candle_nn::ops::rms_norm(&attn, norm, eps)?;
+            }
+            x = (x + attn)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
+            let gate = layer.gate.forward(&h)?;
+            let gate = match c.activation {
+                Activation::Silu => candle_nn::ops::silu(&gate)?,
+                Activation::GeluTanh => gate.gelu()?,
+            };
+            let mut ffn = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
+            if let Some(norm) = &layer.post_ffn_norm {
+                ffn = candle_nn::ops::rms_norm(&ffn, norm, eps)?;
+            }
+            x = (x + ffn)?;
+        }
+        for (step, &(_, len)) in steps.iter_mut().zip(&spans) {
+            step.cache.advance(len);
+        }
+        self.logits(&x, steps, &spans)
+    }
+
+    /// Projects the requested rows of the final hidden states to vocabulary logits.
+    fn logits(&self, x: &Tensor, steps: &[SeqStep<'_>], spans: &[(usize, usize)]) -> Result<Vec<Tensor>> {
+        let mut rows = Vec::new();
+        let mut counts = Vec::with_capacity(steps.len());
+        for (step, &(offset, len)) in steps.iter().zip(spans) {
+            let wanted: Vec<u32> = match step.logits {
+                LogitsWanted::Last => vec![(offset + len - 1) as u32],
+                LogitsWanted::All => (offset..offset + len).map(|r| r as u32).collect(),
+                LogitsWanted::None => Vec::new(),
+            };
+            counts.push(wanted.len());
+            rows.extend(wanted);
+        }
+        let vocab = self.config.vocab_size;
+        if rows.is_empty() {
+            let empty = Tensor::zeros((0, vocab), DType::F32, &self.device)?;
+            return Ok(vec![empty; steps.len()]);
+        }
+        let n_rows = rows.len();
+        let idx = Tensor::from_vec(rows, n_rows, &self.device)?;
+        let h = x.index_select(&idx, 0)?;
+        let h = candle_nn::ops::rms_norm(&h, &self.output_norm, self.config.rms_eps as f32)?;
+        let mut logits = self.lm_head.forward(&h)?.to_dtype(DType::F32)?;
+        if let Some(cap) = self.config.final_logit_softcap {
+            logits = ((logits / f64::from(cap))?.tanh()? * f64::from(cap))?;
+        }
+        let mut out = Vec::with_capacity(counts.len());
+        let mut start = 0;
+        for count in counts {
+            out.push(logits.narrow(0, start, count)?);
+            start += count;
+        }
+        Ok(out)
+    }
+}

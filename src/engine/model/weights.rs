@@ -1,0 +1,117 @@
+//! Loading a model's tensors from GGUF: quantized projections and f32 norm vectors, with
+//! names, shapes and types checked so that a bad file is an error naming the tensor.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+
+use crate::engine::gguf::GgufFile;
+use crate::error::{Error, Result};
+
+/// Tensor types the engine can multiply with (candle's CPU kernels exist for all of them).
+const SUPPORTED_TYPES: &[GgmlDType] = &[
+    GgmlDType::F32,
+    GgmlDType::F16,
+    GgmlDType::BF16,
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q2K,
+    GgmlDType::Q3K,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+    GgmlDType::Q8K,
+];
+
+/// A projection `y = x W^T (+ b)` with a quantized weight.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Applies the projection to `x` of shape `(tokens, in)`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.weight.forward(x)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// Reads tensors from one GGUF file onto one device, checking names, shapes and types.
+pub struct WeightLoader<'a> {
+    file: &'a mut GgufFile,
+    device: Device,
+}
+
+impl<'a> WeightLoader<'a> {
+    /// A loader reading from `file` onto `device`.
+    pub fn new(file: &'a mut GgufFile, device: &Device) -> Self {
+        Self {
+            file,
+            device: device.clone(),
+        }
+    }
+
+    /// Whether `name` exists in the file.
+    pub fn has(&self, name: &str) -> bool {
+        self.file.has_tensor(name)
+    }
+
+    fn check(&self, name: &str, shape: &[usize]) -> Result<()> {
+        let (dims, dtype) = self.file.tensor_info(name).ok_or_else(|| Error::Tensor {
+            name: name.to_string(),
+            reason: "missing from the model file".to_string(),
+        })?;
+        if dims != shape {
+            return Err(Error::Tensor {
+                name: name.to_string(),
+                reason: format!("shape {dims:?}, expected {shape:?}"),
+            });
+        }
+        if !SUPPORTED_TYPES.contains(&dtype) {
+            return Err(Error::Tensor {
+                name: name.to_string(),
+                reason: format!("unsupported tensor type {dtype:?}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// A quantized tensor of the given shape (outermost dimension first).
+    pub fn qtensor(&mut self, name: &str, shape: &[usize]) -> Result<QTensor> {
+        self.check(name, shape)?;
+        self.file.tensor(name, &self.device)
+    }
+
+    /// A weight vector dequantized to f32 (norm scales, biases).
+    pub fn vector(&mut self, name: &str, len: usize) -> Result<Tensor> {
+        Ok(self.qtensor(name, &[len])?.dequantize(&self.device)?)
+    }
+
+    /// An optional weight vector.
+    pub fn opt_vector(&mut self, name: &str, len: usize) -> Result<Option<Tensor>> {
+        if self.has(name) {
+            self.vector(name, len).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// A projection from `in_dim` to `out_dim`, with its bias if the file has `<stem>.bias`.
+    pub fn linear(&mut self, stem: &str, out_dim: usize, in_dim: usize) -> Result<Linear> {
+        let weight = self.qtensor(&format!("{stem}.weight"), &[out_dim, in_dim])?;
+        let bias = self.opt_vector(&format!("{stem}.bias"), out_dim)?;
+        Ok(Linear {
+            weight: QMatMul::from_arc(Arc::new(weight))?,
+            bias,
+        })
+    }
+}
