@@ -38,14 +38,32 @@ pub struct CompareArgs {
 pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let (task, data) = fgo::optimizer::prepare(&args.task)?;
     let method = Method::from(args.method);
-    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("compare-{}-s{}", task.spec.name, args.seed)));
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!("compare-{}-s{}", task.spec.name, args.seed))
+    });
     let mut cache = ModelCache::new(&args.runtime)?;
     let mut rows = Vec::new();
     for model in &args.optimizer_models {
         let mut t = task.clone();
         t.spec.optimizer.model = Some(model.clone());
-        let slug: String = model.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' }).collect();
-        let dir = RunDir::create(&out.join(slug), &t, &data, method, args.seed, Some(model.clone()))?;
+        let slug: String = model
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let dir = RunDir::create(
+            &out.join(slug),
+            &t,
+            &data,
+            method,
+            args.seed,
+            Some(model.clone()),
+        )?;
         let models = cache.models(&t, method)?;
         let report = run_in_dir(&dir, &t, &data, &models, method, args.seed)?;
         for m in &report.methods {
@@ -67,7 +85,10 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(&rows)?;
     std::fs::write(out.join("leaderboard.json"), &json)?;
     let mut md = String::from("| rank | optimizer model | method | train | val | test | optimizer tokens | time (s) |\n|---|---|---|---|---|---|---|---|\n");
-    let pct = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |x| format!("{:.1}%", 100.0 * x));
+    let pct = |v: &serde_json::Value| {
+        v.as_f64()
+            .map_or("-".to_string(), |x| format!("{:.1}%", 100.0 * x))
+    };
     for (i, r) in rows.iter().enumerate() {
         let _ = writeln!(
             md,

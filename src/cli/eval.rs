@@ -34,13 +34,23 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         };
         if !task.initial.contains_key(name) {
             let known: Vec<&String> = task.initial.keys().collect();
-            anyhow::bail!("invalid value for `--component`: no component `{name}` (the task has {known:?})");
+            anyhow::bail!(
+                "invalid value for `--component`: no component `{name}` (the task has {known:?})"
+            );
         }
         let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
         task.initial.insert(name.to_string(), text);
     }
     let mut cache = ModelCache::new(&args.runtime)?;
     let models = cache.models(&task, Method::None)?;
-    let report = execute(&task, &data, &models, Method::None, 0, &Calls::in_memory(), &StderrProgress::new())?;
+    let report = execute(
+        &task,
+        &data,
+        &models,
+        Method::None,
+        0,
+        &Calls::in_memory(),
+        &StderrProgress::new(),
+    )?;
     print_report(&report, std::path::Path::new("-"), args.json)
 }

@@ -86,8 +86,18 @@ pub fn run(args: OptimizeArgs) -> anyhow::Result<()> {
         task.spec.optimizer.model = Some(m.clone());
     }
     let method = Method::from(args.method);
-    let out = args.out.clone().unwrap_or_else(|| default_out(&task, method, args.seed));
-    let dir = RunDir::create(&out, &task, &data, method, args.seed, args.optimizer_model.clone())?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| default_out(&task, method, args.seed));
+    let dir = RunDir::create(
+        &out,
+        &task,
+        &data,
+        method,
+        args.seed,
+        args.optimizer_model.clone(),
+    )?;
     let mut cache = ModelCache::new(&args.runtime)?;
     let models = cache.models(&task, method)?;
     let report = run_in_dir(&dir, &task, &data, &models, method, args.seed)?;
@@ -95,10 +105,20 @@ pub fn run(args: OptimizeArgs) -> anyhow::Result<()> {
 }
 
 /// Runs the task in `dir` and writes its report.
-pub(crate) fn run_in_dir(dir: &RunDir, task: &Task, data: &fgo::optimizer::dataset::Dataset, models: &Models, method: Method, seed: u64) -> anyhow::Result<RunReport> {
+pub(crate) fn run_in_dir(
+    dir: &RunDir,
+    task: &Task,
+    data: &fgo::optimizer::dataset::Dataset,
+    models: &Models,
+    method: Method,
+    seed: u64,
+) -> anyhow::Result<RunReport> {
     let calls = dir.calls(data)?;
     let stderr = StderrProgress::new();
-    let progress = DirProgress { dir, inner: &stderr };
+    let progress = DirProgress {
+        dir,
+        inner: &stderr,
+    };
     let report = execute(task, data, models, method, seed, &calls, &progress)?;
     dir.write_report(&report)?;
     Ok(report)
@@ -109,8 +129,16 @@ fn default_out(task: &Task, method: Method, seed: u64) -> PathBuf {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let name: String = task.spec.name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
-    PathBuf::from("runs").join(format!("{name}-{}-s{seed}-{secs}", format!("{method:?}").to_lowercase()))
+    let name: String = task
+        .spec
+        .name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    PathBuf::from("runs").join(format!(
+        "{name}-{}-s{seed}-{secs}",
+        format!("{method:?}").to_lowercase()
+    ))
 }
 
 /// Loads each model spec once.
@@ -127,7 +155,9 @@ impl ModelCache {
             }
             // candle sizes its matmul parallelism from this variable; set it before any kernel runs.
             std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-            let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build_global();
         }
         Ok(Self {
             device: runtime.device.clone(),
@@ -145,7 +175,8 @@ impl ModelCache {
             tokenizer_json: None,
         };
         tracing::info!(path = %path.display(), "loading model");
-        let engine = fgo::engine::Engine::load(&path, &options).with_context(|| format!("loading model `{spec}`"))?;
+        let engine = fgo::engine::Engine::load(&path, &options)
+            .with_context(|| format!("loading model `{spec}`"))?;
         let m: Arc<dyn Llm> = Arc::new(engine);
         self.loaded.insert(spec.to_string(), m.clone());
         Ok(m)
@@ -157,7 +188,11 @@ impl ModelCache {
             AgentSpec::Chat { model, .. } => Some(self.get(model)?),
             AgentSpec::Command { .. } => None,
         };
-        let optimizer = if method.needs_optimizer() { Some(self.get(&task.optimizer_model())?) } else { None };
+        let optimizer = if method.needs_optimizer() {
+            Some(self.get(&task.optimizer_model())?)
+        } else {
+            None
+        };
         Ok(Models { agent, optimizer })
     }
 }
@@ -195,13 +230,23 @@ impl Progress for StderrProgress {
         } else {
             String::new()
         };
-        let count = if total > 0 { format!(" {done}/{total}") } else { String::new() };
-        eprintln!("[{:>7.1}s] {stage}{count}: {message}{eta}", self.start.elapsed().as_secs_f64());
+        let count = if total > 0 {
+            format!(" {done}/{total}")
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "[{:>7.1}s] {stage}{count}: {message}{eta}",
+            self.start.elapsed().as_secs_f64()
+        );
     }
 
     fn best(&self, method: &str, _components: &Components, note: &str) {
         if self.enabled {
-            eprintln!("[{:>7.1}s] best for {method}: {note}", self.start.elapsed().as_secs_f64());
+            eprintln!(
+                "[{:>7.1}s] best for {method}: {note}",
+                self.start.elapsed().as_secs_f64()
+            );
         }
     }
 }
@@ -213,11 +258,31 @@ pub(crate) fn print_report(report: &RunReport, dir: &Path, json: bool) -> anyhow
         return Ok(());
     }
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
-    println!("task {} ({}), run directory {}", report.task, report.status, dir.display());
-    println!("{:<14} {:>8} {:>8} {:>8}", "component", "train", "val", "test");
-    println!("{:<14} {:>8} {:>8} {:>8}", "initial", pct(Some(report.initial.train)), pct(report.initial.val), pct(report.initial.test));
+    println!(
+        "task {} ({}), run directory {}",
+        report.task,
+        report.status,
+        dir.display()
+    );
+    println!(
+        "{:<14} {:>8} {:>8} {:>8}",
+        "component", "train", "val", "test"
+    );
+    println!(
+        "{:<14} {:>8} {:>8} {:>8}",
+        "initial",
+        pct(Some(report.initial.train)),
+        pct(report.initial.val),
+        pct(report.initial.test)
+    );
     for m in &report.methods {
-        println!("{:<14} {:>8} {:>8} {:>8}", m.method, pct(Some(m.train_score)), pct(m.val_score), pct(m.test_score));
+        println!(
+            "{:<14} {:>8} {:>8} {:>8}",
+            m.method,
+            pct(Some(m.train_score)),
+            pct(m.val_score),
+            pct(m.test_score)
+        );
     }
     let t = &report.accounting.total;
     println!(

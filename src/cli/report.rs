@@ -19,7 +19,9 @@ pub struct ReportArgs {
 /// Runs `fgo report`.
 pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     let report = RunDir::read_report(&args.dir).map_err(|e| {
-        anyhow::anyhow!("{e} (a run that was interrupted has no report yet: finish it with `fgo resume`)")
+        anyhow::anyhow!(
+            "{e} (a run that was interrupted has no report yet: finish it with `fgo resume`)"
+        )
     })?;
     let (dir, _) = RunDir::open(&args.dir)?;
     dir.write_report(&report)?;
