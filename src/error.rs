@@ -63,6 +63,37 @@ pub enum Error {
     #[error("device `{device}`: {reason}")]
     Device { device: String, reason: String },
 
+    /// A task file is malformed: a TOML syntax error, an unknown or missing field, or a value
+    /// out of range. `field` is the dotted path of the field at fault.
+    #[error("{file}: `{field}`: {reason}")]
+    Task {
+        file: PathBuf,
+        field: String,
+        reason: String,
+    },
+
+    /// A data file (JSONL) has a bad line: not JSON, not an object, a missing field, or a value
+    /// the metric cannot use. `line` counts from 1.
+    #[error("{file}:{line}: {reason}")]
+    Data {
+        file: PathBuf,
+        line: usize,
+        reason: String,
+    },
+
+    /// An external program (agent or metric command) could not run, failed, timed out or
+    /// printed something that is not the expected JSON.
+    #[error("command `{command}`: {reason}")]
+    Command { command: String, reason: String },
+
+    /// A run directory is missing, incomplete, or does not match the task it was made for.
+    #[error("run directory {dir}: {reason}")]
+    RunDir { dir: PathBuf, reason: String },
+
+    /// A language-model call failed (the engine returned an error for this request).
+    #[error("{role} call failed: {reason}")]
+    LlmCall { role: String, reason: String },
+
     /// An error from the tensor library.
     #[error("tensor backend: {}", candle_message(.0))]
     Candle(#[from] candle_core::Error),

@@ -7,5 +7,6 @@
 pub mod engine;
 pub mod error;
 pub mod llm;
+pub mod optimizer;
 
 pub use error::{Error, Result};

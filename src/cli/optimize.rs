@@ -1,0 +1,293 @@
+//! `fgo optimize TASK`: run FGO (or a baseline) on a task and write a run directory.
+//!
+//! Also holds what the optimizer subcommands share: runtime options, model loading (a model
+//! named by both agent and optimizer is loaded once), line-based progress on stderr, and the
+//! summary printed on stdout.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+
+use fgo::llm::Llm;
+use fgo::optimizer::agent::Components;
+use fgo::optimizer::env::Progress;
+use fgo::optimizer::report::RunReport;
+use fgo::optimizer::run::{execute, Method, Models};
+use fgo::optimizer::rundir::{DirProgress, RunDir};
+use fgo::optimizer::task::{AgentSpec, Task};
+
+/// The `--method` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MethodArg {
+    /// Divide, optimize each subset, merge progressively.
+    Fgo,
+    /// Every trajectory in one optimizer prompt (baseline).
+    AllAtOnce,
+    /// No optimization: evaluate the initial components.
+    None,
+    /// FGO and all-at-once in one run, compared in the report.
+    Both,
+}
+
+impl From<MethodArg> for Method {
+    fn from(m: MethodArg) -> Self {
+        match m {
+            MethodArg::Fgo => Method::Fgo,
+            MethodArg::AllAtOnce => Method::AllAtOnce,
+            MethodArg::None => Method::None,
+            MethodArg::Both => Method::Both,
+        }
+    }
+}
+
+/// Where models run.
+#[derive(Debug, Clone, Args)]
+pub struct RuntimeArgs {
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Threads for CPU work (default: the machine's cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// Arguments of `fgo optimize`.
+#[derive(Debug, Args)]
+pub struct OptimizeArgs {
+    /// The task file (TOML).
+    pub task: PathBuf,
+    /// Optimization method.
+    #[arg(long, value_enum, default_value = "fgo")]
+    pub method: MethodArg,
+    /// Run directory (default: runs/TASK-METHOD-sSEED-UNIXTIME).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Seed of every random choice of the run.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Use this optimizer model instead of the task's.
+    #[arg(long)]
+    pub optimizer_model: Option<String>,
+    /// Print report.json on stdout instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+/// Runs `fgo optimize`.
+pub fn run(args: OptimizeArgs) -> anyhow::Result<()> {
+    let (mut task, data) = fgo::optimizer::prepare(&args.task)?;
+    if let Some(m) = &args.optimizer_model {
+        task.spec.optimizer.model = Some(m.clone());
+    }
+    let method = Method::from(args.method);
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| default_out(&task, method, args.seed));
+    let dir = RunDir::create(
+        &out,
+        &task,
+        &data,
+        method,
+        args.seed,
+        args.optimizer_model.clone(),
+    )?;
+    let mut cache = ModelCache::new(&args.runtime)?;
+    let models = cache.models(&task, method)?;
+    let report = run_in_dir(&dir, &task, &data, &models, method, args.seed)?;
+    print_report(&report, &dir.dir, args.json)
+}
+
+/// Runs the task in `dir` and writes its report.
+pub(crate) fn run_in_dir(
+    dir: &RunDir,
+    task: &Task,
+    data: &fgo::optimizer::dataset::Dataset,
+    models: &Models,
+    method: Method,
+    seed: u64,
+) -> anyhow::Result<RunReport> {
+    let calls = dir.calls(data)?;
+    let stderr = StderrProgress::new();
+    let progress = DirProgress {
+        dir,
+        inner: &stderr,
+    };
+    let report = execute(task, data, models, method, seed, &calls, &progress)?;
+    dir.write_report(&report)?;
+    Ok(report)
+}
+
+fn default_out(task: &Task, method: Method, seed: u64) -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let name: String = task
+        .spec
+        .name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    PathBuf::from("runs").join(format!(
+        "{name}-{}-s{seed}-{secs}",
+        format!("{method:?}").to_lowercase()
+    ))
+}
+
+/// Loads each model spec once.
+pub(crate) struct ModelCache {
+    device: String,
+    loaded: HashMap<String, Arc<dyn Llm>>,
+}
+
+impl ModelCache {
+    pub(crate) fn new(runtime: &RuntimeArgs) -> anyhow::Result<Self> {
+        if let Some(n) = runtime.threads {
+            if n == 0 {
+                anyhow::bail!("invalid value for `--threads`: must be at least 1");
+            }
+            // candle sizes its matmul parallelism from this variable; set it before any kernel runs.
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build_global();
+        }
+        Ok(Self {
+            device: runtime.device.clone(),
+            loaded: HashMap::new(),
+        })
+    }
+
+    pub(crate) fn get(&mut self, spec: &str) -> anyhow::Result<Arc<dyn Llm>> {
+        if let Some(m) = self.loaded.get(spec) {
+            return Ok(m.clone());
+        }
+        let path = fgo::engine::source::resolve(spec)?;
+        let options = fgo::engine::LoadOptions {
+            device: fgo::engine::device::parse_device(&self.device)?,
+            tokenizer_json: None,
+        };
+        tracing::info!(path = %path.display(), "loading model");
+        let engine = fgo::engine::Engine::load(&path, &options)
+            .with_context(|| format!("loading model `{spec}`"))?;
+        let m: Arc<dyn Llm> = Arc::new(engine);
+        self.loaded.insert(spec.to_string(), m.clone());
+        Ok(m)
+    }
+
+    /// The agent's and optimizer's models for `task` run with `method`.
+    pub(crate) fn models(&mut self, task: &Task, method: Method) -> anyhow::Result<Models> {
+        let agent = match &task.spec.agent {
+            AgentSpec::Chat { model, .. } => Some(self.get(model)?),
+            AgentSpec::Command { .. } => None,
+        };
+        let optimizer = if method.needs_optimizer() {
+            Some(self.get(&task.optimizer_model())?)
+        } else {
+            None
+        };
+        Ok(Models { agent, optimizer })
+    }
+}
+
+/// Line-based progress on stderr with elapsed time and a per-stage ETA; silent under `-q`.
+pub(crate) struct StderrProgress {
+    start: Instant,
+    stage_start: Mutex<(String, Instant)>,
+    enabled: bool,
+}
+
+impl StderrProgress {
+    pub(crate) fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            stage_start: Mutex::new((String::new(), Instant::now())),
+            // The global `-q` sets the log level to errors only; progress follows it.
+            enabled: tracing::enabled!(tracing::Level::WARN),
+        }
+    }
+}
+
+impl Progress for StderrProgress {
+    fn update(&self, stage: &str, done: usize, total: usize, message: &str) {
+        if !self.enabled {
+            return;
+        }
+        let mut guard = self.stage_start.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.0 != stage {
+            *guard = (stage.to_string(), Instant::now());
+        }
+        let eta = if done > 0 && total > done {
+            let per = guard.1.elapsed().as_secs_f64() / done as f64;
+            format!(", eta {:.0}s", per * (total - done) as f64)
+        } else {
+            String::new()
+        };
+        let count = if total > 0 {
+            format!(" {done}/{total}")
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "[{:>7.1}s] {stage}{count}: {message}{eta}",
+            self.start.elapsed().as_secs_f64()
+        );
+    }
+
+    fn best(&self, method: &str, _components: &Components, note: &str) {
+        if self.enabled {
+            eprintln!(
+                "[{:>7.1}s] best for {method}: {note}",
+                self.start.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
+/// Prints report.json (with `--json`) or a short summary on stdout.
+pub(crate) fn print_report(report: &RunReport, dir: &Path, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
+    println!(
+        "task {} ({}), run directory {}",
+        report.task,
+        report.status,
+        dir.display()
+    );
+    println!(
+        "{:<14} {:>8} {:>8} {:>8}",
+        "component", "train", "val", "test"
+    );
+    println!(
+        "{:<14} {:>8} {:>8} {:>8}",
+        "initial",
+        pct(Some(report.initial.train)),
+        pct(report.initial.val),
+        pct(report.initial.test)
+    );
+    for m in &report.methods {
+        println!(
+            "{:<14} {:>8} {:>8} {:>8}",
+            m.method,
+            pct(Some(m.train_score)),
+            pct(m.val_score),
+            pct(m.test_score)
+        );
+    }
+    let t = &report.accounting.total;
+    println!(
+        "{} calls ({} live, {} replayed, {} memo hits), {} prompt tokens ({} cached), {} completion tokens, {:.1}s",
+        t.calls, t.live, t.replayed, t.memo_hits, t.prompt_tokens, t.cached_prompt_tokens, t.completion_tokens, report.elapsed_s
+    );
+    Ok(())
+}

@@ -1,0 +1,35 @@
+//! `fgo resume RUN_DIR`: continue a run that was interrupted (even by `kill -9`).
+//!
+//! The run is retraced from the start with every recorded call answered from the event log,
+//! so finished calls are never repeated and the result is the one the uninterrupted run
+//! would have given.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::optimize::{print_report, run_in_dir, ModelCache, RuntimeArgs};
+
+/// Arguments of `fgo resume`.
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// The run directory.
+    pub dir: PathBuf,
+    /// Print report.json on stdout instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+/// Runs `fgo resume`.
+pub fn run(args: ResumeArgs) -> anyhow::Result<()> {
+    let (dir, task) = fgo::optimizer::rundir::RunDir::open(&args.dir)?;
+    let data = fgo::optimizer::dataset::Dataset::load(&task)?;
+    fgo::optimizer::validate(&task, &data)?;
+    dir.check_data(&data)?;
+    let mut cache = ModelCache::new(&args.runtime)?;
+    let models = cache.models(&task, dir.meta.method)?;
+    let report = run_in_dir(&dir, &task, &data, &models, dir.meta.method, dir.meta.seed)?;
+    print_report(&report, &dir.dir, args.json)
+}

@@ -1,0 +1,349 @@
+//! The recording call layer: every LLM call and agent command of a run goes through
+//! [`Calls`].
+//!
+//! A call is keyed by a hash of (role, model name, request). The layer answers, in order:
+//! from the run-wide memo (the same input twice in a run is never computed twice), from the
+//! records of an earlier session (a resumed run replays them and never repeats a finished
+//! call), or live, submitting all remaining requests of a batch to the model in one
+//! `complete` call and appending each result to the event log. Because the run's control flow
+//! is a deterministic function of the seed and the call results, a resumed run reaches the
+//! same state as an uninterrupted one.
+//!
+//! The ledger accounts every call: method, stage, role, tokens, time, and whether it was
+//! live, replayed or a memo hit (memo hits cost nothing and count no tokens).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::llm::{ChatRequest, Completion, Llm, Usage};
+use crate::optimizer::events::{CallRecord, CommandRecord, Event, EventLog};
+use crate::optimizer::rng::stable_hash;
+use crate::optimizer::task::BudgetSpec;
+
+/// Who makes a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The agent being optimized.
+    Agent,
+    /// The optimizer (diagnosis, rewrite, merge).
+    Optimizer,
+}
+
+impl Role {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Agent => "agent",
+            Role::Optimizer => "optimizer",
+        }
+    }
+}
+
+/// Where a call's answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Live,
+    Replayed,
+    Memo,
+}
+
+/// One accounted call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    pub method: String,
+    pub stage: String,
+    pub role: Role,
+    pub source: Source,
+    pub usage: Usage,
+    pub time_s: f64,
+}
+
+/// The method and stage a call is made for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ctx {
+    pub method: String,
+    pub stage: String,
+}
+
+impl Ctx {
+    /// A context.
+    pub fn new(method: &str, stage: &str) -> Self {
+        Self {
+            method: method.into(),
+            stage: stage.into(),
+        }
+    }
+}
+
+/// A budget that was reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetHit {
+    /// `optimizer_tokens`, `agent_tokens` or `wall_time_s`.
+    pub budget: String,
+    pub limit: f64,
+    pub used: f64,
+}
+
+struct State {
+    memo: HashMap<String, Result<Completion, String>>,
+    command_memo: HashMap<String, Result<Value, String>>,
+    replay: HashMap<String, CallRecord>,
+    command_replay: HashMap<String, CommandRecord>,
+    ledger: Vec<LedgerEntry>,
+    log: EventLog,
+}
+
+/// The run-wide call layer.
+pub struct Calls {
+    state: Mutex<State>,
+    started: Instant,
+    wall_offset_s: f64,
+}
+
+impl Calls {
+    /// A layer over `log`, replaying the call and command records in `previous`.
+    pub fn new(log: EventLog, previous: Vec<Event>) -> Self {
+        let mut replay = HashMap::new();
+        let mut command_replay = HashMap::new();
+        let mut wall_offset_s: f64 = 0.0;
+        for ev in previous {
+            match ev {
+                Event::Call(r) => {
+                    wall_offset_s = wall_offset_s.max(r.run_elapsed_s);
+                    replay.insert(r.key.clone(), *r);
+                }
+                Event::Command(r) => {
+                    wall_offset_s = wall_offset_s.max(r.run_elapsed_s);
+                    command_replay.insert(r.key.clone(), r);
+                }
+                _ => {}
+            }
+        }
+        Self {
+            state: Mutex::new(State {
+                memo: HashMap::new(),
+                command_memo: HashMap::new(),
+                replay,
+                command_replay,
+                ledger: Vec::new(),
+                log,
+            }),
+            started: Instant::now(),
+            wall_offset_s,
+        }
+    }
+
+    /// A layer that records nowhere and replays nothing.
+    pub fn in_memory() -> Self {
+        Self::new(EventLog::none(), Vec::new())
+    }
+
+    /// Wall seconds of the run so far, all sessions included.
+    pub fn elapsed_s(&self) -> f64 {
+        self.wall_offset_s + self.started.elapsed().as_secs_f64()
+    }
+
+    /// The key of an LLM call.
+    pub fn key(role: Role, model: &str, request: &ChatRequest) -> String {
+        let body = serde_json::to_string(request).unwrap_or_default();
+        stable_hash(format!("{}\n{}\n{}", role.name(), model, body).as_bytes())
+    }
+
+    /// Completes `requests` on `llm`, answering from memo and replay where possible and
+    /// submitting the rest in one batch. Results come back in request order.
+    pub fn complete(
+        &self,
+        llm: &dyn Llm,
+        ctx: &Ctx,
+        role: Role,
+        requests: &[ChatRequest],
+    ) -> Vec<Result<Completion>> {
+        let model = llm.name();
+        let keys: Vec<String> = requests
+            .iter()
+            .map(|r| Self::key(role, &model, r))
+            .collect();
+        let mut live: Vec<usize> = Vec::new();
+        {
+            let mut st = self.lock();
+            let mut queued = std::collections::HashSet::new();
+            for (i, key) in keys.iter().enumerate() {
+                if st.memo.contains_key(key) {
+                    st.ledger
+                        .push(entry(ctx, role, Source::Memo, Usage::default(), 0.0));
+                } else if let Some(rec) = st.replay.remove(key) {
+                    st.ledger
+                        .push(entry(ctx, role, Source::Replayed, rec.usage, rec.time_s));
+                    st.memo.insert(key.clone(), rec.result);
+                } else if queued.insert(key.clone()) {
+                    live.push(i);
+                } else {
+                    st.ledger
+                        .push(entry(ctx, role, Source::Memo, Usage::default(), 0.0));
+                }
+            }
+        }
+        if !live.is_empty() {
+            let batch: Vec<ChatRequest> = live.iter().map(|&i| requests[i].clone()).collect();
+            let results = llm.complete(&batch);
+            let mut st = self.lock();
+            for (n, &i) in live.iter().enumerate() {
+                let result = match results.get(n) {
+                    Some(Ok(c)) => Ok(c.clone()),
+                    Some(Err(e)) => Err(e.to_string()),
+                    None => Err("the model returned fewer results than requests".to_string()),
+                };
+                let (usage, time_s) = match &result {
+                    Ok(c) => (
+                        c.usage,
+                        c.timings.queue_s + c.timings.prefill_s + c.timings.decode_s,
+                    ),
+                    Err(_) => (Usage::default(), 0.0),
+                };
+                let record = CallRecord {
+                    key: keys[i].clone(),
+                    method: ctx.method.clone(),
+                    stage: ctx.stage.clone(),
+                    role: role.name().into(),
+                    model: model.clone(),
+                    request: requests[i].clone(),
+                    result: result.clone(),
+                    usage,
+                    time_s,
+                    run_elapsed_s: self.elapsed_s(),
+                };
+                if let Err(e) = st.log.append(&Event::Call(Box::new(record))) {
+                    tracing::error!("event log: {e}");
+                }
+                st.ledger
+                    .push(entry(ctx, role, Source::Live, usage, time_s));
+                st.memo.insert(keys[i].clone(), result);
+            }
+        }
+        let st = self.lock();
+        keys.iter()
+            .map(|k| match st.memo.get(k) {
+                Some(Ok(c)) => Ok(c.clone()),
+                Some(Err(e)) => Err(Error::LlmCall {
+                    role: role.name().into(),
+                    reason: e.clone(),
+                }),
+                None => Err(Error::LlmCall {
+                    role: role.name().into(),
+                    reason: "no result".into(),
+                }),
+            })
+            .collect()
+    }
+
+    /// A command result known to this run (memo or an earlier session), if any.
+    pub fn known_command(&self, ctx: &Ctx, key: &str) -> Option<Result<Value, String>> {
+        let mut st = self.lock();
+        if let Some(r) = st.command_memo.get(key).cloned() {
+            st.ledger
+                .push(entry(ctx, Role::Agent, Source::Memo, Usage::default(), 0.0));
+            return Some(r);
+        }
+        let rec = st.command_replay.remove(key)?;
+        st.ledger.push(entry(
+            ctx,
+            Role::Agent,
+            Source::Replayed,
+            Usage::default(),
+            rec.time_s,
+        ));
+        st.command_memo.insert(key.to_string(), rec.result.clone());
+        Some(rec.result)
+    }
+
+    /// Records a command that just ran.
+    pub fn record_command(&self, ctx: &Ctx, key: &str, result: Result<Value, String>, time_s: f64) {
+        let record = CommandRecord {
+            key: key.into(),
+            method: ctx.method.clone(),
+            stage: ctx.stage.clone(),
+            result: result.clone(),
+            time_s,
+            run_elapsed_s: self.elapsed_s(),
+        };
+        let mut st = self.lock();
+        if let Err(e) = st.log.append(&Event::Command(record)) {
+            tracing::error!("event log: {e}");
+        }
+        st.ledger.push(entry(
+            ctx,
+            Role::Agent,
+            Source::Live,
+            Usage::default(),
+            time_s,
+        ));
+        st.command_memo.insert(key.into(), result);
+    }
+
+    /// Appends a non-replayed event (session start, step).
+    pub fn note(&self, event: &Event) -> Result<()> {
+        self.lock().log.append(event)
+    }
+
+    /// A copy of the ledger.
+    pub fn ledger(&self) -> Vec<LedgerEntry> {
+        self.lock().ledger.clone()
+    }
+
+    /// Prompt + completion tokens of `role` so far (live and replayed calls).
+    pub fn tokens(&self, role: Role) -> usize {
+        self.lock()
+            .ledger
+            .iter()
+            .filter(|e| e.role == role)
+            .map(|e| e.usage.prompt_tokens + e.usage.completion_tokens)
+            .sum()
+    }
+
+    /// The first budget reached, if any.
+    pub fn budget_hit(&self, budget: &BudgetSpec) -> Option<BudgetHit> {
+        let checks = [
+            (
+                "optimizer_tokens",
+                budget.optimizer_tokens.map(|v| v as f64),
+                self.tokens(Role::Optimizer) as f64,
+            ),
+            (
+                "agent_tokens",
+                budget.agent_tokens.map(|v| v as f64),
+                self.tokens(Role::Agent) as f64,
+            ),
+            ("wall_time_s", budget.wall_time_s, self.elapsed_s()),
+        ];
+        checks.into_iter().find_map(|(name, limit, used)| {
+            limit.filter(|l| used >= *l).map(|limit| BudgetHit {
+                budget: name.into(),
+                limit,
+                used,
+            })
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic elsewhere must not hide the log: keep using the state.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn entry(ctx: &Ctx, role: Role, source: Source, usage: Usage, time_s: f64) -> LedgerEntry {
+    LedgerEntry {
+        method: ctx.method.clone(),
+        stage: ctx.stage.clone(),
+        role,
+        source,
+        usage,
+        time_s,
+    }
+}

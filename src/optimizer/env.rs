@@ -1,0 +1,218 @@
+//! What every stage of a run shares: the agent, the optimizer model, the call layer, the
+//! training set, the guard, counters of small-model events, and the step log for charts.
+//!
+//! [`Env::evaluate`] runs many (components, examples) jobs as one agent batch;
+//! [`Env::ask_components`] sends many optimizer conversations as one batch and re-asks the
+//! unparsable ones (all together) a bounded number of times with the reason.
+
+use std::cell::RefCell;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::chat::ChatMessage;
+use crate::engine::sampling::SamplingParams;
+use crate::llm::{ChatRequest, Llm};
+use crate::optimizer::agent::{Agent, Components, Outcome};
+use crate::optimizer::calls::{Calls, Ctx, Role};
+use crate::optimizer::dataset::Example;
+use crate::optimizer::guard::Guard;
+use crate::optimizer::parse::parse_components;
+use crate::optimizer::prompts;
+use crate::optimizer::task::OptimizerSpec;
+
+/// Counts of the events small optimizers cause.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Re-asks sent after an unparsable reply.
+    pub reasks: usize,
+    /// Replies still unparsable after every re-ask (the current component was kept).
+    pub parse_failures: usize,
+    /// Optimizer calls that returned an engine error.
+    pub call_errors: usize,
+    /// Candidates rejected for containing a training answer.
+    pub leak_rejections: usize,
+    /// Candidates rejected for copying a training example.
+    pub copy_rejections: usize,
+    /// Candidates identical to the current component (or to another candidate).
+    pub unchanged_candidates: usize,
+    /// Candidates evaluated.
+    pub candidates_evaluated: usize,
+    /// Candidates accepted.
+    pub accepted: usize,
+    /// Iterations in which no candidate was accepted (the current component was kept).
+    pub rolled_back: usize,
+    /// Agent executions that failed (recorded as failures).
+    pub agent_failures: usize,
+}
+
+/// One point of the score-per-step chart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepPoint {
+    pub method: String,
+    pub stage: String,
+    /// What was scored (e.g. `subset 2 iteration 1`).
+    pub label: String,
+    /// Examples scored.
+    pub n: usize,
+    /// Mean score.
+    pub score: f64,
+    /// Optimizer + agent tokens spent so far in the run.
+    pub tokens: usize,
+}
+
+/// Progress reported to the caller (the library never prints).
+pub trait Progress: Sync {
+    /// A stage began or advanced: `done` of `total` units.
+    fn update(&self, stage: &str, done: usize, total: usize, message: &str);
+
+    /// A method has a new best component (`note` says where it came from).
+    fn best(&self, _method: &str, _components: &Components, _note: &str) {}
+}
+
+/// A progress sink that ignores everything.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn update(&self, _: &str, _: usize, _: usize, _: &str) {}
+}
+
+/// The shared context of one method's run.
+pub struct Env<'a> {
+    pub agent: &'a Agent,
+    pub optimizer: &'a dyn Llm,
+    pub calls: &'a Calls,
+    pub train: &'a [Example],
+    pub guard: &'a Guard,
+    pub spec: &'a OptimizerSpec,
+    /// The components the optimizer may change.
+    pub names: Vec<String>,
+    pub seed: u64,
+    pub method: String,
+    pub progress: &'a dyn Progress,
+    pub counters: RefCell<Counters>,
+    pub steps: RefCell<Vec<StepPoint>>,
+}
+
+impl Env<'_> {
+    /// A call context for `stage` of this method.
+    pub fn ctx(&self, stage: &str) -> Ctx {
+        Ctx::new(&self.method, stage)
+    }
+
+    /// Evaluates each (components, example indices into `examples`) job; one agent batch.
+    pub fn evaluate(
+        &self,
+        stage: &str,
+        examples: &[Example],
+        jobs: &[(&Components, &[usize])],
+    ) -> Vec<Vec<Outcome>> {
+        let flat: Vec<(&Components, &Example)> = jobs
+            .iter()
+            .flat_map(|(c, idx)| {
+                idx.iter()
+                    .filter_map(move |&i| examples.get(i).map(|e| (*c, e)))
+            })
+            .collect();
+        let outcomes = self.agent.evaluate(self.calls, &self.ctx(stage), &flat);
+        self.counters.borrow_mut().agent_failures +=
+            outcomes.iter().filter(|o| o.error.is_some()).count();
+        let mut it = outcomes.into_iter();
+        jobs.iter()
+            .map(|(_, idx)| it.by_ref().take(idx.len()).collect())
+            .collect()
+    }
+
+    /// Records a scored step.
+    pub fn step(&self, stage: &str, label: &str, outcomes: &[Outcome]) {
+        self.point(stage, label, outcomes.len(), mean_score(outcomes));
+    }
+
+    /// Records a score of `n` examples.
+    pub fn point(&self, stage: &str, label: &str, n: usize, score: f64) {
+        let tokens = self.calls.tokens(Role::Agent) + self.calls.tokens(Role::Optimizer);
+        self.steps.borrow_mut().push(StepPoint {
+            method: self.method.clone(),
+            stage: stage.into(),
+            label: label.into(),
+            n,
+            score,
+            tokens,
+        });
+    }
+
+    /// Sends `conversations` (one batch) and parses a component set out of each reply,
+    /// re-asking unparsable ones up to `max_reasks` times. `None` where nothing usable came
+    /// back; the parsed components are completed from `base[i]` for names not returned.
+    pub fn ask_components(
+        &self,
+        stage: &str,
+        conversations: Vec<Vec<ChatMessage>>,
+        params: Vec<SamplingParams>,
+        base: &[&Components],
+    ) -> Vec<Option<Components>> {
+        let ctx = self.ctx(stage);
+        let mut results: Vec<Option<Components>> = vec![None; conversations.len()];
+        let mut pending: Vec<(usize, Vec<ChatMessage>)> =
+            conversations.into_iter().enumerate().collect();
+        for round in 0..=self.spec.max_reasks {
+            if pending.is_empty() {
+                break;
+            }
+            let requests: Vec<ChatRequest> = pending
+                .iter()
+                .map(|(i, m)| ChatRequest {
+                    messages: m.clone(),
+                    params: params[*i].clone(),
+                })
+                .collect();
+            let replies = self
+                .calls
+                .complete(self.optimizer, &ctx, Role::Optimizer, &requests);
+            let mut next = Vec::new();
+            for ((i, messages), reply) in pending.into_iter().zip(replies) {
+                let text = match reply {
+                    Ok(c) => c.text,
+                    Err(_) => {
+                        self.counters.borrow_mut().call_errors += 1;
+                        continue;
+                    }
+                };
+                match parse_components(&text, &self.names) {
+                    Ok(parsed) => {
+                        let mut full = base[i].clone();
+                        full.extend(parsed);
+                        results[i] = Some(full);
+                    }
+                    Err(reason) if round < self.spec.max_reasks => {
+                        self.counters.borrow_mut().reasks += 1;
+                        next.push((i, prompts::reask(&messages, &text, &reason, &self.names)));
+                    }
+                    Err(_) => self.counters.borrow_mut().parse_failures += 1,
+                }
+            }
+            pending = next;
+        }
+        results
+    }
+
+    /// Sampling parameters for call `label`, with a seed derived from the run seed.
+    pub fn params(&self, base: &SamplingParams, label: &str) -> SamplingParams {
+        let mut p = base.clone();
+        p.seed = crate::optimizer::rng::Rng::derived(self.seed, label).next_u64() >> 11;
+        p
+    }
+}
+
+/// Mean score (0 for no outcomes).
+pub fn mean_score(outcomes: &[Outcome]) -> f64 {
+    if outcomes.is_empty() {
+        0.0
+    } else {
+        outcomes.iter().map(|o| o.score).sum::<f64>() / outcomes.len() as f64
+    }
+}
+
+/// Number of solved outcomes.
+pub fn solved(outcomes: &[Outcome]) -> usize {
+    outcomes.iter().filter(|o| o.solved()).count()
+}

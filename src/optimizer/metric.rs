@@ -1,0 +1,355 @@
+//! Metrics: how an extracted answer is scored against the expected one, in `[0, 1]`.
+//!
+//! An example counts as solved when its score is 1 (within 1e-9). [`check_applicable`]
+//! verifies before any model is loaded that every expected answer suits the metric (a number
+//! for `numeric`, a label for `choice`, a valid pattern for `regex`, ...), naming the file and
+//! line of the first that does not.
+
+use std::time::Duration;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::optimizer::dataset::Example;
+use crate::optimizer::template::value_text;
+
+/// A metric, tagged by `type` in the task file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum MetricSpec {
+    /// Equality after normalisation.
+    Exact {
+        /// Compare case-insensitively (default true).
+        #[serde(default = "yes")]
+        ignore_case: bool,
+        /// Collapse and trim whitespace (default true).
+        #[serde(default = "yes")]
+        collapse_whitespace: bool,
+        /// Drop ASCII punctuation before comparing (default false).
+        #[serde(default)]
+        strip_punctuation: bool,
+    },
+    /// The expected answer appears in the prediction.
+    Contains {
+        #[serde(default = "yes")]
+        ignore_case: bool,
+    },
+    /// The expected answer is a regex the whole prediction must match.
+    Regex,
+    /// The last number in the prediction equals the expected number within `tolerance`.
+    Numeric {
+        #[serde(default)]
+        tolerance: f64,
+    },
+    /// The prediction names exactly one of `labels`, and it is the expected one.
+    Choice { labels: Vec<String> },
+    /// Token-level F1 between prediction and expected answer (partial credit).
+    TokenF1,
+    /// The prediction's first JSON object has `field` equal to the expected answer's (or to
+    /// the expected answer itself when that is not an object).
+    JsonField { field: String },
+    /// An external program reads `{"prediction": .., "example": {..}}` and prints
+    /// `{"score": x}`.
+    Command {
+        command: Vec<String>,
+        #[serde(default = "crate::optimizer::task::default_timeout_s")]
+        timeout_s: f64,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Static checks of a metric spec (no data needed); the reason names the sub-field.
+pub fn validate_spec(spec: &MetricSpec) -> Result<(), String> {
+    match spec {
+        MetricSpec::Numeric { tolerance } if !(tolerance.is_finite() && *tolerance >= 0.0) => {
+            Err("tolerance must be a non-negative number".into())
+        }
+        MetricSpec::Choice { labels } if labels.is_empty() => {
+            Err("labels must not be empty".into())
+        }
+        MetricSpec::JsonField { field } if field.is_empty() => {
+            Err("field must not be empty".into())
+        }
+        MetricSpec::Command { command, timeout_s } => {
+            if command.is_empty() || command[0].trim().is_empty() {
+                Err("command must name a program".into())
+            } else if !(timeout_s.is_finite() && *timeout_s > 0.0) {
+                Err("timeout_s must be positive".into())
+            } else {
+                Ok(())
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Checks that every example's expected answer suits the metric.
+pub fn check_applicable<'a>(
+    spec: &MetricSpec,
+    examples: impl Iterator<Item = &'a Example>,
+) -> Result<()> {
+    for ex in examples {
+        let expected = ex.answer_text();
+        match spec {
+            MetricSpec::Numeric { .. } if parse_number(&expected).is_none() => {
+                return Err(ex.err(format!(
+                    "metric `numeric`: expected answer `{expected}` is not a number"
+                )));
+            }
+            MetricSpec::Choice { labels } if !labels.iter().any(|l| norm(l) == norm(&expected)) => {
+                return Err(ex.err(format!(
+                    "metric `choice`: expected answer `{expected}` is not one of the labels"
+                )));
+            }
+            MetricSpec::Regex => {
+                Regex::new(&format!("^(?:{expected})$")).map_err(|e| {
+                    ex.err(format!(
+                        "metric `regex`: expected answer is not a valid regex: {e}"
+                    ))
+                })?;
+            }
+            MetricSpec::JsonField { field } => {
+                if let Value::Object(o) = &ex.answer {
+                    if !o.contains_key(field) {
+                        return Err(ex.err(format!(
+                            "metric `json_field`: expected answer has no field `{field}`"
+                        )));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Scores one prediction; a failing metric command is an error the caller records as a
+/// failure of that example.
+pub fn score(spec: &MetricSpec, prediction: &str, ex: &Example) -> Result<f64> {
+    let expected = ex.answer_text();
+    Ok(match spec {
+        MetricSpec::Exact {
+            ignore_case,
+            collapse_whitespace,
+            strip_punctuation,
+        } => {
+            let n = |s: &str| normalize(s, *ignore_case, *collapse_whitespace, *strip_punctuation);
+            bool_score(n(prediction) == n(&expected))
+        }
+        MetricSpec::Contains { ignore_case } => {
+            let (p, e) = if *ignore_case {
+                (prediction.to_lowercase(), expected.to_lowercase())
+            } else {
+                (prediction.to_string(), expected.clone())
+            };
+            bool_score(p.contains(e.trim()))
+        }
+        MetricSpec::Regex => match Regex::new(&format!("^(?:{expected})$")) {
+            Ok(re) => bool_score(re.is_match(prediction.trim())),
+            Err(_) => 0.0,
+        },
+        MetricSpec::Numeric { tolerance } => {
+            match (last_number(prediction), parse_number(&expected)) {
+                (Some(p), Some(e)) => bool_score((p - e).abs() <= *tolerance + 1e-12),
+                _ => 0.0,
+            }
+        }
+        MetricSpec::Choice { labels } => {
+            let p = norm(prediction);
+            let named: Vec<&String> = labels.iter().filter(|l| word_in(&p, &norm(l))).collect();
+            let exact = labels.iter().find(|l| norm(l) == p);
+            let chosen = exact.or(if named.len() == 1 {
+                named.first().copied()
+            } else {
+                None
+            });
+            bool_score(chosen.is_some_and(|l| norm(l) == norm(&expected)))
+        }
+        MetricSpec::TokenF1 => token_f1(prediction, &expected),
+        MetricSpec::JsonField { field } => {
+            let want = match &ex.answer {
+                Value::Object(o) => o.get(field).cloned().unwrap_or(Value::Null),
+                other => other.clone(),
+            };
+            let got = first_json_object(prediction).and_then(|o| o.get(field).cloned());
+            bool_score(
+                got.is_some_and(|g| g == want || value_text(&g).trim() == value_text(&want).trim()),
+            )
+        }
+        MetricSpec::Command { command, timeout_s } => {
+            let input = serde_json::json!({"prediction": prediction, "example": Value::Object(ex.fields.clone())});
+            let out = crate::optimizer::agent::run_json_command(
+                command,
+                &input,
+                Duration::from_secs_f64(*timeout_s),
+            )?;
+            let s = out
+                .get("score")
+                .and_then(Value::as_f64)
+                .ok_or_else(|| Error::Command {
+                    command: command.join(" "),
+                    reason: "output has no numeric `score`".into(),
+                })?;
+            s.clamp(0.0, 1.0)
+        }
+    })
+}
+
+fn bool_score(b: bool) -> f64 {
+    if b {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+fn normalize(s: &str, ignore_case: bool, collapse_ws: bool, strip_punct: bool) -> String {
+    let mut t: String = if strip_punct {
+        s.chars().filter(|c| !c.is_ascii_punctuation()).collect()
+    } else {
+        s.to_string()
+    };
+    if ignore_case {
+        t = t.to_lowercase();
+    }
+    if collapse_ws {
+        t = t.split_whitespace().collect::<Vec<_>>().join(" ");
+    }
+    t
+}
+
+fn norm(s: &str) -> String {
+    normalize(s, true, true, true)
+}
+
+fn word_in(haystack: &str, word: &str) -> bool {
+    !word.is_empty()
+        && haystack
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(word.split_whitespace().count().max(1))
+            .any(|w| w.join(" ") == word)
+}
+
+/// Parses a number, allowing thousands separators and surrounding whitespace.
+pub fn parse_number(s: &str) -> Option<f64> {
+    s.trim()
+        .replace(',', "")
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())
+}
+
+/// The last number in `s` (what a model writes last is usually its answer).
+pub fn last_number(s: &str) -> Option<f64> {
+    static_number_re()
+        .find_iter(s)
+        .last()
+        .and_then(|m| parse_number(m.as_str()))
+}
+
+fn static_number_re() -> &'static Regex {
+    static RE: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
+    RE.get_or_init(|| Regex::new(r"-?\d[\d,]*(?:\.\d+)?").unwrap_or_else(|_| unreachable!()))
+}
+
+fn token_f1(pred: &str, expected: &str) -> f64 {
+    let p: Vec<String> = norm(pred).split_whitespace().map(String::from).collect();
+    let e: Vec<String> = norm(expected)
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    if p.is_empty() || e.is_empty() {
+        return bool_score(p == e);
+    }
+    let mut remaining = e.clone();
+    let mut common = 0usize;
+    for t in &p {
+        if let Some(i) = remaining.iter().position(|x| x == t) {
+            remaining.swap_remove(i);
+            common += 1;
+        }
+    }
+    if common == 0 {
+        return 0.0;
+    }
+    let precision = common as f64 / p.len() as f64;
+    let recall = common as f64 / e.len() as f64;
+    2.0 * precision * recall / (precision + recall)
+}
+
+/// The first parsable JSON object in `s` (models wrap JSON in prose and fences).
+pub fn first_json_object(s: &str) -> Option<serde_json::Map<String, Value>> {
+    for (start, _) in s.match_indices('{') {
+        let mut de = serde_json::Deserializer::from_str(&s[start..]).into_iter::<Value>();
+        if let Some(Ok(Value::Object(o))) = de.next() {
+            return Some(o);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optimizer::dataset::tests::examples;
+
+    fn sc(spec: &MetricSpec, pred: &str, ans: &str) -> f64 {
+        score(spec, pred, &examples(&[("q", ans)])[0]).unwrap()
+    }
+
+    #[test]
+    fn metrics_score_as_documented() {
+        let exact = MetricSpec::Exact {
+            ignore_case: true,
+            collapse_whitespace: true,
+            strip_punctuation: false,
+        };
+        assert_eq!(sc(&exact, "  Paris ", "paris"), 1.0);
+        assert_eq!(sc(&exact, "Paris.", "paris"), 0.0);
+        let num = MetricSpec::Numeric { tolerance: 0.0 };
+        assert_eq!(sc(&num, "3 apples + 4 = 7", "7"), 1.0);
+        assert_eq!(sc(&num, "1,200", "1200"), 1.0);
+        assert_eq!(sc(&num, "none", "7"), 0.0);
+        let choice = MetricSpec::Choice {
+            labels: vec!["yes".into(), "no".into()],
+        };
+        assert_eq!(sc(&choice, "The answer is yes.", "yes"), 1.0);
+        assert_eq!(sc(&choice, "yes or no", "yes"), 0.0);
+        assert!((sc(&MetricSpec::TokenF1, "the red cat", "red cat") - 0.8).abs() < 1e-9);
+        let jf = MetricSpec::JsonField {
+            field: "date".into(),
+        };
+        assert_eq!(
+            sc(&jf, "Here: {\"date\": \"2024-01-02\"}", "2024-01-02"),
+            1.0
+        );
+        assert_eq!(sc(&MetricSpec::Regex, "abc123", "abc\\d+"), 1.0);
+        assert_eq!(
+            sc(
+                &MetricSpec::Contains { ignore_case: true },
+                "It is PARIS",
+                "paris"
+            ),
+            1.0
+        );
+    }
+
+    #[test]
+    fn inapplicable_metric_names_the_line() {
+        let ex = examples(&[("q", "7"), ("q", "seven")]);
+        let err = check_applicable(&MetricSpec::Numeric { tolerance: 0.0 }, ex.iter())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mem.jsonl:2"), "{err}");
+        let choice = MetricSpec::Choice {
+            labels: vec!["7".into()],
+        };
+        assert!(check_applicable(&choice, ex.iter()).is_err());
+    }
+}

@@ -1,0 +1,292 @@
+//! The run report: `report.json` (machine-readable) and `report.md` (for people).
+//!
+//! # `report.json` schema (version 1)
+//!
+//! ```text
+//! {
+//!   "schema_version": 1,
+//!   "task": "counting", "method": "fgo" | "all-at-once" | "none" | "both", "seed": 0,
+//!   "agent_model": "...", "optimizer_model": "..." | null,
+//!   "sizes": [train, val, test],
+//!   "status": "completed" | "stopped by budget <name>",
+//!   "initial": { "components": {name: text}, "train": f, "val": f|null, "test": f|null },
+//!   "methods": [ {                       // one per method run (fgo, all_at_once)
+//!       "method": "fgo", "final_components": {name: text}, "final_source": "node m2.0",
+//!       "train_score": f, "train_n": n, "val_score": f|null, "test_score": f|null,
+//!       "subsets": [ { "id", "examples": [train indices], "current", "initial_score", "score",
+//!                      "lessons": [..], "failed": [..], "stopped": "solved|iterations|budget",
+//!                      "iterations": [ { "iteration", "score_before", "score_after", "diagnosis",
+//!                                        "candidates": [ { "status", "score", "detail" } ] } ],
+//!                      "truncations": [ { "iteration", "shown", "total", "token_budget" } ] } ],
+//!       "merges": [ { "level", "id", "children", "n", "child_scores", "candidate_scores",
+//!                     "chosen", "score" } ],
+//!       "counters": { "reasks", "parse_failures", "call_errors", "leak_rejections",
+//!                     "copy_rejections", "unchanged_candidates", "candidates_evaluated",
+//!                     "accepted", "rolled_back", "agent_failures" },
+//!       "budget_hit": { "budget", "limit", "used" } | null } ],
+//!   "steps": [ { "method", "stage", "label", "n", "score", "tokens" } ],
+//!   "accounting": { "rows": [ { "method", "stage", "role", "calls", "live", "replayed",
+//!                               "memo_hits", "prompt_tokens", "cached_prompt_tokens",
+//!                               "completion_tokens", "time_s" } ],
+//!                   "total": { same fields, method/stage/role = "all" } },
+//!   "elapsed_s": f
+//! }
+//! ```
+//! Scores are means over examples in `[0, 1]`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::optimizer::agent::Components;
+use crate::optimizer::calls::{LedgerEntry, Source};
+use crate::optimizer::diff::line_diff;
+use crate::optimizer::env::StepPoint;
+use crate::optimizer::run::{Method, MethodReport};
+
+/// The version of the `report.json` layout.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Everything a run produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunReport {
+    pub schema_version: u32,
+    pub task: String,
+    pub method: Method,
+    pub seed: u64,
+    pub agent_model: String,
+    pub optimizer_model: Option<String>,
+    /// Examples in train, val, test.
+    pub sizes: [usize; 3],
+    pub status: String,
+    pub initial: InitialScores,
+    pub methods: Vec<MethodReport>,
+    pub steps: Vec<StepPoint>,
+    pub accounting: Accounting,
+    pub elapsed_s: f64,
+}
+
+/// The initial components and their scores.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitialScores {
+    pub components: Components,
+    pub train: f64,
+    pub val: Option<f64>,
+    pub test: Option<f64>,
+}
+
+/// Totals of one (method, stage, role).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    pub method: String,
+    pub stage: String,
+    pub role: String,
+    pub calls: usize,
+    pub live: usize,
+    pub replayed: usize,
+    pub memo_hits: usize,
+    pub prompt_tokens: usize,
+    pub cached_prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub time_s: f64,
+}
+
+impl Totals {
+    fn add(&mut self, e: &LedgerEntry) {
+        self.calls += 1;
+        match e.source {
+            Source::Live => self.live += 1,
+            Source::Replayed => self.replayed += 1,
+            Source::Memo => self.memo_hits += 1,
+        }
+        self.prompt_tokens += e.usage.prompt_tokens;
+        self.cached_prompt_tokens += e.usage.cached_prompt_tokens;
+        self.completion_tokens += e.usage.completion_tokens;
+        self.time_s += e.time_s;
+    }
+
+    /// Prompt + completion tokens.
+    pub fn tokens(&self) -> usize {
+        self.prompt_tokens + self.completion_tokens
+    }
+}
+
+/// Accounting by method, stage and role.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Accounting {
+    pub rows: Vec<Totals>,
+    pub total: Totals,
+}
+
+impl Accounting {
+    /// Sums a ledger.
+    pub fn from_ledger(ledger: &[LedgerEntry]) -> Self {
+        let mut rows: BTreeMap<(String, String, String), Totals> = BTreeMap::new();
+        let mut total = Totals {
+            method: "all".into(),
+            stage: "all".into(),
+            role: "all".into(),
+            ..Totals::default()
+        };
+        for e in ledger {
+            let key = (e.method.clone(), e.stage.clone(), e.role.name().to_string());
+            rows.entry(key.clone())
+                .or_insert_with(|| Totals {
+                    method: key.0,
+                    stage: key.1,
+                    role: key.2,
+                    ..Totals::default()
+                })
+                .add(e);
+            total.add(e);
+        }
+        Self {
+            rows: rows.into_values().collect(),
+            total,
+        }
+    }
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{:.1}%", 100.0 * v))
+}
+
+impl RunReport {
+    /// The Markdown report.
+    pub fn to_markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# fgo report: {}\n", self.task);
+        let _ = writeln!(
+            s,
+            "Method `{:?}`, seed {}, agent `{}`, optimizer `{}`. Data: {} train, {} val, {} test. Status: **{}**. Wall time {:.1}s.\n",
+            self.method,
+            self.seed,
+            self.agent_model,
+            self.optimizer_model.as_deref().unwrap_or("-"),
+            self.sizes[0],
+            self.sizes[1],
+            self.sizes[2],
+            self.status,
+            self.elapsed_s
+        );
+        let _ = writeln!(
+            s,
+            "## Scores\n\n| component | train | val | test |\n|---|---|---|---|"
+        );
+        let _ = writeln!(
+            s,
+            "| initial | {} | {} | {} |",
+            pct(Some(self.initial.train)),
+            pct(self.initial.val),
+            pct(self.initial.test)
+        );
+        for m in &self.methods {
+            let train = if m.train_n == self.sizes[0] {
+                pct(Some(m.train_score))
+            } else {
+                format!("{} (on {} examples)", pct(Some(m.train_score)), m.train_n)
+            };
+            let _ = writeln!(
+                s,
+                "| {} ({}) | {} | {} | {} |",
+                m.method,
+                m.final_source,
+                train,
+                pct(m.val_score),
+                pct(m.test_score)
+            );
+        }
+        if self.methods.len() == 2 {
+            let (a, b) = (&self.methods[0], &self.methods[1]);
+            if let (Some(x), Some(y)) = (a.test_score, b.test_score) {
+                let _ = writeln!(
+                    s,
+                    "\n**{} vs {}** on test: {} vs {} ({:+.1} points).",
+                    a.method,
+                    b.method,
+                    pct(Some(x)),
+                    pct(Some(y)),
+                    100.0 * (x - y)
+                );
+            }
+        }
+        let _ = writeln!(s, "\n![score per step](score.svg)\n\n## Tokens and time\n\n![tokens by stage](tokens.svg)\n");
+        let _ = writeln!(s, "| method | stage | role | calls | live | replayed | memo | prompt | cached | completion | time (s) |\n|---|---|---|---|---|---|---|---|---|---|---|");
+        for t in self
+            .accounting
+            .rows
+            .iter()
+            .chain(std::iter::once(&self.accounting.total))
+        {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |",
+                t.method,
+                t.stage,
+                t.role,
+                t.calls,
+                t.live,
+                t.replayed,
+                t.memo_hits,
+                t.prompt_tokens,
+                t.cached_prompt_tokens,
+                t.completion_tokens,
+                t.time_s
+            );
+        }
+        for m in &self.methods {
+            let _ = writeln!(s, "\n## Method `{}`\n", m.method);
+            if let Some(h) = &m.budget_hit {
+                let _ = writeln!(
+                    s,
+                    "Stopped by budget `{}`: used {:.0} of {:.0}.\n",
+                    h.budget, h.used, h.limit
+                );
+            }
+            let c = &m.counters;
+            let _ = writeln!(
+                s,
+                "Candidates evaluated {}, accepted {}, iterations rolled back {}; re-asks {}, unparsable replies {}, leak rejections {}, copy rejections {}, unchanged {}, optimizer call errors {}, agent failures {}.\n",
+                c.candidates_evaluated, c.accepted, c.rolled_back, c.reasks, c.parse_failures, c.leak_rejections, c.copy_rejections, c.unchanged_candidates, c.call_errors, c.agent_failures
+            );
+            for sub in &m.subsets {
+                let _ = writeln!(
+                    s,
+                    "- subset {} ({} examples): {} -> {} ({})",
+                    sub.id,
+                    sub.examples.len(),
+                    pct(Some(sub.initial_score)),
+                    pct(Some(sub.score)),
+                    sub.stopped
+                );
+                for t in &sub.truncations {
+                    let _ = writeln!(s, "  - iteration {}: prompt showed {} of {} trajectories (context budget {} tokens)", t.iteration + 1, t.shown, t.total, t.token_budget);
+                }
+            }
+            for mg in &m.merges {
+                let _ =
+                    writeln!(
+                    s,
+                    "- merge {} of [{}] on {} examples: children {:?}, candidates {:?} -> kept {}",
+                    mg.id,
+                    mg.children.join(", "),
+                    mg.n,
+                    mg.child_scores.iter().map(|v| format!("{:.2}", v)).collect::<Vec<_>>(),
+                    mg.candidate_scores.iter().map(|v| format!("{:.2}", v)).collect::<Vec<_>>(),
+                    mg.chosen
+                );
+            }
+            for (name, text) in &m.final_components {
+                let old = self
+                    .initial
+                    .components
+                    .get(name)
+                    .map(String::as_str)
+                    .unwrap_or("");
+                let _ = writeln!(s, "\n### Final `{name}`\n\n```text\n{}\n```\n\nDiff from the initial:\n\n```diff\n{}\n```", text.trim(), line_diff(old, text));
+            }
+        }
+        s
+    }
+}

@@ -1,0 +1,424 @@
+//! One optimization run: evaluate the initial components, run the chosen method(s), then
+//! evaluate the results on val and test.
+//!
+//! Control flow depends only on the task, the data, the seed and the call results, so a
+//! resumed run (whose finished calls are answered from the event log) retraces the
+//! interrupted one exactly and carries on from where it stopped.
+//!
+//! Budgets are checked between steps (before each optimization iteration and each merge
+//! level). When one is reached the method stops and its best component so far is reported:
+//! the component that solves the most training examples beyond what the initial component
+//! solved on the same examples (the initial component itself when nothing beat it). A run
+//! stopped by the agent-token or wall-time budget skips the final val/test evaluation.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::llm::Llm;
+use crate::optimizer::agent::{Agent, Components, Outcome};
+use crate::optimizer::calls::{BudgetHit, Calls, Ctx};
+use crate::optimizer::dataset::Dataset;
+use crate::optimizer::divide::{divide, subset_count};
+use crate::optimizer::env::{mean_score, Counters, Env, Progress, StepPoint};
+use crate::optimizer::guard::Guard;
+use crate::optimizer::merge::{merge_all, MergeRecord, Node};
+use crate::optimizer::optimize::{optimize, Showing, Slot};
+use crate::optimizer::report::{Accounting, InitialScores, RunReport};
+use crate::optimizer::task::Task;
+
+/// Which optimization to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Divide, optimize, merge.
+    Fgo,
+    /// One optimizer prompt with every trajectory.
+    AllAtOnce,
+    /// No optimization: evaluate the initial components.
+    None,
+    /// FGO and all-at-once in the same run, for comparison.
+    Both,
+}
+
+impl Method {
+    /// The methods this choice runs, by report name.
+    pub fn parts(self) -> Vec<&'static str> {
+        match self {
+            Method::Fgo => vec!["fgo"],
+            Method::AllAtOnce => vec!["all_at_once"],
+            Method::None => vec![],
+            Method::Both => vec!["fgo", "all_at_once"],
+        }
+    }
+
+    /// Whether an optimizer model is needed.
+    pub fn needs_optimizer(self) -> bool {
+        self != Method::None
+    }
+}
+
+/// The models of a run.
+#[derive(Clone)]
+pub struct Models {
+    /// The agent's model (`None` for a command agent).
+    pub agent: Option<Arc<dyn Llm>>,
+    /// The optimizer's model (`None` only for method `none`).
+    pub optimizer: Option<Arc<dyn Llm>>,
+}
+
+/// The result of one method.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MethodReport {
+    /// `fgo` or `all_at_once`.
+    pub method: String,
+    pub final_components: Components,
+    /// Where the final component came from (`root m2.0`, `subset 1`, `initial`, ...).
+    pub final_source: String,
+    /// Mean train score of the final component on what it was evaluated on, and how many
+    /// examples that was (all of train for a completed run).
+    pub train_score: f64,
+    pub train_n: usize,
+    pub val_score: Option<f64>,
+    pub test_score: Option<f64>,
+    pub subsets: Vec<Slot>,
+    pub merges: Vec<MergeRecord>,
+    pub counters: Counters,
+    pub budget_hit: Option<BudgetHit>,
+}
+
+/// Runs `task` on `data` with `method`; every call goes through `calls`.
+pub fn execute(
+    task: &Task,
+    data: &Dataset,
+    models: &Models,
+    method: Method,
+    seed: u64,
+    calls: &Calls,
+    progress: &dyn Progress,
+) -> Result<RunReport> {
+    let agent = Agent::new(task, models.agent.clone())?;
+    let names: Vec<String> = task
+        .spec
+        .components
+        .iter()
+        .filter(|(_, c)| c.optimize)
+        .map(|(n, _)| n.clone())
+        .collect();
+    let initial = task.initial.clone();
+    let all_train: Vec<usize> = (0..data.train.len()).collect();
+    let all_val: Vec<usize> = (0..data.val.len()).collect();
+
+    // 1. Initial components on train (trajectories) and val, one batch.
+    progress.update(
+        "initial",
+        0,
+        1,
+        &format!(
+            "evaluating on {} train + {} val examples",
+            data.train.len(),
+            data.val.len()
+        ),
+    );
+    let shared_ctx = Ctx::new("shared", "initial_eval");
+    let initial_train =
+        agent.evaluate(calls, &shared_ctx, &jobs(&initial, &data.train, &all_train));
+    let initial_val = agent.evaluate(calls, &shared_ctx, &jobs(&initial, &data.val, &all_val));
+    let mut steps = vec![point(
+        "shared",
+        "initial_eval",
+        "initial (train)",
+        &initial_train,
+        calls,
+    )];
+    progress.best(
+        "initial",
+        &initial,
+        &format!("train {:.3}", mean_score(&initial_train)),
+    );
+
+    let initial_text: String = names
+        .iter()
+        .filter_map(|n| initial.get(n))
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n");
+    let spec = &task.spec.optimizer;
+    let guard = Guard::new(
+        &data.train,
+        &task.spec.data.answer_field,
+        &initial_text,
+        spec.leak_min_chars,
+        spec.copy_ngram_words,
+    );
+    let mut methods = Vec::new();
+    for part in method.parts() {
+        let optimizer = models
+            .optimizer
+            .as_deref()
+            .ok_or_else(|| task.err("optimizer.model", "no optimizer model was loaded"))?;
+        let env = Env {
+            agent: &agent,
+            optimizer,
+            calls,
+            train: &data.train,
+            guard: &guard,
+            spec,
+            names: names.clone(),
+            seed,
+            method: part.to_string(),
+            progress,
+            counters: RefCell::new(Counters::default()),
+            steps: RefCell::new(Vec::new()),
+        };
+        let report = match part {
+            "fgo" => run_fgo(&env, task, &initial, &initial_train),
+            _ => run_all_at_once(&env, task, &initial, &initial_train),
+        };
+        progress.best(part, &report.final_components, &report.final_source);
+        steps.extend(env.steps.into_inner());
+        methods.push(report);
+    }
+
+    // 2. Final evaluation on val and test, one batch.
+    let stopped_hard = methods
+        .iter()
+        .filter_map(|m| m.budget_hit.as_ref())
+        .any(|h| h.budget != "optimizer_tokens")
+        || calls
+            .budget_hit(&task.spec.budget)
+            .is_some_and(|h| h.budget != "optimizer_tokens");
+    let mut initial_test = None;
+    if !stopped_hard {
+        progress.update(
+            "final",
+            0,
+            1,
+            &format!(
+                "evaluating on {} val + {} test examples",
+                data.val.len(),
+                data.test.len()
+            ),
+        );
+        let ctx = Ctx::new("shared", "final_eval");
+        let all_test: Vec<usize> = (0..data.test.len()).collect();
+        initial_test = Some(mean_score(&agent.evaluate(
+            calls,
+            &ctx,
+            &jobs(&initial, &data.test, &all_test),
+        )));
+        for m in &mut methods {
+            let ctx = Ctx::new(&m.method, "final_eval");
+            let mut both = jobs(&m.final_components, &data.val, &all_val);
+            let nv = both.len();
+            both.extend(jobs(&m.final_components, &data.test, &all_test));
+            let out = agent.evaluate(calls, &ctx, &both);
+            m.val_score = (nv > 0).then(|| mean_score(&out[..nv]));
+            m.test_score = (!data.test.is_empty()).then(|| mean_score(&out[nv..]));
+        }
+    }
+    let budget_hit = methods.iter().find_map(|m| m.budget_hit.clone());
+    Ok(RunReport {
+        schema_version: crate::optimizer::report::SCHEMA_VERSION,
+        task: task.spec.name.clone(),
+        method,
+        seed,
+        agent_model: models
+            .agent
+            .as_ref()
+            .map(|m| m.name())
+            .unwrap_or_else(|| "command".into()),
+        optimizer_model: models.optimizer.as_ref().map(|m| m.name()),
+        sizes: [data.train.len(), data.val.len(), data.test.len()],
+        initial: InitialScores {
+            components: initial.clone(),
+            train: mean_score(&initial_train),
+            val: (!data.val.is_empty()).then(|| mean_score(&initial_val)),
+            test: initial_test.filter(|_| !data.test.is_empty()),
+        },
+        status: match &budget_hit {
+            Some(h) => format!("stopped by budget {}", h.budget),
+            None => "completed".into(),
+        },
+        methods,
+        steps,
+        accounting: Accounting::from_ledger(&calls.ledger()),
+        elapsed_s: calls.elapsed_s(),
+    })
+}
+
+fn jobs<'a>(
+    c: &'a Components,
+    examples: &'a [crate::optimizer::dataset::Example],
+    idx: &[usize],
+) -> Vec<(&'a Components, &'a crate::optimizer::dataset::Example)> {
+    idx.iter()
+        .filter_map(|&i| examples.get(i).map(|e| (c, e)))
+        .collect()
+}
+
+fn point(method: &str, stage: &str, label: &str, outcomes: &[Outcome], calls: &Calls) -> StepPoint {
+    StepPoint {
+        method: method.into(),
+        stage: stage.into(),
+        label: label.into(),
+        n: outcomes.len(),
+        score: mean_score(outcomes),
+        tokens: calls.tokens(crate::optimizer::calls::Role::Agent)
+            + calls.tokens(crate::optimizer::calls::Role::Optimizer),
+    }
+}
+
+fn run_fgo(
+    env: &Env,
+    task: &Task,
+    initial: &Components,
+    initial_train: &[Outcome],
+) -> MethodReport {
+    let spec = env.spec;
+    let k = subset_count(initial_train.len(), spec.subset_size, spec.subset_count);
+    let parts = divide(initial_train, k, spec.divide, env.seed);
+    let mut slots: Vec<Slot> = parts
+        .into_iter()
+        .enumerate()
+        .map(|(id, idx)| {
+            let outcomes = idx.iter().map(|&i| initial_train[i].clone()).collect();
+            Slot::new(id, idx, initial.clone(), outcomes)
+        })
+        .collect();
+    let mut hit = optimize(
+        env,
+        &mut slots,
+        Showing::Sample,
+        "optimize",
+        &task.spec.budget,
+    );
+    let mut merges = Vec::new();
+    let frontier: Vec<Node> = slots
+        .iter()
+        .map(|s| Node {
+            id: format!("s{}", s.id),
+            components: s.current.clone(),
+            subsets: vec![s.id],
+            examples: s.examples.clone(),
+            score: s.score,
+            lessons: s.lessons.clone(),
+        })
+        .collect();
+    let frontier = if hit.is_none() {
+        let (f, m, h) = merge_all(env, frontier, "merge", &task.spec.budget);
+        merges = m;
+        hit = h;
+        f
+    } else {
+        frontier
+    };
+    let (source, components, score, n) = best_of(&frontier, initial, initial_train);
+    MethodReport {
+        method: env.method.clone(),
+        final_components: components,
+        final_source: source,
+        train_score: score,
+        train_n: n,
+        val_score: None,
+        test_score: None,
+        subsets: slots,
+        merges,
+        counters: env.counters.borrow().clone(),
+        budget_hit: hit,
+    }
+}
+
+fn run_all_at_once(
+    env: &Env,
+    task: &Task,
+    initial: &Components,
+    initial_train: &[Outcome],
+) -> MethodReport {
+    let mut slots = vec![Slot::new(
+        0,
+        (0..initial_train.len()).collect(),
+        initial.clone(),
+        initial_train.to_vec(),
+    )];
+    let hit = optimize(env, &mut slots, Showing::All, "optimize", &task.spec.budget);
+    let s = &slots[0];
+    let node = Node {
+        id: "all".into(),
+        components: s.current.clone(),
+        subsets: vec![0],
+        examples: s.examples.clone(),
+        score: s.score,
+        lessons: Vec::new(),
+    };
+    let (source, components, score, n) = best_of(&[node], initial, initial_train);
+    MethodReport {
+        method: env.method.clone(),
+        final_components: components,
+        final_source: source,
+        train_score: score,
+        train_n: n,
+        val_score: None,
+        test_score: None,
+        subsets: slots,
+        merges: Vec::new(),
+        counters: env.counters.borrow().clone(),
+        budget_hit: hit,
+    }
+}
+
+/// The node that solves the most examples beyond the initial component on the same
+/// examples; the initial component when none gains.
+fn best_of(
+    frontier: &[Node],
+    initial: &Components,
+    initial_train: &[Outcome],
+) -> (String, Components, f64, usize) {
+    let mut best = (
+        "initial".to_string(),
+        initial.clone(),
+        mean_score(initial_train),
+        initial_train.len(),
+    );
+    let mut best_gain = 0.0;
+    for node in frontier {
+        let n = node.examples.len() as f64;
+        let base: f64 = node
+            .examples
+            .iter()
+            .filter_map(|&i| initial_train.get(i))
+            .map(|o| o.score)
+            .sum();
+        let gain = node.score * n - base;
+        let covers_all = node.examples.len() == initial_train.len();
+        if gain > best_gain + 1e-9 || (covers_all && gain >= best_gain - 1e-9 && gain > 1e-9) {
+            best_gain = gain;
+            let source = if node.id.starts_with('m') || node.id == "all" || frontier.len() == 1 {
+                format!("node {}", node.id)
+            } else {
+                format!("node {} (run stopped before merging)", node.id)
+            };
+            best = (
+                source,
+                node.components.clone(),
+                node.score,
+                node.examples.len(),
+            );
+        }
+    }
+    best
+}
+
+/// Checks a report's method against options (used by resume).
+pub fn check_same(a: Method, b: Method, dir: &std::path::Path) -> Result<()> {
+    if a == b {
+        Ok(())
+    } else {
+        Err(Error::RunDir {
+            dir: dir.to_path_buf(),
+            reason: format!("run was made with method {a:?}, not {b:?}"),
+        })
+    }
+}

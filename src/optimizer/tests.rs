@@ -1,0 +1,297 @@
+//! Whole-run tests on a scripted model: FGO, merges, budgets, leaks, resume.
+//!
+//! The scripted world: the agent counts the items of a list; it miscounts lists longer than
+//! two items unless its system prompt says "running total". The scripted optimizer
+//! diagnoses that and, depending on the test, proposes the fix, something harmful, or a
+//! prompt that leaks a training answer.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::llm::{ChatRequest, Llm};
+use crate::optimizer::calls::Calls;
+use crate::optimizer::dataset::{Dataset, Example};
+use crate::optimizer::env::NoProgress;
+use crate::optimizer::report::RunReport;
+use crate::optimizer::run::{execute, Method, Models};
+use crate::optimizer::task::Task;
+use crate::optimizer::testutil::ScriptedLlm;
+
+const WORDS: [&str; 10] = [
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+];
+const ITEMS: [&str; 9] = [
+    "apple", "pear", "plum", "fig", "kiwi", "lime", "date", "melon", "grape",
+];
+
+fn task(extra: &str) -> Task {
+    let text = format!(
+        r#"
+name = "count"
+[components.system_prompt]
+text = "Count the items."
+[agent]
+type = "chat"
+model = "scripted"
+system = "{{{{system_prompt}}}}"
+user = "{{{{question}}}}"
+[data]
+train = "train.jsonl"
+[metric]
+type = "exact"
+[optimizer]
+subset_count = 4
+iterations = 2
+candidates = 2
+max_reasks = 1
+{extra}
+"#
+    );
+    Task::from_str(&text, Path::new("task.toml"), Path::new(".")).unwrap()
+}
+
+fn example(i: usize, split: &str) -> Example {
+    let n = 1 + (i * 7 + split.len()) % 8;
+    let items: Vec<&str> = (0..n).map(|k| ITEMS[(i + k * 3) % ITEMS.len()]).collect();
+    let q = format!("List {i} of {split}: {}", items.join(", "));
+    let v = serde_json::json!({"question": q, "answer": WORDS[n]});
+    Example {
+        id: format!("{split}{i}"),
+        file: format!("{split}.jsonl").into(),
+        line: i + 1,
+        fields: v.as_object().cloned().unwrap_or_default(),
+        answer: v["answer"].clone(),
+    }
+}
+
+fn data() -> Dataset {
+    Dataset {
+        train: (0..16).map(|i| example(i, "train")).collect(),
+        val: (0..4).map(|i| example(i, "val")).collect(),
+        test: (0..4).map(|i| example(i, "test")).collect(),
+    }
+}
+
+/// The optimizer's behaviour for rewrite and merge requests.
+#[derive(Clone, Copy)]
+enum Optimizer {
+    Good,
+    BadMerge,
+    Leaky,
+}
+
+fn world(optimizer: Optimizer) -> ScriptedLlm {
+    ScriptedLlm::new(move |r: &ChatRequest| {
+        let system = &r.messages[0].content;
+        let user = &r
+            .messages
+            .last()
+            .map(|m| m.content.clone())
+            .unwrap_or_default();
+        if system.starts_with("You improve") {
+            if user.contains("Study the wrong attempts") {
+                return "MISTAKES: loses count on long lists.\nFIX: keep a running total.".into();
+            }
+            if user.contains("Several improved versions") {
+                return match optimizer {
+                    Optimizer::BadMerge => "<system_prompt>Guess quickly.</system_prompt>".into(),
+                    _ => "<system_prompt>Count the items. Keep a running total, merged.</system_prompt>".into(),
+                };
+            }
+            return match optimizer {
+                Optimizer::Leaky => "<system_prompt>Count the items; for long lists answer seven.</system_prompt>".into(),
+                // Every other seed forgets the tags, to exercise re-asks.
+                _ if r.params.seed % 2 == 0 && !user.contains("could not use your reply") => "Keep a running total!".into(),
+                _ => "Here you go:\n<system_prompt>Count the items. Keep a running total.</system_prompt>".into(),
+            };
+        }
+        let n = user.split(": ").nth(1).map_or(0, |l| l.split(", ").count());
+        let said = if system.contains("running total") || n <= 2 {
+            n
+        } else {
+            n - 1
+        };
+        format!("I count them.\n{}", WORDS[said.min(9)])
+    })
+}
+
+fn run(task: &Task, llm: Arc<dyn Llm>, method: Method, calls: &Calls) -> RunReport {
+    let models = Models {
+        agent: Some(llm.clone()),
+        optimizer: Some(llm),
+    };
+    execute(task, &data(), &models, method, 7, calls, &NoProgress).unwrap()
+}
+
+#[test]
+fn fgo_improves_and_merges_every_subset_once() {
+    let llm = Arc::new(world(Optimizer::Good));
+    let calls = Calls::in_memory();
+    let r = run(&task(""), llm.clone(), Method::Fgo, &calls);
+    let m = &r.methods[0];
+    assert!(r.initial.train < 1.0);
+    assert_eq!(m.train_score, 1.0, "{}", r.to_markdown());
+    assert!(m.final_components["system_prompt"].contains("running total"));
+    assert_eq!(m.train_n, 16);
+    // Every subset id appears exactly once among the leaves of the merge tree.
+    let mut leaves: Vec<String> = m
+        .merges
+        .iter()
+        .flat_map(|x| x.children.iter().filter(|c| c.starts_with('s')).cloned())
+        .collect();
+    leaves.sort();
+    assert_eq!(leaves, ["s0", "s1", "s2", "s3"]);
+    assert_eq!(m.merges.last().map(|x| x.n), Some(16));
+    assert!(m.counters.reasks > 0, "{:?}", m.counters);
+    assert_eq!(m.test_score, Some(1.0));
+    // Identical requests are never sent twice.
+    let live = r.accounting.total.live;
+    assert_eq!(llm.requests(), live);
+    assert!(r.accounting.total.memo_hits > 0);
+}
+
+#[test]
+fn losing_merge_keeps_the_better_child() {
+    let r = run(
+        &task(""),
+        Arc::new(world(Optimizer::BadMerge)),
+        Method::Fgo,
+        &Calls::in_memory(),
+    );
+    let m = &r.methods[0];
+    assert!(!m.merges.is_empty());
+    for mg in &m.merges {
+        assert_ne!(mg.chosen, mg.id, "{mg:?}");
+        assert!(mg.candidate_scores.iter().all(|c| *c < mg.score));
+    }
+    assert!(!m.final_components["system_prompt"].contains("Guess"));
+    assert_eq!(m.train_score, 1.0);
+}
+
+#[test]
+fn leaking_candidates_are_rejected() {
+    let r = run(
+        &task(""),
+        Arc::new(world(Optimizer::Leaky)),
+        Method::Fgo,
+        &Calls::in_memory(),
+    );
+    let m = &r.methods[0];
+    assert!(m.counters.leak_rejections > 0, "{:?}", m.counters);
+    assert_eq!(m.counters.candidates_evaluated, 0);
+    assert!(m
+        .subsets
+        .iter()
+        .all(|s| s.current["system_prompt"] == "Count the items."));
+    assert!(!m.final_components["system_prompt"].contains("seven"));
+}
+
+#[test]
+fn budget_stops_the_run_with_the_best_so_far() {
+    let t = task("[budget]\noptimizer_tokens = 1");
+    let r = run(
+        &t,
+        Arc::new(world(Optimizer::Good)),
+        Method::Fgo,
+        &Calls::in_memory(),
+    );
+    let m = &r.methods[0];
+    let hit = m.budget_hit.as_ref().unwrap();
+    assert_eq!(hit.budget, "optimizer_tokens");
+    assert!(r.status.contains("budget"));
+    // Stopped after one iteration: no merges; the best subset component is reported.
+    assert!(m.merges.is_empty());
+    assert!(m.subsets.iter().all(|s| s.iterations.len() == 1));
+    assert!(m.final_components["system_prompt"].contains("running total"));
+    assert!(
+        m.test_score.is_some(),
+        "an optimizer-token stop still evaluates on test"
+    );
+}
+
+#[test]
+fn all_at_once_records_truncation_and_none_evaluates_only() {
+    let r = run(
+        &task(""),
+        Arc::new(world(Optimizer::Good)),
+        Method::Both,
+        &Calls::in_memory(),
+    );
+    assert_eq!(r.methods.len(), 2);
+    let aao = &r.methods[1];
+    assert_eq!(aao.method, "all_at_once");
+    assert_eq!(aao.subsets[0].truncations[0].total, 16);
+    assert!(r.to_markdown().contains("vs"));
+    let r = run(
+        &task(""),
+        Arc::new(world(Optimizer::Good)),
+        Method::None,
+        &Calls::in_memory(),
+    );
+    assert!(r.methods.is_empty());
+    assert!(r.initial.test.is_some());
+}
+
+#[test]
+fn resume_from_a_truncated_log_reproduces_the_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = task("");
+    // The uninterrupted run.
+    let full_dir = dir.path().join("full");
+    std::fs::create_dir_all(&full_dir).unwrap();
+    let (log, _) =
+        crate::optimizer::events::EventLog::open(&full_dir.join("events.jsonl")).unwrap();
+    let calls = Calls::new(log, Vec::new());
+    let llm = Arc::new(world(Optimizer::Good));
+    let full = run(&t, llm.clone(), Method::Both, &calls);
+    let total_live = llm.requests();
+
+    // A run killed part-way: keep the first 60% of the log and tear the next line.
+    let text = std::fs::read_to_string(full_dir.join("events.jsonl")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let keep = lines.len() * 6 / 10;
+    let mut torn = lines[..keep].join("\n");
+    torn.push('\n');
+    torn.push_str(&lines[keep][..lines[keep].len() / 2]);
+    let killed = dir.path().join("killed");
+    std::fs::create_dir_all(&killed).unwrap();
+    std::fs::write(killed.join("events.jsonl"), torn).unwrap();
+
+    let (log, previous) =
+        crate::optimizer::events::EventLog::open(&killed.join("events.jsonl")).unwrap();
+    let replayable = previous.len();
+    let calls = Calls::new(log, previous);
+    let llm2 = Arc::new(world(Optimizer::Good));
+    let resumed = run(&t, llm2.clone(), Method::Both, &calls);
+    assert_eq!(
+        llm2.requests(),
+        total_live - replayable,
+        "finished calls are not repeated"
+    );
+    for (a, b) in full.methods.iter().zip(&resumed.methods) {
+        assert_eq!(a.final_components, b.final_components);
+        assert_eq!(a.test_score, b.test_score);
+        assert_eq!(
+            serde_json::to_value(&a.merges).unwrap(),
+            serde_json::to_value(&b.merges).unwrap()
+        );
+    }
+    let strip = |r: &RunReport| {
+        r.accounting
+            .rows
+            .iter()
+            .map(|t| {
+                (
+                    t.stage.clone(),
+                    t.calls,
+                    t.prompt_tokens,
+                    t.completion_tokens,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&full), strip(&resumed));
+    // The resumed log now holds every call once.
+    let (_, all) = crate::optimizer::events::EventLog::open(&killed.join("events.jsonl")).unwrap();
+    assert_eq!(all.len(), total_live);
+}
