@@ -1,8 +1,13 @@
 //! Subcommands and the options they share.
 
 mod bench;
+mod compare;
+mod eval;
 mod generate;
 mod models;
+mod optimize;
+mod report;
+mod resume;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -22,6 +27,16 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Optimize a task's components (FGO, all-at-once, or none) into a run directory.
+    Optimize(optimize::OptimizeArgs),
+    /// Score components on a task without optimizing.
+    Eval(eval::EvalArgs),
+    /// Continue an interrupted run (even after kill -9).
+    Resume(resume::ResumeArgs),
+    /// Re-render and print a run's report.
+    Report(report::ReportArgs),
+    /// Compare optimizer models on one task (leaderboard).
+    Compare(compare::CompareArgs),
     /// Generate a completion with a local model.
     Generate(generate::GenerateArgs),
     /// List installed and fetchable models.
@@ -97,6 +112,11 @@ pub fn init_logging(verbose: u8, quiet: bool) {
 /// Runs the chosen subcommand.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Optimize(args) => optimize::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Resume(args) => resume::run(args),
+        Command::Report(args) => report::run(args),
+        Command::Compare(args) => compare::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Models(args) => models::run(args),
         Command::Bench(args) => bench::run(args),
