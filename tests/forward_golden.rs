@@ -6,9 +6,10 @@
 //! flipped rounding step (llama.cpp differs from itself by similar amounts between batched
 //! and token-by-token evaluation; see `scripts/reference/README.md`). candle-transformers,
 //! a third implementation, matches ours to 1e-6 (`tests/forward_oracle.rs`) while differing
-//! from llama.cpp as much as we do. Hence a bound of [`tolerance`] per logit (absolute plus
-//! relative to the logit's size) and a mean bound; a greedy continuation may diverge only
-//! at a step where llama.cpp's top two logits are closer than that bound.
+//! from llama.cpp as much as we do. Logits are compared relative to the reference's most
+//! likely token at each position (sampling depends on nothing else), within
+//! [`LOGIT_TOLERANCE`] and a mean bound; a greedy continuation may
+//! diverge only at a step where llama.cpp's top two logits are closer than that bound.
 
 use std::path::{Path, PathBuf};
 
@@ -19,13 +20,15 @@ use serde::Deserialize;
 
 mod common;
 
-/// Largest difference allowed between our logit and llama.cpp's for the same token.
-fn tolerance(logit: f32) -> f32 {
-    0.5 + 0.04 * logit.abs()
-}
+/// Largest difference allowed between our logit and llama.cpp's for the same token, both
+/// relative to the top token: about twice the largest difference our own engine shows
+/// between two evaluation schedules of one prompt (0.86 on SmolLM2, the noisiest file; see
+/// `tests/forward_oracle.rs`).
+const LOGIT_TOLERANCE: f32 = 1.5;
 
-/// Largest mean absolute difference over a fixture's compared logits.
-const MEAN_TOLERANCE: f32 = 0.25;
+/// Largest mean absolute difference over a fixture's compared logits (measured: 0.12 to
+/// 0.13 on the real models, below 1e-4 on the synthetic qwen3 file).
+const MEAN_TOLERANCE: f32 = 0.2;
 
 #[derive(Deserialize)]
 struct LogitsFixture {
@@ -113,26 +116,33 @@ fn check_logits(alias: &str) {
             .expect("logits");
         assert_eq!(logits.len(), case.positions.len());
         for (pos, (ours, reference)) in logits.iter().zip(&case.positions).enumerate() {
+            // Logits matter up to a shared offset (sampling is a softmax), and at positions
+            // with huge activations the engines' offsets differ by more than their shapes:
+            // compare each logit relative to the reference's most likely token.
+            let (top_id, top_logit) = reference.top[0];
+            let our_top = ours[top_id as usize];
             for &(id, expected) in &reference.top {
-                let diff = (ours[id as usize] - expected).abs();
+                let diff = ((ours[id as usize] - our_top) - (expected - top_logit)).abs();
                 worst = worst.max(diff);
                 sum += f64::from(diff);
                 count += 1;
-                if diff > tolerance(expected) {
+                if diff > LOGIT_TOLERANCE {
                     failures.push(format!(
-                        "{}: position {pos} token {id}: ours {} vs {expected}",
+                        "{}: position {pos} token {id}: ours {} vs {expected} (relative to token {top_id})",
                         case.name, ours[id as usize]
                     ));
                 }
             }
             let margin = reference.top[0].1 - reference.top[1].1;
-            if margin > tolerance(reference.top[0].1) && argmax(ours) != reference.top[0].0 {
+            if margin > LOGIT_TOLERANCE && argmax(ours) != reference.top[0].0 {
                 failures.push(format!("{}: position {pos}: argmax differs", case.name));
             }
         }
     }
     let mean = (sum / count as f64) as f32;
-    eprintln!("{alias}: {count} logits compared, max |Δ| {worst:.4}, mean |Δ| {mean:.4}");
+    eprintln!(
+        "{alias}: {count} logits compared relative to the top token, max |Δ| {worst:.4}, mean |Δ| {mean:.4}"
+    );
     assert!(failures.is_empty(), "{alias}:\n{}", failures.join("\n"));
     assert!(mean < MEAN_TOLERANCE, "{alias}: mean |Δ| {mean}");
 }
@@ -145,7 +155,6 @@ fn check_greedy(alias: &str) {
         let mut cache = model.new_cache();
         let mut next = case.prompt_tokens.clone();
         let mut ours = Vec::new();
-        let mut top_logits = Vec::new();
         for _ in 0..case.generated.len() {
             let row = model
                 .forward(&mut [SeqStep {
@@ -160,7 +169,6 @@ fn check_greedy(alias: &str) {
                 .expect("logits");
             let token = argmax(&row);
             ours.push(token);
-            top_logits.push(row[token as usize]);
             next = vec![token];
         }
         match ours.iter().zip(&case.generated).position(|(a, b)| a != b) {
@@ -172,7 +180,7 @@ fn check_greedy(alias: &str) {
                     case.name
                 );
                 assert!(
-                    margin < tolerance(top_logits[step]),
+                    margin < LOGIT_TOLERANCE,
                     "{alias}/{}: diverges at step {step} although llama.cpp's margin is {margin}",
                     case.name
                 );
