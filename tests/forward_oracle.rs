@@ -67,7 +67,7 @@ fn argmax(v: &[f32]) -> usize {
         .0
 }
 
-fn check(name: &str, ours: Vec<Vec<f32>>, theirs: Vec<Vec<f32>>) {
+fn check(name: &str, ours: Vec<Vec<f32>>, theirs: Vec<Vec<f32>>, tolerance: f32) {
     let worst = ours
         .iter()
         .zip(&theirs)
@@ -77,7 +77,7 @@ fn check(name: &str, ours: Vec<Vec<f32>>, theirs: Vec<Vec<f32>>) {
         "{name}: max |Δlogit| over {} positions {worst:.6}",
         ours.len()
     );
-    assert!(worst < TOLERANCE, "{name}: {worst}");
+    assert!(worst < tolerance, "{name}: {worst}");
     for (a, b) in ours.iter().zip(&theirs) {
         assert_eq!(argmax(a), argmax(b));
     }
@@ -113,7 +113,7 @@ fn llama_matches_candle_transformers() {
     let (content, mut reader) = read_content(file);
     let mut model = ModelWeights::from_gguf(content, &mut reader, &Device::Cpu).expect("load");
     let reference = theirs(|x, pos| model.forward(x, pos));
-    check("smollm2-135m", ours(file, PROMPT), reference);
+    check("smollm2-135m", ours(file, PROMPT), reference, TOLERANCE);
 }
 
 #[test]
@@ -123,7 +123,14 @@ fn qwen2_matches_candle_transformers() {
     let (content, mut reader) = read_content(file);
     let mut model = ModelWeights::from_gguf(content, &mut reader, &Device::Cpu).expect("load");
     let reference = theirs(|x, pos| model.forward(x, pos));
-    check("qwen2.5-coder-0.5b", ours(file, PROMPT), reference);
+    // This file has some Q4_K tensors, which candle multiplies with a repacked kernel (other
+    // rounding) and we with the compact one (see `weights.rs`): schedule-level tolerance.
+    check(
+        "qwen2.5-coder-0.5b",
+        ours(file, PROMPT),
+        reference,
+        schedule_tolerance(0.0),
+    );
 }
 
 /// Processing a prompt in one step gives the same logits as feeding it one token at a time.
