@@ -77,7 +77,7 @@ impl EngineArgs {
 }
 
 /// Sizes the global thread pool used by the tensor kernels and CPU-side work.
-fn configure_threads(threads: Option<usize>) -> anyhow::Result<()> {
+pub(crate) fn configure_threads(threads: Option<usize>) -> anyhow::Result<()> {
     let Some(n) = threads else { return Ok(()) };
     if n == 0 {
         anyhow::bail!("invalid value for `--threads`: must be at least 1");

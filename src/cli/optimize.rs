@@ -149,16 +149,7 @@ pub(crate) struct ModelCache {
 
 impl ModelCache {
     pub(crate) fn new(runtime: &RuntimeArgs) -> anyhow::Result<Self> {
-        if let Some(n) = runtime.threads {
-            if n == 0 {
-                anyhow::bail!("invalid value for `--threads`: must be at least 1");
-            }
-            // candle sizes its matmul parallelism from this variable; set it before any kernel runs.
-            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-            let _ = rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build_global();
-        }
+        super::configure_threads(runtime.threads)?;
         Ok(Self {
             device: runtime.device.clone(),
             loaded: HashMap::new(),
