@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use fgo::engine::gguf::GgufFile;
 use fgo::engine::model::{LogitsWanted, Model, SeqStep};
+use fgo::engine::sampling::argmax;
 use serde::Deserialize;
 
 mod common;
@@ -83,16 +84,6 @@ fn load(file: &str) -> Model {
 fn read<T: serde::de::DeserializeOwned>(path: &Path) -> T {
     let text = std::fs::read_to_string(path).expect("read fixture");
     serde_json::from_str(&text).expect("parse fixture")
-}
-
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in row.iter().enumerate() {
-        if x > row[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 fn check_logits(alias: &str) {

@@ -12,6 +12,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use fgo::engine::gguf::GgufFile;
 use fgo::engine::model::{LogitsWanted, Model, SeqStep};
+use fgo::engine::sampling::argmax;
 
 mod common;
 
@@ -58,13 +59,6 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
-}
-
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
-        .0
 }
 
 fn check(name: &str, ours: Vec<Vec<f32>>, theirs: Vec<Vec<f32>>, tolerance: f32) {
@@ -180,7 +174,7 @@ fn prefill_equals_token_by_token() {
             }
             let margin = all[i][top[0]] - all[i][top[1]];
             if margin > schedule_tolerance(all[i][top[0]]) {
-                assert_eq!(argmax(&row), top[0], "{file}: position {i}");
+                assert_eq!(argmax(&row) as usize, top[0], "{file}: position {i}");
             }
         }
         eprintln!("{file}: prefill vs token-by-token max |Δlogit| {worst:.5}");

@@ -7,6 +7,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::engine::model::{LogitsWanted, Model, SeqStep};
+use crate::engine::sampling::argmax;
 use crate::error::Result;
 
 /// Results of [`run`], in tokens per second.
@@ -40,14 +41,7 @@ fn decode(model: &Model, cache: &mut crate::engine::kv::KvCache, n: usize) -> Re
             logits: LogitsWanted::Last,
         }])?;
         let row = logits[0].squeeze(0)?.to_vec1::<f32>()?;
-        token = row
-            .iter()
-            .enumerate()
-            .fold(
-                (0usize, f32::MIN),
-                |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-            )
-            .0 as u32;
+        token = argmax(&row);
     }
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }

@@ -177,7 +177,7 @@ impl Sampler {
 }
 
 /// Index of the largest logit, lowest index on ties, NaN as `-inf`; 0 when all are `-inf`.
-fn argmax(logits: &[f32]) -> u32 {
+pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
     let mut best_logit = f32::NEG_INFINITY;
     for (i, &logit) in logits.iter().enumerate() {
