@@ -34,6 +34,19 @@ pub trait Llm: Send + Sync {
     /// failing request does not fail the others. Implementations should run requests
     /// concurrently where they can.
     fn complete(&self, requests: &[ChatRequest]) -> Vec<Result<Completion>>;
+
+    /// Completes every request and hands each result to `on_done` with the request's index
+    /// as soon as that request is finished, so a caller can record it before the slowest
+    /// request of the batch ends. The default waits for the whole batch.
+    fn complete_each(
+        &self,
+        requests: &[ChatRequest],
+        on_done: &mut dyn FnMut(usize, Result<Completion>),
+    ) {
+        for (index, result) in self.complete(requests).into_iter().enumerate() {
+            on_done(index, result);
+        }
+    }
 }
 
 impl Llm for Engine {

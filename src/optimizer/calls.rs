@@ -192,14 +192,13 @@ impl Calls {
         }
         if !live.is_empty() {
             let batch: Vec<ChatRequest> = live.iter().map(|&i| requests[i].clone()).collect();
-            let results = llm.complete(&batch);
-            let mut st = self.lock();
-            for (n, &i) in live.iter().enumerate() {
-                let result = match results.get(n) {
-                    Some(Ok(c)) => Ok(c.clone()),
-                    Some(Err(e)) => Err(e.to_string()),
-                    None => Err("the model returned fewer results than requests".to_string()),
+            // Each call is logged and flushed as soon as it finishes, so a run killed mid
+            // batch loses only the calls still in flight.
+            llm.complete_each(&batch, &mut |n, result| {
+                let Some(&i) = live.get(n) else {
+                    return;
                 };
+                let result = result.map_err(|e| e.to_string());
                 let (usage, time_s) = match &result {
                     Ok(c) => (
                         c.usage,
@@ -219,13 +218,14 @@ impl Calls {
                     time_s,
                     run_elapsed_s: self.elapsed_s(),
                 };
+                let mut st = self.lock();
                 if let Err(e) = st.log.append(&Event::Call(Box::new(record))) {
                     tracing::error!("event log: {e}");
                 }
                 st.ledger
                     .push(entry(ctx, role, Source::Live, usage, time_s));
                 st.memo.insert(keys[i].clone(), result);
-            }
+            });
         }
         let st = self.lock();
         keys.iter()
