@@ -66,15 +66,26 @@ impl Llm for Engine {
     }
 
     fn complete(&self, requests: &[ChatRequest]) -> Vec<Result<Completion>> {
-        let requests: Vec<GenerationRequest> = requests
-            .iter()
-            .map(|r| GenerationRequest {
-                prompt: Prompt::Chat {
-                    messages: r.messages.clone(),
-                },
-                params: r.params.clone(),
-            })
-            .collect();
-        self.generate_batch(&requests)
+        self.generate_batch(&generation_requests(requests))
     }
+
+    fn complete_each(
+        &self,
+        requests: &[ChatRequest],
+        on_done: &mut dyn FnMut(usize, Result<Completion>),
+    ) {
+        self.generate_each(&generation_requests(requests), on_done);
+    }
+}
+
+fn generation_requests(requests: &[ChatRequest]) -> Vec<GenerationRequest> {
+    requests
+        .iter()
+        .map(|r| GenerationRequest {
+            prompt: Prompt::Chat {
+                messages: r.messages.clone(),
+            },
+            params: r.params.clone(),
+        })
+        .collect()
 }

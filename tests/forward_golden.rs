@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use fgo::engine::gguf::GgufFile;
-use fgo::engine::model::{LogitsWanted, Model, SeqStep};
+use fgo::engine::model::{LogitsWanted, Model};
 use fgo::engine::sampling::argmax;
 use serde::Deserialize;
 
@@ -96,13 +96,8 @@ fn check_logits(alias: &str) {
     for case in &fixture.cases {
         let mut cache = model.new_cache();
         let logits = model
-            .forward(&mut [SeqStep {
-                tokens: &case.tokens,
-                cache: &mut cache,
-                logits: LogitsWanted::All,
-            }])
+            .forward_single(&mut cache, &case.tokens, LogitsWanted::All)
             .expect("forward")
-            .remove(0)
             .to_vec2::<f32>()
             .expect("logits");
         assert_eq!(logits.len(), case.positions.len());
@@ -148,13 +143,8 @@ fn check_greedy(alias: &str) {
         let mut ours = Vec::new();
         for _ in 0..case.generated.len() {
             let row = model
-                .forward(&mut [SeqStep {
-                    tokens: &next,
-                    cache: &mut cache,
-                    logits: LogitsWanted::Last,
-                }])
+                .forward_single(&mut cache, &next, LogitsWanted::Last)
                 .expect("forward")
-                .remove(0)
                 .squeeze(0)
                 .and_then(|t| t.to_vec1::<f32>())
                 .expect("logits");

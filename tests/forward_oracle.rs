@@ -11,7 +11,7 @@
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use fgo::engine::gguf::GgufFile;
-use fgo::engine::model::{LogitsWanted, Model, SeqStep};
+use fgo::engine::model::{LogitsWanted, Model};
 use fgo::engine::sampling::argmax;
 
 mod common;
@@ -39,13 +39,8 @@ fn ours(file: &str, tokens: &[u32]) -> Vec<Vec<f32>> {
         .iter()
         .map(|t| {
             model
-                .forward(&mut [SeqStep {
-                    tokens: std::slice::from_ref(t),
-                    cache: &mut cache,
-                    logits: LogitsWanted::Last,
-                }])
+                .forward_single(&mut cache, std::slice::from_ref(t), LogitsWanted::Last)
                 .expect("forward")
-                .remove(0)
                 .squeeze(0)
                 .and_then(|t| t.to_vec1::<f32>())
                 .expect("row")
@@ -138,26 +133,16 @@ fn prefill_equals_token_by_token() {
         let model = Model::load(&mut gguf, &Device::Cpu).expect("load");
         let mut cache = model.new_cache();
         let all = model
-            .forward(&mut [SeqStep {
-                tokens: PROMPT,
-                cache: &mut cache,
-                logits: LogitsWanted::All,
-            }])
+            .forward_single(&mut cache, PROMPT, LogitsWanted::All)
             .expect("forward")
-            .remove(0)
             .to_vec2::<f32>()
             .expect("rows");
         let mut cache = model.new_cache();
         let mut worst = 0f32;
         for (i, token) in PROMPT.iter().enumerate() {
             let row = model
-                .forward(&mut [SeqStep {
-                    tokens: std::slice::from_ref(token),
-                    cache: &mut cache,
-                    logits: LogitsWanted::Last,
-                }])
+                .forward_single(&mut cache, std::slice::from_ref(token), LogitsWanted::Last)
                 .expect("forward")
-                .remove(0)
                 .squeeze(0)
                 .and_then(|t| t.to_vec1::<f32>())
                 .expect("row");

@@ -54,6 +54,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         seed: args.seed,
         max_new_tokens: args.max_tokens,
         stop: args.stop.clone(),
+        ignore_eos: false,
     };
     params.validate()?;
     let user = match args.prompt {

@@ -60,6 +60,41 @@ pub struct EngineArgs {
     /// A tokenizer.json to use instead of the GGUF's vocabulary.
     #[arg(long)]
     pub tokenizer: Option<std::path::PathBuf>,
+    /// Memory for the key/value cache of all sequences, e.g. 512M or 2G (default: a
+    /// quarter of the available memory, at most 8G).
+    #[arg(long, value_parser = parse_bytes)]
+    pub kv_budget: Option<usize>,
+    /// Do not reuse cached prompt prefixes across requests.
+    #[arg(long)]
+    pub no_prefix_reuse: bool,
+}
+
+/// Parses a byte count with an optional binary suffix: `1048576`, `512K`, `64M`, `1.5G`.
+pub(crate) fn parse_bytes(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let (number, unit) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((at, _)) => (&t[..at], &t[at..]),
+        None => (t, ""),
+    };
+    let scale: f64 = match unit
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 1.0,
+        "K" => 1024.0,
+        "M" => 1024.0 * 1024.0,
+        "G" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("`{text}`: unknown unit (use K, M or G)")),
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}`: expected a size such as 512M or 2G"))?;
+    if !(value.is_finite() && value > 0.0) {
+        return Err(format!("`{text}`: the size must be positive"));
+    }
+    Ok((value * scale) as usize)
 }
 
 impl EngineArgs {
@@ -70,6 +105,8 @@ impl EngineArgs {
         let options = fgo::engine::LoadOptions {
             device: fgo::engine::device::parse_device(&self.device)?,
             tokenizer_json: self.tokenizer.clone(),
+            kv_budget_bytes: self.kv_budget,
+            prefix_reuse: !self.no_prefix_reuse,
         };
         tracing::info!(path = %path.display(), "loading model");
         Ok(fgo::engine::Engine::load(&path, &options)?)

@@ -163,7 +163,7 @@ impl ModelCache {
         let path = fgo::engine::source::resolve(spec)?;
         let options = fgo::engine::LoadOptions {
             device: fgo::engine::device::parse_device(&self.device)?,
-            tokenizer_json: None,
+            ..Default::default()
         };
         tracing::info!(path = %path.display(), "loading model");
         let engine = fgo::engine::Engine::load(&path, &options)

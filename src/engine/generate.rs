@@ -7,6 +7,7 @@
 //! sampling parameters, stop conditions and usage; one bad request fails alone.
 
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
@@ -15,14 +16,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::chat::{ChatMessage, ChatTemplate};
 use crate::engine::gguf::GgufFile;
-use crate::engine::kv::KvCache;
-use crate::engine::model::{LogitsWanted, Model, ModelConfig, SeqStep};
-use crate::engine::sampling::{Sampler, SamplingParams, StopMatcher};
+use crate::engine::kv::KvStats;
+use crate::engine::model::{Model, ModelConfig};
+use crate::engine::sampling::SamplingParams;
+use crate::engine::scheduler::{Pending, Scheduler};
 use crate::engine::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
-
-/// Prompt tokens processed per forward step during prefill, summed over sequences.
-const PREFILL_CHUNK_TOKENS: usize = 512;
 
 /// How to load a model.
 #[derive(Debug, Clone)]
@@ -30,6 +29,10 @@ pub struct LoadOptions {
     pub device: Device,
     /// A `tokenizer.json` to use instead of the GGUF's own vocabulary.
     pub tokenizer_json: Option<PathBuf>,
+    /// Bytes for the key/value cache of all sequences; `None`: [`default_kv_budget`].
+    pub kv_budget_bytes: Option<usize>,
+    /// Reuse cached prompt prefixes across requests.
+    pub prefix_reuse: bool,
 }
 
 impl Default for LoadOptions {
@@ -37,7 +40,26 @@ impl Default for LoadOptions {
         Self {
             device: Device::Cpu,
             tokenizer_json: None,
+            kv_budget_bytes: None,
+            prefix_reuse: true,
         }
+    }
+}
+
+/// The key/value budget when none is given: a quarter of the memory available now, at
+/// least 256 MiB and at most 8 GiB (2 GiB where available memory cannot be read).
+pub fn default_kv_budget() -> usize {
+    const MIB: usize = 1 << 20;
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            line.split_whitespace().nth(1)?.parse::<usize>().ok()
+        })
+        .map(|kib| kib * 1024);
+    match available {
+        Some(bytes) => (bytes / 4).clamp(256 * MIB, 8192 * MIB),
+        None => 2048 * MIB,
     }
 }
 
@@ -45,8 +67,16 @@ impl Default for LoadOptions {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Prompt {
-    Chat { messages: Vec<ChatMessage> },
-    Text { text: String },
+    Chat {
+        messages: Vec<ChatMessage>,
+    },
+    Text {
+        text: String,
+    },
+    /// Token ids, run as given (no BOS added).
+    Tokens {
+        ids: Vec<u32>,
+    },
 }
 
 /// One generation request.
@@ -103,6 +133,7 @@ pub struct Completion {
 /// A model ready to generate.
 pub struct Engine {
     model: Model,
+    scheduler: Mutex<Scheduler>,
     tokenizer: Tokenizer,
     template: ChatTemplate,
     path: PathBuf,
@@ -138,7 +169,11 @@ impl Engine {
             &token_text(tokenizer.eos_id()),
         )?;
         let model = Model::load(&mut file, &options.device)?;
+        let budget = options.kv_budget_bytes.unwrap_or_else(default_kv_budget);
+        let mut store = model.new_kv_store(budget)?;
+        store.set_prefix_reuse(options.prefix_reuse);
         Ok(Self {
+            scheduler: Mutex::new(Scheduler::new(store)),
             model,
             tokenizer,
             template,
@@ -182,6 +217,15 @@ impl Engine {
         let text = match prompt {
             Prompt::Chat { messages } => self.template.render(messages, true)?,
             Prompt::Text { text } => text.clone(),
+            Prompt::Tokens { ids } => {
+                let vocab = self.config().vocab_size;
+                if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+                    return Err(Error::Request(format!(
+                        "token id {bad} is outside the vocabulary of {vocab} tokens"
+                    )));
+                }
+                return Ok(ids.clone());
+            }
         };
         let mut ids = self.tokenizer.encode(&text)?;
         if let Some(bos) = self.tokenizer.bos_id().filter(|_| self.tokenizer.add_bos()) {
@@ -202,13 +246,32 @@ impl Engine {
 
     /// Runs many requests together; results come back in request order.
     pub fn generate_batch(&self, requests: &[GenerationRequest]) -> Vec<Result<Completion>> {
-        let submitted = Instant::now();
+        let mut results: Vec<Option<Result<Completion>>> = Vec::new();
+        results.resize_with(requests.len(), || None);
+        self.generate_each(requests, &mut |i, r| results[i] = Some(r));
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Request("request was not run".into()))))
+            .collect()
+    }
+
+    /// Runs many requests together and hands each result to `on_done` with its index as
+    /// soon as that request finishes. Requests submitted concurrently from other threads
+    /// join the same running batch.
+    pub fn generate_each(
+        &self,
+        requests: &[GenerationRequest],
+        on_done: &mut dyn FnMut(usize, Result<Completion>),
+    ) {
         let context = self.config().context_length;
         let prepared: Vec<Result<Vec<u32>>> = requests
             .par_iter()
             .map(|r| {
                 r.params.validate()?;
                 let ids = self.prompt_tokens(&r.prompt)?;
+                if ids.is_empty() {
+                    return Err(Error::Request("the prompt is empty".into()));
+                }
                 if ids.len() >= context {
                     return Err(Error::Request(format!(
                         "prompt of {} tokens does not fit the context window of {context} tokens",
@@ -218,199 +281,60 @@ impl Engine {
                 Ok(ids)
             })
             .collect();
-        let mut results: Vec<Option<Result<Completion>>> = Vec::with_capacity(requests.len());
-        let mut active = Vec::new();
-        for (index, (request, prompt)) in requests.iter().zip(prepared).enumerate() {
-            match prompt {
-                Ok(prompt) => {
-                    results.push(None);
-                    active.push(Sequence::new(index, request, prompt, &self.model));
+        let (tx, rx) = mpsc::channel();
+        let mut remaining = 0;
+        {
+            let mut scheduler = self.scheduler();
+            let block_size = scheduler.store.block_size();
+            for (index, (request, prompt)) in requests.iter().zip(prepared).enumerate() {
+                match prompt {
+                    Ok(prompt) => {
+                        remaining += 1;
+                        let pending =
+                            Pending::new((tx.clone(), index), prompt, request.clone(), block_size);
+                        scheduler.submit(pending, context);
+                    }
+                    Err(e) => on_done(index, Err(e)),
                 }
-                Err(e) => results.push(Some(Err(e))),
             }
         }
-        if let Err(e) = self.run(&mut active, submitted) {
-            for seq in &active {
-                results[seq.index] = Some(Err(Error::Request(e.to_string())));
+        while remaining > 0 {
+            while let Ok((index, result)) = rx.try_recv() {
+                remaining -= 1;
+                on_done(index, result);
             }
-            active.clear();
-        }
-        for seq in active {
-            let index = seq.index;
-            results[index] = Some(Ok(seq.finish(&self.tokenizer)));
-        }
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(Error::Request("request was not run".into()))))
-            .collect()
-    }
-
-    /// Prefills then decodes every sequence until all are finished.
-    fn run(&self, seqs: &mut [Sequence], submitted: Instant) -> Result<()> {
-        // Prefill, chunked so that one step never holds more than the token budget.
-        loop {
-            let mut budget = PREFILL_CHUNK_TOKENS;
-            let mut picked = Vec::new();
-            for (i, seq) in seqs.iter().enumerate() {
-                let remaining = seq.prompt.len() - seq.cache.len();
-                if remaining == 0 || budget == 0 {
-                    continue;
-                }
-                let take = remaining.min(budget);
-                budget -= take;
-                picked.push((i, take));
-            }
-            if picked.is_empty() {
+            if remaining == 0 {
                 break;
             }
-            let started = Instant::now();
-            let logits = {
-                let mut steps = Vec::with_capacity(picked.len());
-                let mut picked_iter = picked.iter().peekable();
-                for (i, seq) in seqs.iter_mut().enumerate() {
-                    let Some(&&(_, take)) = picked_iter.peek().filter(|(p, _)| *p == i) else {
-                        continue;
-                    };
-                    picked_iter.next();
-                    let done = seq.cache.len();
-                    if done == 0 {
-                        seq.timings.queue_s = submitted.elapsed().as_secs_f64();
-                    }
-                    let last = done + take == seq.prompt.len();
-                    steps.push(SeqStep {
-                        tokens: &seq.prompt[done..done + take],
-                        cache: &mut seq.cache,
-                        logits: if last {
-                            LogitsWanted::Last
-                        } else {
-                            LogitsWanted::None
-                        },
-                    });
-                }
-                self.model.forward(&mut steps)?
-            };
-            let elapsed = started.elapsed().as_secs_f64();
-            for (&(i, _), logits) in picked.iter().zip(logits) {
-                let seq = &mut seqs[i];
-                seq.timings.prefill_s += elapsed;
-                if seq.cache.len() == seq.prompt.len() {
-                    let row = logits.squeeze(0)?.to_vec1::<f32>()?;
-                    seq.accept(&row, &self.tokenizer, self.config().context_length);
+            // Whoever holds the scheduler runs the next step for every submitter.
+            let mut scheduler = self.scheduler();
+            if scheduler.has_work() {
+                scheduler.step(&self.model, &self.tokenizer);
+            } else {
+                drop(scheduler);
+                if let Ok((index, result)) = rx.recv() {
+                    remaining -= 1;
+                    on_done(index, result);
                 }
             }
         }
-        // Decode: one token for every unfinished sequence per step.
-        loop {
-            let started = Instant::now();
-            let live: Vec<usize> = (0..seqs.len())
-                .filter(|&i| seqs[i].finish.is_none())
-                .collect();
-            if live.is_empty() {
-                return Ok(());
-            }
-            let logits = {
-                let mut steps: Vec<SeqStep> = seqs
-                    .iter_mut()
-                    .filter(|s| s.finish.is_none())
-                    .map(|s| SeqStep {
-                        tokens: std::slice::from_ref(s.generated.last().unwrap_or(&0)),
-                        cache: &mut s.cache,
-                        logits: LogitsWanted::Last,
-                    })
-                    .collect();
-                self.model.forward(&mut steps)?
-            };
-            let rows: Vec<Vec<f32>> = logits
-                .iter()
-                .map(|l| Ok(l.squeeze(0)?.to_vec1::<f32>()?))
-                .collect::<Result<_>>()?;
-            let elapsed = started.elapsed().as_secs_f64();
-            let context = self.config().context_length;
-            let tokenizer = &self.tokenizer;
-            let mut live_seqs: Vec<&mut Sequence> =
-                seqs.iter_mut().filter(|s| s.finish.is_none()).collect();
-            live_seqs
-                .par_iter_mut()
-                .zip(rows.par_iter())
-                .for_each(|(seq, row)| {
-                    seq.timings.decode_s += elapsed;
-                    seq.accept(row, tokenizer, context);
-                });
-        }
-    }
-}
-
-/// One request in flight.
-struct Sequence {
-    index: usize,
-    prompt: Vec<u32>,
-    cache: KvCache,
-    sampler: Sampler,
-    /// Stop strings; `None` when the request has none (no text is decoded per step).
-    stop: Option<StopMatcher>,
-    max_new_tokens: usize,
-    generated: Vec<u32>,
-    /// Text of `generated` cut at a stop string, once found.
-    stop_text: Option<String>,
-    finish: Option<FinishReason>,
-    timings: Timings,
-}
-
-impl Sequence {
-    fn new(index: usize, request: &GenerationRequest, prompt: Vec<u32>, model: &Model) -> Self {
-        Self {
-            index,
-            prompt,
-            cache: model.new_cache(),
-            sampler: Sampler::new(&request.params),
-            stop: (!request.params.stop.is_empty()).then(|| StopMatcher::new(&request.params.stop)),
-            max_new_tokens: request.params.max_new_tokens,
-            generated: Vec::new(),
-            stop_text: None,
-            finish: None,
-            timings: Timings::default(),
-        }
     }
 
-    /// Samples the next token from `logits` and updates the stop state.
-    fn accept(&mut self, logits: &[f32], tokenizer: &Tokenizer, context: usize) {
-        let token = self.sampler.sample(logits);
-        if tokenizer.stop_ids().contains(&token) {
-            self.finish = Some(FinishReason::Eos);
-            return;
-        }
-        self.generated.push(token);
-        if let Some(stop) = &self.stop {
-            if let Ok(text) = tokenizer.decode(&self.generated) {
-                if let Some(at) = stop.find(&text) {
-                    self.stop_text = Some(text[..at].to_string());
-                    self.finish = Some(FinishReason::StopString);
-                    return;
-                }
-            }
-        }
-        if self.generated.len() >= self.max_new_tokens {
-            self.finish = Some(FinishReason::Length);
-        } else if self.prompt.len() + self.generated.len() >= context {
-            self.finish = Some(FinishReason::ContextFull);
-        }
+    /// The scheduler, even if a thread panicked while holding it (its state stays valid
+    /// between steps).
+    fn scheduler(&self) -> MutexGuard<'_, Scheduler> {
+        self.scheduler
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn finish(self, tokenizer: &Tokenizer) -> Completion {
-        let text = match self.stop_text {
-            Some(text) => text,
-            None => tokenizer.decode(&self.generated).unwrap_or_default(),
-        };
-        Completion {
-            text,
-            usage: Usage {
-                prompt_tokens: self.prompt.len(),
-                cached_prompt_tokens: 0,
-                completion_tokens: self.generated.len(),
-            },
-            token_ids: self.generated,
-            finish_reason: self.finish.unwrap_or(FinishReason::Length),
-            timings: self.timings,
-        }
+    /// Counters of the key/value store.
+    pub fn kv_stats(&self) -> KvStats {
+        self.scheduler().store.stats()
+    }
+
+    /// Turns prefix reuse on or off (off also drops every cached prefix).
+    pub fn set_prefix_reuse(&self, on: bool) {
+        self.scheduler().store.set_prefix_reuse(on);
     }
 }

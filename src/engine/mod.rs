@@ -11,6 +11,7 @@ pub mod gguf;
 pub mod kv;
 pub mod model;
 pub mod sampling;
+pub mod scheduler;
 pub mod source;
 pub mod tokenizer;
 

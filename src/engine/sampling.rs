@@ -34,6 +34,10 @@ pub struct SamplingParams {
     /// Generation stops where any of these strings appears; it is not part of the output.
     /// Default: none.
     pub stop: Vec<String>,
+    /// Keep generating through end-of-sequence tokens up to `max_new_tokens` (for
+    /// benchmarks that need a fixed length). Default `false`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingParams {
@@ -45,6 +49,7 @@ impl Default for SamplingParams {
             seed: 0,
             max_new_tokens: 256,
             stop: Vec::new(),
+            ignore_eos: false,
         }
     }
 }

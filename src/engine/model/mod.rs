@@ -2,13 +2,14 @@
 //! gemma3, driven by [`ModelConfig`].
 //!
 //! [`Model::forward`] runs a *ragged batch*: any number of sequences, each with its own new
-//! tokens, its own position and its own [`KvCache`]. All tokens of all sequences go through
-//! the projections and feed-forward as one matrix (so the weights are read once per step),
-//! and attention runs per sequence over that sequence's cache. The caches live with the
-//! caller; the model holds only weights.
+//! tokens, its own position and its own block table in a shared paged [`KvStore`]. All
+//! tokens of all sequences go through the projections and feed-forward as one matrix (so
+//! the weights are read once per step), and attention reads each sequence's keys and values
+//! from its blocks. The store lives with the caller; the model holds only weights.
 
-mod attention;
+pub mod attention;
 pub mod config;
+pub mod paged_attention;
 mod rope;
 mod weights;
 
@@ -20,9 +21,10 @@ use candle_core::{DType, Device, Module, Tensor};
 pub use config::{Activation, Architecture, ModelConfig, RopeLayout};
 
 use crate::engine::gguf::GgufFile;
-use crate::engine::kv::KvCache;
+use crate::engine::kv::{KvCache, KvLayout, KvStore, SeqKv, DEFAULT_BLOCK_SIZE};
 use crate::error::{Error, Result};
 use attention::{attend, AttentionSpec};
+use paged_attention::{paged_attention, PagedSeq};
 use rope::Rotary;
 use weights::{Linear, WeightLoader};
 
@@ -40,12 +42,17 @@ pub enum LogitsWanted {
 /// One sequence's part of a forward step.
 #[derive(Debug)]
 pub struct SeqStep<'a> {
-    /// Tokens to append, at positions `cache.len()..cache.len() + tokens.len()`.
+    /// Tokens to append, at positions `seq.len()..seq.len() + tokens.len()`.
     pub tokens: &'a [u32],
-    /// The sequence's cache, extended by the step.
-    pub cache: &'a mut KvCache,
+    /// The sequence's blocks, extended by the step.
+    pub seq: &'a mut SeqKv,
     pub logits: LogitsWanted,
 }
+
+/// New tokens of one sequence from which attention uses dense matrix products over
+/// gathered keys instead of reading the blocks in place: long prompt chunks, where the
+/// products' efficiency outweighs the copy.
+const DENSE_ATTENTION_MIN_TOKENS: usize = 32;
 
 struct Layer {
     attn_norm: Tensor,
@@ -168,26 +175,66 @@ impl Model {
         &self.device
     }
 
-    /// A fresh, empty cache for one sequence of this model.
+    /// The shape of this model's key/value cache in blocks of `block_size` positions.
+    pub fn kv_layout(&self, block_size: usize) -> KvLayout {
+        KvLayout {
+            n_layers: self.config.n_layers,
+            n_kv_heads: self.config.n_kv_heads,
+            head_dim: self.config.head_dim,
+            block_size,
+        }
+    }
+
+    /// A paged store of `budget_bytes` for this model's keys and values.
+    pub fn new_kv_store(&self, budget_bytes: usize) -> Result<KvStore> {
+        KvStore::new(self.kv_layout(DEFAULT_BLOCK_SIZE), budget_bytes)
+    }
+
+    /// A fresh single-sequence cache able to hold the whole context window (its memory is
+    /// committed only as positions are written).
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.config.n_layers)
+        let layout = self.kv_layout(DEFAULT_BLOCK_SIZE);
+        let n_blocks = self.config.context_length.div_ceil(DEFAULT_BLOCK_SIZE);
+        KvCache {
+            store: KvStore::with_blocks(layout, n_blocks),
+            seq: SeqKv::new(),
+        }
+    }
+
+    /// Runs one step of a single sequence with its own cache; returns the logits asked for.
+    pub fn forward_single(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        logits: LogitsWanted,
+    ) -> Result<Tensor> {
+        let mut out = self.forward(
+            &mut cache.store,
+            &mut [SeqStep {
+                tokens,
+                seq: &mut cache.seq,
+                logits,
+            }],
+        )?;
+        out.pop()
+            .ok_or_else(|| Error::Request("no logits produced".into()))
     }
 
     /// Runs one step for a ragged batch of sequences and returns, per sequence, the logits
-    /// it asked for: `(rows, vocab)` with `rows` = 1, its token count, or 0. Every cache
-    /// advances by its sequence's token count.
-    pub fn forward(&self, steps: &mut [SeqStep<'_>]) -> Result<Vec<Tensor>> {
+    /// it asked for: `(rows, vocab)` with `rows` = 1, its token count, or 0. Each sequence
+    /// gets the blocks it needs from `store` and advances by its token count.
+    pub fn forward(&self, store: &mut KvStore, steps: &mut [SeqStep<'_>]) -> Result<Vec<Tensor>> {
         let c = &self.config;
         let mut tokens = Vec::new();
         let mut positions = Vec::new();
         let mut spans = Vec::with_capacity(steps.len());
-        for step in steps.iter() {
+        for step in steps.iter_mut() {
             if step.tokens.is_empty() {
                 return Err(Error::Request(
                     "a forward step needs at least one token".into(),
                 ));
             }
-            let start = step.cache.len();
+            let start = step.seq.len();
             if start + step.tokens.len() > c.context_length {
                 return Err(Error::Request(format!(
                     "sequence of {} tokens exceeds the context window of {} tokens",
@@ -195,6 +242,7 @@ impl Model {
                     c.context_length
                 )));
             }
+            store.ensure_capacity(step.seq, start + step.tokens.len())?;
             spans.push((tokens.len(), step.tokens.len()));
             tokens.extend_from_slice(step.tokens);
             positions.extend(start..start + step.tokens.len());
@@ -241,21 +289,7 @@ impl Model {
                 softcap: c.attn_logit_softcap,
                 window: if sliding { c.sliding_window } else { None },
             };
-            let mut outputs = Vec::with_capacity(steps.len());
-            for (step, &(offset, len)) in steps.iter_mut().zip(&spans) {
-                let heads_first = |t: &Tensor| -> Result<Tensor> {
-                    Ok(t.narrow(0, offset, len)?.transpose(0, 1)?.contiguous()?)
-                };
-                let (k_all, v_all) =
-                    step.cache
-                        .append(index, &heads_first(&k)?, &heads_first(&v)?)?;
-                outputs.push(attend(&spec, &heads_first(&q)?, &k_all, &v_all)?);
-            }
-            let attn = if outputs.len() == 1 {
-                outputs.swap_remove(0)
-            } else {
-                Tensor::cat(&outputs, 0)?
-            };
+            let attn = self.attention(store, index, &spec, steps, &spans, &q, &k, &v)?;
             let mut attn = layer.o.forward(&attn)?;
             if let Some(norm) = &layer.post_attn_norm {
                 attn = candle_nn::ops::rms_norm(&attn, norm, eps)?;
@@ -273,10 +307,74 @@ impl Model {
             }
             x = (x + ffn)?;
         }
-        for (step, &(_, len)) in steps.iter_mut().zip(&spans) {
-            step.cache.advance(len);
+        for step in steps.iter_mut() {
+            store.commit(step.seq, step.tokens);
         }
         self.logits(&x, steps, &spans)
+    }
+
+    /// Stores one layer's new keys and values in each sequence's blocks and computes every
+    /// sequence's attention: in place over the blocks for short steps, by dense products
+    /// over gathered keys for long prompt chunks. Returns `(tokens, n_heads * head_dim)`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        store: &mut KvStore,
+        layer: usize,
+        spec: &AttentionSpec,
+        steps: &[SeqStep<'_>],
+        spans: &[(usize, usize)],
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (hd, n_tokens) = (c.head_dim, q.dim(0)?);
+        let kv_row = c.n_kv_heads * hd;
+        let host = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+        let (q_host, k_host, v_host) = (host(q)?, host(k)?, host(v)?);
+        for (step, &(offset, len)) in steps.iter().zip(spans) {
+            let rows = offset * kv_row..(offset + len) * kv_row;
+            store.write(layer, step.seq, &k_host[rows.clone()], &v_host[rows]);
+        }
+        let layout = *store.layout();
+        let (keys, values) = store.storage().layer(layer);
+        let paged: Vec<PagedSeq> = steps
+            .iter()
+            .zip(spans)
+            .map(|(step, &(row, new))| PagedSeq {
+                row,
+                new,
+                start: step.seq.len(),
+                blocks: step.seq.blocks(),
+                include: new < DENSE_ATTENTION_MIN_TOKENS,
+            })
+            .collect();
+        let mut out = vec![0f32; n_tokens * c.n_heads * hd];
+        paged_attention(spec, &layout, keys, values, &q_host, &paged, &mut out);
+        for seq in paged.iter().filter(|s| !s.include) {
+            let total = seq.start + seq.new;
+            let (k_all, v_all) = store.storage().gather(layer, seq.blocks, total);
+            let kv_shape = (c.n_kv_heads, total, hd);
+            let k_all = Tensor::from_vec(k_all, kv_shape, &Device::Cpu)?;
+            let v_all = Tensor::from_vec(v_all, kv_shape, &Device::Cpu)?;
+            let q_seq = Tensor::from_slice(
+                &q_host[seq.row * c.n_heads * hd..(seq.row + seq.new) * c.n_heads * hd],
+                (seq.new, c.n_heads, hd),
+                &Device::Cpu,
+            )?
+            .transpose(0, 1)?
+            .contiguous()?;
+            let dense = attend(spec, &q_seq, &k_all, &v_all)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            out[seq.row * c.n_heads * hd..][..dense.len()].copy_from_slice(&dense);
+        }
+        Ok(Tensor::from_vec(
+            out,
+            (n_tokens, c.n_heads * hd),
+            &self.device,
+        )?)
     }
 
     /// Projects the requested rows of the final hidden states to vocabulary logits.

@@ -1,0 +1,376 @@
+//! Continuous batching: requests join and leave the running batch between forward steps.
+//!
+//! Each [`Scheduler::step`] admits waiting requests while the key/value store can reserve
+//! room for them (prompt plus `max_new_tokens`, so an admitted sequence never runs out of
+//! blocks and never has to be preempted), attaching the longest cached prefix of each
+//! prompt. It then runs one forward step holding one new token of every decoding sequence
+//! and prompt chunks of the prefilling ones up to a token budget, samples every sequence
+//! that produced logits (in parallel), and retires finished sequences, whose blocks return
+//! to the pool with their full blocks still indexed for reuse.
+//!
+//! A request whose prompt continues into blocks that another running sequence is about to
+//! compute waits one step instead of computing them twice, so requests of one batch that
+//! share a system prompt compute it once.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::mpsc::Sender;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::engine::generate::{Completion, FinishReason, GenerationRequest, Timings, Usage};
+use crate::engine::kv::{prefix_hashes, KvStore, PrefixHash, SeqKv};
+use crate::engine::model::{LogitsWanted, Model, SeqStep};
+use crate::engine::sampling::{Sampler, StopMatcher};
+use crate::engine::tokenizer::Tokenizer;
+use crate::error::{Error, Result};
+
+/// Prompt tokens processed per forward step, summed over prefilling sequences.
+pub const PREFILL_CHUNK_TOKENS: usize = 512;
+
+/// Most sequences in the running batch at once.
+pub const MAX_RUNNING: usize = 256;
+
+/// Where a finished request's result goes: the submitter's channel and its index there.
+pub type Reply = (Sender<(usize, Result<Completion>)>, usize);
+
+/// A tokenized request waiting for admission.
+pub struct Pending {
+    pub reply: Reply,
+    pub prompt: Vec<u32>,
+    pub request: GenerationRequest,
+    pub submitted: Instant,
+    /// Chained hashes of the prompt's reusable blocks (all full blocks but the last token's).
+    hashes: Vec<PrefixHash>,
+}
+
+impl Pending {
+    pub fn new(
+        reply: Reply,
+        prompt: Vec<u32>,
+        request: GenerationRequest,
+        block_size: usize,
+    ) -> Self {
+        let reusable = prompt.len().saturating_sub(1) / block_size * block_size;
+        let hashes = prefix_hashes(&prompt[..reusable], block_size);
+        Self {
+            reply,
+            prompt,
+            request,
+            submitted: Instant::now(),
+            hashes,
+        }
+    }
+}
+
+/// A request in the running batch.
+struct Running {
+    reply: Reply,
+    prompt: Vec<u32>,
+    hashes: Vec<PrefixHash>,
+    kv: SeqKv,
+    /// Blocks the sequence may still need (prompt plus `max_new_tokens`, within context).
+    total_blocks: usize,
+    cached_tokens: usize,
+    sampler: Sampler,
+    stop: Option<StopMatcher>,
+    max_new_tokens: usize,
+    ignore_eos: bool,
+    generated: Vec<u32>,
+    stop_text: Option<String>,
+    finish: Option<FinishReason>,
+    submitted: Instant,
+    started: bool,
+    /// Already answered with an error.
+    failed: bool,
+    timings: Timings,
+}
+
+impl Running {
+    fn prefilling(&self) -> bool {
+        self.kv.len() < self.prompt.len()
+    }
+
+    /// Blocks reserved but not yet taken.
+    fn reserved(&self) -> usize {
+        self.total_blocks.saturating_sub(self.kv.blocks().len())
+    }
+
+    /// Samples the next token from `logits` and updates the finish state.
+    fn accept(&mut self, logits: &[f32], tokenizer: &Tokenizer, context: usize) {
+        let token = self.sampler.sample(logits);
+        if !self.ignore_eos && tokenizer.stop_ids().contains(&token) {
+            self.finish = Some(FinishReason::Eos);
+            return;
+        }
+        self.generated.push(token);
+        if let Some(stop) = &self.stop {
+            if let Ok(text) = tokenizer.decode(&self.generated) {
+                if let Some(at) = stop.find(&text) {
+                    self.stop_text = Some(text[..at].to_string());
+                    self.finish = Some(FinishReason::StopString);
+                    return;
+                }
+            }
+        }
+        if self.generated.len() >= self.max_new_tokens {
+            self.finish = Some(FinishReason::Length);
+        } else if self.prompt.len() + self.generated.len() >= context {
+            self.finish = Some(FinishReason::ContextFull);
+        }
+    }
+
+    fn completion(&mut self, tokenizer: &Tokenizer) -> Completion {
+        let text = match self.stop_text.take() {
+            Some(text) => text,
+            None => tokenizer.decode(&self.generated).unwrap_or_default(),
+        };
+        Completion {
+            text,
+            usage: Usage {
+                prompt_tokens: self.prompt.len(),
+                cached_prompt_tokens: self.cached_tokens,
+                completion_tokens: self.generated.len(),
+            },
+            token_ids: std::mem::take(&mut self.generated),
+            finish_reason: self.finish.unwrap_or(FinishReason::Length),
+            timings: self.timings,
+        }
+    }
+}
+
+/// The waiting queue, the running batch and the key/value store they share.
+pub struct Scheduler {
+    pub store: KvStore,
+    waiting: VecDeque<Pending>,
+    running: Vec<Running>,
+}
+
+impl Scheduler {
+    pub fn new(store: KvStore) -> Self {
+        Self {
+            store,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+        }
+    }
+
+    /// Whether any request is waiting or running.
+    pub fn has_work(&self) -> bool {
+        !self.waiting.is_empty() || !self.running.is_empty()
+    }
+
+    /// Blocks a request needs in the worst case.
+    fn blocks_needed(&self, prompt: usize, max_new: usize, context: usize) -> usize {
+        self.store.blocks_for((prompt + max_new).min(context))
+    }
+
+    /// Queues a request, or answers at once with an error if it could never fit the store.
+    pub fn submit(&mut self, pending: Pending, context: usize) {
+        let needed = self.blocks_needed(
+            pending.prompt.len(),
+            pending.request.params.max_new_tokens,
+            context,
+        );
+        let capacity = self.store.pool().n_blocks();
+        if needed > capacity {
+            let bs = self.store.block_size();
+            let (tx, index) = &pending.reply;
+            let _ = tx.send((
+                *index,
+                Err(Error::Request(format!(
+                    "the request needs up to {} positions ({} prompt + {} new) but the whole \
+                     key/value cache holds {} (raise --kv-budget or lower max_new_tokens)",
+                    needed * bs,
+                    pending.prompt.len(),
+                    pending.request.params.max_new_tokens,
+                    capacity * bs
+                ))),
+            ));
+            return;
+        }
+        self.waiting.push_back(pending);
+    }
+
+    /// Moves waiting requests into the running batch while room can be reserved for them.
+    fn admit(&mut self, context: usize) {
+        let bs = self.store.block_size();
+        // Prompt blocks that running sequences have not computed yet.
+        let mut in_flight: HashSet<PrefixHash> = self
+            .running
+            .iter()
+            .filter(|r| r.prefilling())
+            .flat_map(|r| r.hashes.iter().skip(r.kv.len() / bs).copied())
+            .collect();
+        let mut i = 0;
+        while i < self.waiting.len() && self.running.len() < MAX_RUNNING {
+            let w = &self.waiting[i];
+            let cached = self.store.cached_prefix_blocks(&w.hashes);
+            if self.store.prefix_reuse()
+                && w.hashes.get(cached).is_some_and(|h| in_flight.contains(h))
+            {
+                // Its next block is being computed: take it from the cache next step.
+                i += 1;
+                continue;
+            }
+            let total_blocks =
+                self.blocks_needed(w.prompt.len(), w.request.params.max_new_tokens, context);
+            let mut kv = SeqKv::new();
+            let reused = self.store.attach_prefix(&mut kv, &w.prompt);
+            let reserved: usize = self.running.iter().map(Running::reserved).sum();
+            let free = self.store.pool().available().saturating_sub(reserved);
+            if free < total_blocks - kv.blocks().len() {
+                // Wait for running sequences to finish; keep arrival order.
+                self.store.release(&mut kv);
+                break;
+            }
+            let Some(w) = self.waiting.remove(i) else {
+                break;
+            };
+            // Requests admitted after this one wait for the blocks it will compute.
+            in_flight.extend(w.hashes.iter().skip(reused / bs).copied());
+            let params = &w.request.params;
+            self.running.push(Running {
+                reply: w.reply,
+                hashes: w.hashes,
+                kv,
+                total_blocks,
+                cached_tokens: reused,
+                sampler: Sampler::new(params),
+                stop: (!params.stop.is_empty()).then(|| StopMatcher::new(&params.stop)),
+                max_new_tokens: params.max_new_tokens,
+                ignore_eos: params.ignore_eos,
+                generated: Vec::new(),
+                stop_text: None,
+                finish: None,
+                submitted: w.submitted,
+                started: false,
+                failed: false,
+                timings: Timings::default(),
+                prompt: w.prompt,
+            });
+        }
+    }
+
+    /// Runs one scheduling round: admit, one forward step, sample, retire. Errors of the
+    /// step fail the sequences it held, not the scheduler.
+    pub fn step(&mut self, model: &Model, tokenizer: &Tokenizer) {
+        let context = model.config().context_length;
+        self.admit(context);
+        if self.running.is_empty() {
+            return;
+        }
+        // Which sequences take part, with how many tokens.
+        let mut budget = PREFILL_CHUNK_TOKENS;
+        let mut plan: Vec<(usize, usize)> = Vec::new();
+        for (i, r) in self.running.iter().enumerate() {
+            if r.prefilling() {
+                if budget > 0 {
+                    let take = (r.prompt.len() - r.kv.len()).min(budget);
+                    budget -= take;
+                    plan.push((i, take));
+                }
+            } else {
+                plan.push((i, 1));
+            }
+        }
+        let started = Instant::now();
+        let outcome = {
+            let mut steps = Vec::with_capacity(plan.len());
+            let mut wanted = plan.iter().peekable();
+            for (i, r) in self.running.iter_mut().enumerate() {
+                let Some(&&(_, take)) = wanted.peek().filter(|(p, _)| *p == i) else {
+                    continue;
+                };
+                wanted.next();
+                if !r.started {
+                    r.started = true;
+                    r.timings.queue_s = r.submitted.elapsed().as_secs_f64();
+                }
+                let done = r.kv.len();
+                let tokens: &[u32] = if done < r.prompt.len() {
+                    &r.prompt[done..done + take]
+                } else {
+                    std::slice::from_ref(r.generated.last().unwrap_or(&0))
+                };
+                let last = done + take >= r.prompt.len();
+                steps.push(SeqStep {
+                    tokens,
+                    seq: &mut r.kv,
+                    logits: if last {
+                        LogitsWanted::Last
+                    } else {
+                        LogitsWanted::None
+                    },
+                });
+            }
+            model.forward(&mut self.store, &mut steps)
+        };
+        let elapsed = started.elapsed().as_secs_f64();
+        match outcome.and_then(|logits| {
+            logits
+                .iter()
+                .map(|l| {
+                    Ok(match l.dim(0)? {
+                        0 => None,
+                        _ => Some(l.squeeze(0)?.to_vec1::<f32>()?),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+        }) {
+            Ok(rows) => {
+                let mut sampled: Vec<(&mut Running, Vec<f32>)> = Vec::new();
+                let mut rows = rows.into_iter();
+                let mut wanted = plan.iter().peekable();
+                for (i, r) in self.running.iter_mut().enumerate() {
+                    if wanted.peek().is_none_or(|(p, _)| *p != i) {
+                        continue;
+                    }
+                    wanted.next();
+                    let decoding = !r.generated.is_empty();
+                    if decoding {
+                        r.timings.decode_s += elapsed;
+                    } else {
+                        r.timings.prefill_s += elapsed;
+                    }
+                    if let Some(Some(row)) = rows.next() {
+                        sampled.push((r, row));
+                    }
+                }
+                sampled.par_iter_mut().for_each(|(r, row)| {
+                    r.accept(row, tokenizer, context);
+                });
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                for &(i, _) in &plan {
+                    let r = &mut self.running[i];
+                    let _ = r
+                        .reply
+                        .0
+                        .send((r.reply.1, Err(Error::Request(reason.clone()))));
+                    r.finish = Some(FinishReason::Length);
+                    r.failed = true;
+                }
+            }
+        }
+        self.retire(tokenizer);
+    }
+
+    /// Answers and removes every finished sequence, returning its blocks.
+    fn retire(&mut self, tokenizer: &Tokenizer) {
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].finish.is_none() {
+                i += 1;
+                continue;
+            }
+            let mut r = self.running.remove(i);
+            self.store.release(&mut r.kv);
+            if !r.failed {
+                let completion = r.completion(tokenizer);
+                let _ = r.reply.0.send((r.reply.1, Ok(completion)));
+            }
+        }
+    }
+}
