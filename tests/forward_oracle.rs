@@ -1,6 +1,8 @@
 //! Our forward pass against candle-transformers' quantized llama and qwen2 models, an
-//! independent implementation on the same files and kernels, one token at a time: the two
-//! must agree to float rounding.
+//! independent implementation on the same files, one token at a time. The arithmetic is
+//! not identical (our own matmul kernels and activation quantisation, attention read in
+//! place from the paged cache), so the two agree within the bounds used against llama.cpp;
+//! a wrong rotation, head mapping or kernel misses them by far.
 //!
 //! Also: a prompt processed in one step against the same prompt fed token by token. These
 //! differ by more than rounding because activations are quantized to 8 bits before every
@@ -16,9 +18,11 @@ use fgo::engine::sampling::argmax;
 
 mod common;
 
-/// Largest absolute logit difference allowed between two implementations of the same
-/// arithmetic.
-const TOLERANCE: f32 = 1e-3;
+/// Largest difference of a logit relative to the top token (as against llama.cpp).
+const LOGIT_TOLERANCE: f32 = 1.5;
+
+/// Largest mean difference over all compared logits.
+const MEAN_TOLERANCE: f32 = 0.2;
 
 /// Bound for the same sequence computed with different batch shapes: absolute plus relative
 /// to the logit's magnitude (see the module doc).
@@ -56,20 +60,41 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn check(name: &str, ours: Vec<Vec<f32>>, theirs: Vec<Vec<f32>>, tolerance: f32) {
-    let worst = ours
-        .iter()
-        .zip(&theirs)
-        .map(|(a, b)| max_diff(a, b))
-        .fold(0.0, f32::max);
-    eprintln!(
-        "{name}: max |Δlogit| over {} positions {worst:.6}",
-        ours.len()
-    );
-    assert!(worst < tolerance, "{name}: {worst}");
-    for (a, b) in ours.iter().zip(&theirs) {
-        assert_eq!(argmax(a), argmax(b));
+/// The bounds of the llama.cpp golden tests (`tests/forward_golden.rs`): every logit
+/// relative to the reference's top token within [`LOGIT_TOLERANCE`], a small mean
+/// difference, and the same greedy token wherever the reference's top two are further
+/// apart than the tolerance.
+fn check(name: &str, ours: Vec<Vec<f32>>, theirs: Vec<Vec<f32>>) {
+    let (mut worst, mut sum, mut count) = (0f32, 0f64, 0usize);
+    for (pos, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+        let top = argmax(b) as usize;
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            let diff = ((x - a[top]) - (y - b[top])).abs();
+            assert!(
+                diff <= LOGIT_TOLERANCE,
+                "{name} position {pos} token {i}: ours {x}, reference {y} (relative to token {top})"
+            );
+            worst = worst.max(diff);
+            sum += f64::from(diff);
+            count += 1;
+        }
+        let runner_up = b
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != top)
+            .map(|(_, &y)| y)
+            .fold(f32::NEG_INFINITY, f32::max);
+        if b[top] - runner_up > LOGIT_TOLERANCE {
+            assert_eq!(
+                argmax(a) as usize,
+                top,
+                "{name} position {pos}: greedy token"
+            );
+        }
     }
+    let mean = (sum / count as f64) as f32;
+    eprintln!("{name}: relative to the top token, max |Δ| {worst:.4}, mean |Δ| {mean:.4}");
+    assert!(mean < MEAN_TOLERANCE, "{name}: mean |Δ| {mean}");
 }
 
 /// Runs a candle-transformers model one token at a time over [`PROMPT`].
@@ -102,7 +127,7 @@ fn llama_matches_candle_transformers() {
     let (content, mut reader) = read_content(file);
     let mut model = ModelWeights::from_gguf(content, &mut reader, &Device::Cpu).expect("load");
     let reference = theirs(|x, pos| model.forward(x, pos));
-    check("smollm2-135m", ours(file, PROMPT), reference, TOLERANCE);
+    check("smollm2-135m", ours(file, PROMPT), reference);
 }
 
 #[test]
@@ -112,19 +137,15 @@ fn qwen2_matches_candle_transformers() {
     let (content, mut reader) = read_content(file);
     let mut model = ModelWeights::from_gguf(content, &mut reader, &Device::Cpu).expect("load");
     let reference = theirs(|x, pos| model.forward(x, pos));
-    // This file has some Q4_K tensors, which candle multiplies with a repacked kernel (other
-    // rounding) and we with the compact one (see `weights.rs`): schedule-level tolerance.
-    check(
-        "qwen2.5-coder-0.5b",
-        ours(file, PROMPT),
-        reference,
-        schedule_tolerance(0.0),
-    );
+    check("qwen2.5-coder-0.5b", ours(file, PROMPT), reference);
 }
 
 /// Processing a prompt in one step gives the same logits as feeding it one token at a time.
+/// The prompt is long enough (42 tokens) for the one-step pass to take the dense attention
+/// path and the token-by-token pass the paged one.
 #[test]
 fn prefill_equals_token_by_token() {
+    let prompt: Vec<u32> = PROMPT.repeat(3);
     for file in [
         "SmolLM2-135M-Instruct.Q4_1.gguf",
         "qwen2.5-coder-0.5b-instruct.gguf",
@@ -133,13 +154,13 @@ fn prefill_equals_token_by_token() {
         let model = Model::load(&mut gguf, &Device::Cpu).expect("load");
         let mut cache = model.new_cache();
         let all = model
-            .forward_single(&mut cache, PROMPT, LogitsWanted::All)
+            .forward_single(&mut cache, &prompt, LogitsWanted::All)
             .expect("forward")
             .to_vec2::<f32>()
             .expect("rows");
         let mut cache = model.new_cache();
         let mut worst = 0f32;
-        for (i, token) in PROMPT.iter().enumerate() {
+        for (i, token) in prompt.iter().enumerate() {
             let row = model
                 .forward_single(&mut cache, std::slice::from_ref(token), LogitsWanted::Last)
                 .expect("forward")

@@ -8,6 +8,7 @@ pub mod chat;
 pub mod device;
 pub mod generate;
 pub mod gguf;
+pub mod kernels;
 pub mod kv;
 pub mod model;
 pub mod sampling;

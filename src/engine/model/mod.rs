@@ -15,8 +15,8 @@ mod weights;
 
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::quantized::QTensor;
+use candle_core::{DType, Device, Tensor};
 
 pub use config::{Activation, Architecture, ModelConfig, RopeLayout};
 
@@ -76,7 +76,7 @@ pub struct Model {
     embedding: Arc<QTensor>,
     layers: Vec<Layer>,
     output_norm: Tensor,
-    lm_head: QMatMul,
+    lm_head: Linear,
     rotary_global: Rotary,
     rotary_local: Rotary,
     device: Device,
@@ -136,11 +136,10 @@ impl Model {
         }
         let output_norm = w.vector("output_norm.weight", c.d_model)?;
         let lm_head = if w.has("output.weight") {
-            QMatMul::from_arc(Arc::new(
-                w.qtensor("output.weight", &[c.vocab_size, c.d_model])?,
-            ))?
+            let output = w.qtensor("output.weight", &[c.vocab_size, c.d_model])?;
+            w.matrix("output.weight", Arc::new(output))?
         } else {
-            QMatMul::from_arc(embedding.clone())?
+            w.matrix("token_embd.weight", embedding.clone())?
         };
         let factors = match w.opt_vector("rope_freqs.weight", c.rope_dim / 2)? {
             Some(t) => Some(t.to_vec1::<f32>()?),

@@ -7,6 +7,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
 use crate::engine::gguf::GgufFile;
+use crate::engine::kernels::QuantMatrix;
 use crate::error::{Error, Result};
 
 /// Tensor types the engine can multiply with (candle's CPU kernels exist for all of them).
@@ -37,12 +38,12 @@ pub struct Linear {
 /// How a projection's weight is multiplied.
 #[derive(Debug, Clone)]
 enum Weight {
-    /// candle's dispatch (its own kernels per type and device).
+    /// candle's dispatch: GPUs, and float weights on the CPU.
     Dispatch(QMatMul),
-    /// Q4_K on the CPU through candle's generic kernel on the weights as stored. candle's
-    /// dispatch would repack every Q4_K tensor on first use into a second, cached copy,
-    /// doubling the resident weights (2.3 GB instead of 1.2 GB for qwen2.5-coder-1.5b).
-    CompactQ4K(Arc<QTensor>),
+    /// Quantized weights on the CPU through the engine's own kernels, on the blocks as
+    /// stored (candle would repack Q4_K into a second copy and run Q4_1/Q5_0 as scalar
+    /// code on a spinning thread pool).
+    Kernels(QuantMatrix),
 }
 
 impl Linear {
@@ -50,37 +51,17 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
             Weight::Dispatch(w) => w.forward(x)?,
-            Weight::CompactQ4K(w) => compact_q4k_matmul(w, x)?,
+            Weight::Kernels(w) => {
+                let (tokens, _) = x.dims2()?;
+                let input = x.flatten_all()?.to_vec1::<f32>()?;
+                Tensor::from_vec(w.forward(&input)?, (tokens, w.rows()), x.device())?
+            }
         };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
     }
-}
-
-/// `x W^T` for a Q4_K weight on the CPU, without candle's repacked copy.
-fn compact_q4k_matmul(w: &QTensor, x: &Tensor) -> Result<Tensor> {
-    use candle_core::quantized::k_quants::{self, BlockQ4K};
-    let (n, k) = w.shape().dims2()?;
-    let m = x.elem_count() / k;
-    let lhs = x.flatten_all()?.to_vec1::<f32>()?;
-    let data = w.data()?;
-    let n_blocks = data.len() / std::mem::size_of::<BlockQ4K>();
-    if n_blocks * std::mem::size_of::<BlockQ4K>() != data.len()
-        || (data.as_ptr() as usize) % std::mem::align_of::<BlockQ4K>() != 0
-    {
-        return Err(Error::Tensor {
-            name: "Q4_K weight".into(),
-            reason: "storage is not a whole, aligned array of Q4_K blocks".into(),
-        });
-    }
-    // SAFETY: a CPU Q4_K tensor's storage is a `Vec<BlockQ4K>`; size and alignment were
-    // checked above, and the bytes live as long as `data`.
-    let blocks = unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<BlockQ4K>(), n_blocks) };
-    let mut out = vec![0f32; m * n];
-    k_quants::matmul((m, k, n), &lhs, blocks, &mut out)?;
-    Ok(Tensor::from_vec(out, (m, n), x.device())?)
 }
 
 /// Reads tensors from one GGUF file onto one device, checking names, shapes and types.
@@ -147,11 +128,21 @@ impl<'a> WeightLoader<'a> {
     pub fn linear(&mut self, stem: &str, out_dim: usize, in_dim: usize) -> Result<Linear> {
         let weight = self.qtensor(&format!("{stem}.weight"), &[out_dim, in_dim])?;
         let bias = self.opt_vector(&format!("{stem}.bias"), out_dim)?;
-        let weight = if weight.dtype() == GgmlDType::Q4K && self.device.is_cpu() {
-            Weight::CompactQ4K(Arc::new(weight))
+        let mut linear = self.matrix(&format!("{stem}.weight"), Arc::new(weight))?;
+        linear.bias = bias;
+        Ok(linear)
+    }
+
+    /// A projection without bias over an already loaded tensor (a tied output matrix).
+    pub fn matrix(&self, name: &str, tensor: Arc<QTensor>) -> Result<Linear> {
+        let weight = if self.device.is_cpu() && QuantMatrix::supports(tensor.dtype()) {
+            Weight::Kernels(QuantMatrix::new(tensor).map_err(|e| Error::Tensor {
+                name: name.to_string(),
+                reason: e.to_string(),
+            })?)
         } else {
-            Weight::Dispatch(QMatMul::from_arc(Arc::new(weight))?)
+            Weight::Dispatch(QMatMul::from_arc(tensor)?)
         };
-        Ok(Linear { weight, bias })
+        Ok(Linear { weight, bias: None })
     }
 }

@@ -1,0 +1,210 @@
+//! The 32-element quantized block formats of GGUF that the engine multiplies with its own
+//! kernels (Q4_1, Q5_0, Q5_1) and the 8-bit activation blocks they pair with (Q8_0, Q8_1).
+//!
+//! Layouts are GGML's, byte for byte (`#[repr(C)]`, sizes asserted), so that a tensor's
+//! stored bytes can be read as a slice of these blocks without copying.
+
+use half::f16;
+
+/// Elements per block for every format in this module.
+pub const BLOCK: usize = 32;
+
+/// Q4_1: `x = d * q + m`, `q` in 0..16; `qs[j]` holds element `j` (low nibble) and
+/// element `j + 16` (high nibble).
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct BlockQ4_1 {
+    pub d: f16,
+    pub m: f16,
+    pub qs: [u8; BLOCK / 2],
+}
+
+/// Q5_0: `x = d * (q - 16)`, `q` in 0..32; the low four bits as in Q4_1, the fifth bit of
+/// element `j` is bit `j` of the little-endian `qh`.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct BlockQ5_0 {
+    pub d: f16,
+    pub qh: [u8; 4],
+    pub qs: [u8; BLOCK / 2],
+}
+
+/// Q5_1: `x = d * q + m`, `q` in 0..32, bits laid out as in Q5_0.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct BlockQ5_1 {
+    pub d: f16,
+    pub m: f16,
+    pub qh: [u8; 4],
+    pub qs: [u8; BLOCK / 2],
+}
+
+/// Q8_0 activations: `y = d * q`, `q` in -127..=127.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct BlockQ8_0 {
+    pub d: f16,
+    pub qs: [i8; BLOCK],
+}
+
+/// Q8_1 activations: Q8_0 plus `s = d * sum(q)`, which carries the offset term of Q4_1/Q5_1.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct BlockQ8_1 {
+    pub d: f16,
+    pub s: f16,
+    pub qs: [i8; BLOCK],
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
+const _: () = assert!(std::mem::size_of::<BlockQ5_0>() == 22);
+const _: () = assert!(std::mem::size_of::<BlockQ5_1>() == 24);
+const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
+const _: () = assert!(std::mem::size_of::<BlockQ8_1>() == 36);
+
+impl BlockQ8_0 {
+    /// An all-zero block (scratch buffers are filled with these before quantizing).
+    pub const ZERO: Self = Self {
+        d: f16::ZERO,
+        qs: [0; BLOCK],
+    };
+}
+
+impl BlockQ8_1 {
+    /// An all-zero block.
+    pub const ZERO: Self = Self {
+        d: f16::ZERO,
+        s: f16::ZERO,
+        qs: [0; BLOCK],
+    };
+}
+
+/// Symmetric 8-bit quantisation of one block: the scale and the rounded values.
+fn quantize_block(xs: &[f32], qs: &mut [i8; BLOCK]) -> f32 {
+    let amax = xs.iter().fold(0f32, |a, &x| a.max(x.abs()));
+    let d = amax / 127.0;
+    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    for (q, &x) in qs.iter_mut().zip(xs) {
+        *q = (x * inv).round() as i8;
+    }
+    d
+}
+
+/// Quantizes `xs` (a multiple of 32 long) into Q8_0 blocks.
+pub fn quantize_q8_0(xs: &[f32], out: &mut [BlockQ8_0]) {
+    debug_assert_eq!(xs.len(), out.len() * BLOCK);
+    for (block, xs) in out.iter_mut().zip(xs.chunks_exact(BLOCK)) {
+        block.d = f16::from_f32(quantize_block(xs, &mut block.qs));
+    }
+}
+
+/// Quantizes `xs` (a multiple of 32 long) into Q8_1 blocks.
+pub fn quantize_q8_1(xs: &[f32], out: &mut [BlockQ8_1]) {
+    debug_assert_eq!(xs.len(), out.len() * BLOCK);
+    for (block, xs) in out.iter_mut().zip(xs.chunks_exact(BLOCK)) {
+        let d = quantize_block(xs, &mut block.qs);
+        let sum: i32 = block.qs.iter().map(|&q| q as i32).sum();
+        block.d = f16::from_f32(d);
+        block.s = f16::from_f32(d * sum as f32);
+    }
+}
+
+/// The unsigned 4-bit values of a block's `qs`, in element order.
+fn nibbles(qs: &[u8; BLOCK / 2]) -> [u8; BLOCK] {
+    let mut out = [0u8; BLOCK];
+    for (j, &byte) in qs.iter().enumerate() {
+        out[j] = byte & 0x0F;
+        out[j + BLOCK / 2] = byte >> 4;
+    }
+    out
+}
+
+/// The 5-bit values of a Q5 block, in element order.
+fn five_bit(qh: [u8; 4], qs: &[u8; BLOCK / 2]) -> [u8; BLOCK] {
+    let high = u32::from_le_bytes(qh);
+    let mut out = nibbles(qs);
+    for (j, q) in out.iter_mut().enumerate() {
+        *q |= (((high >> j) & 1) as u8) << 4;
+    }
+    out
+}
+
+/// Dequantisation, for references in tests and for slow paths.
+pub trait Dequantize {
+    /// The block's 32 values.
+    fn dequantize(&self) -> [f32; BLOCK];
+}
+
+impl Dequantize for BlockQ4_1 {
+    fn dequantize(&self) -> [f32; BLOCK] {
+        let (d, m) = (self.d.to_f32(), self.m.to_f32());
+        nibbles(&self.qs).map(|q| d * q as f32 + m)
+    }
+}
+
+impl Dequantize for BlockQ5_0 {
+    fn dequantize(&self) -> [f32; BLOCK] {
+        let d = self.d.to_f32();
+        five_bit(self.qh, &self.qs).map(|q| d * (q as f32 - 16.0))
+    }
+}
+
+impl Dequantize for BlockQ5_1 {
+    fn dequantize(&self) -> [f32; BLOCK] {
+        let (d, m) = (self.d.to_f32(), self.m.to_f32());
+        five_bit(self.qh, &self.qs).map(|q| d * q as f32 + m)
+    }
+}
+
+/// Portable dot products: the definition the SIMD kernels must match.
+pub mod portable {
+    use super::*;
+
+    /// `sum(x * y)` over Q4_1 weights and Q8_1 activations.
+    pub fn dot_q4_1(xs: &[BlockQ4_1], ys: &[BlockQ8_1]) -> f32 {
+        xs.iter()
+            .zip(ys)
+            .map(|(x, y)| {
+                let q = nibbles(&x.qs);
+                let isum: i32 = q
+                    .iter()
+                    .zip(&y.qs)
+                    .map(|(&a, &b)| a as i32 * b as i32)
+                    .sum();
+                x.d.to_f32() * y.d.to_f32() * isum as f32 + x.m.to_f32() * y.s.to_f32()
+            })
+            .sum()
+    }
+
+    /// `sum(x * y)` over Q5_0 weights and Q8_0 activations.
+    pub fn dot_q5_0(xs: &[BlockQ5_0], ys: &[BlockQ8_0]) -> f32 {
+        xs.iter()
+            .zip(ys)
+            .map(|(x, y)| {
+                let q = five_bit(x.qh, &x.qs);
+                let isum: i32 = q
+                    .iter()
+                    .zip(&y.qs)
+                    .map(|(&a, &b)| (a as i32 - 16) * b as i32)
+                    .sum();
+                x.d.to_f32() * y.d.to_f32() * isum as f32
+            })
+            .sum()
+    }
+
+    /// `sum(x * y)` over Q5_1 weights and Q8_1 activations.
+    pub fn dot_q5_1(xs: &[BlockQ5_1], ys: &[BlockQ8_1]) -> f32 {
+        xs.iter()
+            .zip(ys)
+            .map(|(x, y)| {
+                let q = five_bit(x.qh, &x.qs);
+                let isum: i32 = q
+                    .iter()
+                    .zip(&y.qs)
+                    .map(|(&a, &b)| a as i32 * b as i32)
+                    .sum();
+                x.d.to_f32() * y.d.to_f32() * isum as f32 + x.m.to_f32() * y.s.to_f32()
+            })
+            .sum()
+    }
+}

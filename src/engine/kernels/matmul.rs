@@ -1,0 +1,313 @@
+//! The quantized matmul driver and the weight matrices it multiplies.
+//!
+//! Work split: output columns (weight rows) are cut into contiguous ranges, one rayon task
+//! each, several per thread so that uneven progress evens out. Inside a task, activation
+//! rows go in tiles of [`ROW_TILE`]; for each weight row the whole tile is swept while that
+//! row sits in L1, so the weights are streamed from memory once per tile rather than once
+//! per activation row. Decoding 16 sequences therefore costs far less than 16 decodes.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use candle_core::quantized::k_quants::{self, GgmlType};
+use candle_core::quantized::{GgmlDType, QTensor};
+use rayon::prelude::*;
+
+use super::blocks::{self, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
+use crate::error::{Error, Result};
+
+/// Activation rows per tile: 16 rows of a 1536-wide Q8 activation fit in L1 with room for
+/// the weight row.
+pub const ROW_TILE: usize = 16;
+
+/// One weight format: its blocks, the activation blocks it pairs with, and their dot.
+pub trait Kernel {
+    /// A block of stored weights.
+    type Weight: Sync;
+    /// A block of quantized activations.
+    type Act: Clone + Send + Sync;
+    /// Elements per block (weights and activations alike).
+    const BLOCK: usize;
+    /// A block to fill scratch buffers with.
+    fn zero_act() -> Self::Act;
+    /// Quantizes one activation row (a multiple of [`Self::BLOCK`] long).
+    fn quantize(xs: &[f32], out: &mut [Self::Act]);
+    /// `sum(w * a)` over one weight row and one activation row of `k` elements.
+    fn dot(k: usize, w: &[Self::Weight], a: &[Self::Act]) -> f32;
+}
+
+/// Q4_1 weights on this crate's kernels.
+pub struct Q4_1;
+/// Q5_0 weights on this crate's kernels.
+pub struct Q5_0;
+/// Q5_1 weights on this crate's kernels.
+pub struct Q5_1;
+/// A format whose dot product candle provides (SIMD where candle has it).
+pub struct Candle<T>(PhantomData<T>);
+
+impl Kernel for Q4_1 {
+    type Weight = BlockQ4_1;
+    type Act = BlockQ8_1;
+    const BLOCK: usize = blocks::BLOCK;
+    fn zero_act() -> BlockQ8_1 {
+        BlockQ8_1::ZERO
+    }
+    fn quantize(xs: &[f32], out: &mut [BlockQ8_1]) {
+        blocks::quantize_q8_1(xs, out)
+    }
+    fn dot(_k: usize, w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if super::simd_available() {
+            // SAFETY: the CPU features were detected at run time.
+            return unsafe { super::avx2::dot_q4_1(w, a) };
+        }
+        blocks::portable::dot_q4_1(w, a)
+    }
+}
+
+impl Kernel for Q5_0 {
+    type Weight = BlockQ5_0;
+    type Act = BlockQ8_0;
+    const BLOCK: usize = blocks::BLOCK;
+    fn zero_act() -> BlockQ8_0 {
+        BlockQ8_0::ZERO
+    }
+    fn quantize(xs: &[f32], out: &mut [BlockQ8_0]) {
+        blocks::quantize_q8_0(xs, out)
+    }
+    fn dot(_k: usize, w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if super::simd_available() {
+            // SAFETY: the CPU features were detected at run time.
+            return unsafe { super::avx2::dot_q5_0(w, a) };
+        }
+        blocks::portable::dot_q5_0(w, a)
+    }
+}
+
+impl Kernel for Q5_1 {
+    type Weight = BlockQ5_1;
+    type Act = BlockQ8_1;
+    const BLOCK: usize = blocks::BLOCK;
+    fn zero_act() -> BlockQ8_1 {
+        BlockQ8_1::ZERO
+    }
+    fn quantize(xs: &[f32], out: &mut [BlockQ8_1]) {
+        blocks::quantize_q8_1(xs, out)
+    }
+    fn dot(_k: usize, w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if super::simd_available() {
+            // SAFETY: the CPU features were detected at run time.
+            return unsafe { super::avx2::dot_q5_1(w, a) };
+        }
+        blocks::portable::dot_q5_1(w, a)
+    }
+}
+
+impl<T: GgmlType> Kernel for Candle<T> {
+    type Weight = T;
+    type Act = T::VecDotType;
+    const BLOCK: usize = T::BLCK_SIZE;
+    fn zero_act() -> T::VecDotType {
+        T::VecDotType::zeros()
+    }
+    fn quantize(xs: &[f32], out: &mut [T::VecDotType]) {
+        T::VecDotType::from_float(xs, out)
+    }
+    fn dot(k: usize, w: &[T], a: &[T::VecDotType]) -> f32 {
+        T::vec_dot(k, w, a)
+    }
+}
+
+/// A raw output pointer shared by tasks that write disjoint elements.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: every task writes a distinct set of output elements (its own columns).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// # Safety
+    /// `index` is in bounds and no other task writes it.
+    unsafe fn write(self, index: usize, value: f32) {
+        *self.0.add(index) = value;
+    }
+}
+
+/// `out = x W^T` with `x` of `m` rows of `k`, `W` of `n` rows of `k` blocks, `out` `m x n`.
+pub fn run<K: Kernel>(weights: &[K::Weight], n: usize, k: usize, x: &[f32], out: &mut [f32]) {
+    let k_blocks = k / K::BLOCK;
+    let m = x.len() / k;
+    // Real asserts: the workers write `out` through a raw pointer.
+    assert!(k % K::BLOCK == 0 && weights.len() == n * k_blocks);
+    assert!(x.len() == m * k && out.len() == m * n);
+
+    let mut acts = vec![K::zero_act(); m * k_blocks];
+    if m >= 8 {
+        acts.par_chunks_mut(k_blocks)
+            .zip(x.par_chunks(k))
+            .for_each(|(a, x)| K::quantize(x, a));
+    } else {
+        for (a, x) in acts.chunks_mut(k_blocks).zip(x.chunks(k)) {
+            K::quantize(x, a);
+        }
+    }
+
+    let threads = rayon::current_num_threads();
+    // Enough ranges to balance, few enough that each covers some weight rows.
+    let tasks = (threads * 4).min(n.div_ceil(4)).max(1);
+    let cols_per_task = n.div_ceil(tasks);
+    let shared = SharedOut(out.as_mut_ptr());
+    let acts = &acts;
+    let work = |task: usize| {
+        let cols = task * cols_per_task..((task + 1) * cols_per_task).min(n);
+        for tile in (0..m).step_by(ROW_TILE) {
+            let rows = tile..(tile + ROW_TILE).min(m);
+            for col in cols.clone() {
+                let w = &weights[col * k_blocks..(col + 1) * k_blocks];
+                for row in rows.clone() {
+                    let value = K::dot(k, w, &acts[row * k_blocks..(row + 1) * k_blocks]);
+                    // SAFETY: (row, col) is in bounds (checked above) and only this task
+                    // owns column `col`.
+                    unsafe { shared.write(row * n + col, value) };
+                }
+            }
+        }
+    };
+    if tasks == 1 || threads == 1 {
+        (0..tasks).for_each(work);
+    } else {
+        (0..tasks).into_par_iter().for_each(work);
+    }
+}
+
+/// A quantized weight matrix of `rows x cols` (out x in) that [`run`] can multiply.
+#[derive(Debug, Clone)]
+pub struct QuantMatrix {
+    tensor: Arc<QTensor>,
+    rows: usize,
+    cols: usize,
+}
+
+impl QuantMatrix {
+    /// Whether tensors of `dtype` can go through this driver.
+    pub fn supports(dtype: GgmlDType) -> bool {
+        matches!(
+            dtype,
+            GgmlDType::Q4_0
+                | GgmlDType::Q4_1
+                | GgmlDType::Q5_0
+                | GgmlDType::Q5_1
+                | GgmlDType::Q8_0
+                | GgmlDType::Q2K
+                | GgmlDType::Q3K
+                | GgmlDType::Q4K
+                | GgmlDType::Q5K
+                | GgmlDType::Q6K
+        )
+    }
+
+    /// Wraps a CPU tensor of shape `(rows, cols)` of a [`supported`](Self::supports) type.
+    pub fn new(tensor: Arc<QTensor>) -> Result<Self> {
+        let (rows, cols) = tensor.shape().dims2()?;
+        let dtype = tensor.dtype();
+        let invalid = |reason: String| Error::Tensor {
+            name: format!("{dtype:?} weight"),
+            reason,
+        };
+        if !Self::supports(dtype) {
+            return Err(invalid("no engine kernel for this type".into()));
+        }
+        if cols % dtype.block_size() != 0 {
+            return Err(invalid(format!(
+                "row length {cols} is not a multiple of the block size {}",
+                dtype.block_size()
+            )));
+        }
+        let matrix = Self { tensor, rows, cols };
+        // Validate the storage once here, so that a bad tensor fails at load.
+        matrix.forward(&vec![0f32; cols])?;
+        Ok(matrix)
+    }
+
+    /// Output features (weight rows).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input features (weight columns).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// `x W^T` for `x` holding whole rows of [`cols`](Self::cols) values, row-major.
+    pub fn forward(&self, x: &[f32]) -> Result<Vec<f32>> {
+        if x.len() % self.cols != 0 {
+            return Err(Error::Tensor {
+                name: format!("{:?} weight", self.tensor.dtype()),
+                reason: format!("input of {} values is not rows of {}", x.len(), self.cols),
+            });
+        }
+        let mut out = vec![0f32; x.len() / self.cols * self.rows];
+        self.forward_into(x, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`forward`](Self::forward) into a caller's buffer of `rows(x) * self.rows()` values.
+    pub fn forward_into(&self, x: &[f32], out: &mut [f32]) -> Result<()> {
+        let data = self.tensor.data()?;
+        let (n, k) = (self.rows, self.cols);
+        let dtype = self.tensor.dtype();
+        let m = x.len() / k;
+        if x.len() != m * k || out.len() != m * n {
+            return Err(Error::Tensor {
+                name: format!("{dtype:?} weight"),
+                reason: format!(
+                    "{} inputs and {} outputs do not fit a {n} x {k} matrix",
+                    x.len(),
+                    out.len()
+                ),
+            });
+        }
+        if data.len() != n * k / dtype.block_size() * dtype.type_size() {
+            return Err(Error::Tensor {
+                name: format!("{dtype:?} weight"),
+                reason: format!("{} bytes of storage for a {n} x {k} matrix", data.len()),
+            });
+        }
+        match self.tensor.dtype() {
+            GgmlDType::Q4_1 => run::<Q4_1>(cast(&data)?, n, k, x, out),
+            GgmlDType::Q5_0 => run::<Q5_0>(cast(&data)?, n, k, x, out),
+            GgmlDType::Q5_1 => run::<Q5_1>(cast(&data)?, n, k, x, out),
+            GgmlDType::Q4_0 => run::<Candle<k_quants::BlockQ4_0>>(cast(&data)?, n, k, x, out),
+            GgmlDType::Q8_0 => run::<Candle<k_quants::BlockQ8_0>>(cast(&data)?, n, k, x, out),
+            GgmlDType::Q2K => run::<Candle<k_quants::BlockQ2K>>(cast(&data)?, n, k, x, out),
+            GgmlDType::Q3K => run::<Candle<k_quants::BlockQ3K>>(cast(&data)?, n, k, x, out),
+            GgmlDType::Q4K => run::<Candle<k_quants::BlockQ4K>>(cast(&data)?, n, k, x, out),
+            GgmlDType::Q5K => run::<Candle<k_quants::BlockQ5K>>(cast(&data)?, n, k, x, out),
+            GgmlDType::Q6K => run::<Candle<k_quants::BlockQ6K>>(cast(&data)?, n, k, x, out),
+            other => {
+                return Err(Error::Tensor {
+                    name: format!("{other:?} weight"),
+                    reason: "no engine kernel for this type".into(),
+                })
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A tensor's bytes as its blocks, checking that they are whole and aligned.
+fn cast<T>(bytes: &[u8]) -> Result<&[T]> {
+    let size = std::mem::size_of::<T>();
+    if bytes.len() % size != 0 || (bytes.as_ptr() as usize) % std::mem::align_of::<T>() != 0 {
+        return Err(Error::Tensor {
+            name: "quantized weight".into(),
+            reason: "storage is not a whole, aligned array of blocks".into(),
+        });
+    }
+    // SAFETY: size and alignment are checked; the block types are plain old data for
+    // which every bit pattern is valid, and the slice borrows `bytes`.
+    Ok(unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast(), bytes.len() / size) })
+}

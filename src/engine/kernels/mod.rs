@@ -1,0 +1,41 @@
+//! The engine's own CPU matrix multiplication for quantized weights: `y = x W^T` for many
+//! activation rows at once, on rayon, with the weights read as stored (no repacked copy).
+//!
+//! Why not candle's: candle has no x86 SIMD kernel for Q4_1, Q5_0 and Q5_1 (the main types
+//! of small models, whose row sizes rule out K-quants), and its thread pool spins at a
+//! barrier, competing with rayon for the same cores. Here every type runs on the same
+//! driver ([`matmul::run`]): activations are quantized once per row, the work is split by
+//! columns of output, and each worker keeps one weight row hot while it sweeps a tile of
+//! activation rows, so a batch of sequences reads the weights from memory once.
+//!
+//! Dot products: our AVX2 kernels ([`avx2`]) for Q4_1/Q5_0/Q5_1 with a portable
+//! fallback; candle's runtime-dispatched kernels for the other types (Q4_0, Q8_0 and the
+//! K-quants already have AVX2 code there).
+
+mod avx2;
+pub mod blocks;
+pub mod matmul;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::OnceLock;
+
+/// Whether this CPU runs the AVX2 kernels (AVX2, FMA and F16C, detected once).
+pub fn simd_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+pub use matmul::QuantMatrix;

@@ -1,0 +1,214 @@
+//! Kernels against plain references on random data: the SIMD dots against the portable
+//! ones (same integer sums, so only float rounding may differ), and the matmul driver
+//! against an f32 product of the dequantized weights, within the error that quantizing the
+//! activations to 8 bits can cause, bounded element by element.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use half::f16;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::blocks::{self, *};
+use super::QuantMatrix;
+
+fn random_f16(rng: &mut StdRng) -> f16 {
+    f16::from_f32(rng.random_range(-0.05f32..0.05))
+}
+
+fn random_q8_0(rng: &mut StdRng) -> BlockQ8_0 {
+    BlockQ8_0 {
+        d: random_f16(rng),
+        qs: std::array::from_fn(|_| rng.random_range(-127i8..=127)),
+    }
+}
+
+fn random_q8_1(rng: &mut StdRng) -> BlockQ8_1 {
+    let qs: [i8; 32] = std::array::from_fn(|_| rng.random_range(-127i8..=127));
+    let d = random_f16(rng);
+    let sum: i32 = qs.iter().map(|&q| q as i32).sum();
+    BlockQ8_1 {
+        d,
+        s: f16::from_f32(d.to_f32() * sum as f32),
+        qs,
+    }
+}
+
+/// Random bytes in every field: all bit patterns of the packed values are reached.
+fn random_weights<T>(rng: &mut StdRng, n: usize, make: impl Fn(&mut StdRng) -> T) -> Vec<T> {
+    (0..n).map(|_| make(rng)).collect()
+}
+
+#[test]
+fn simd_dots_equal_the_portable_definitions() {
+    if !super::simd_available() {
+        eprintln!("no AVX2/FMA/F16C on this CPU: only the portable kernels run here");
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(7);
+    for blocks_per_row in [1, 2, 3, 18, 48] {
+        let q8_0 = random_weights(&mut rng, blocks_per_row, random_q8_0);
+        let q8_1 = random_weights(&mut rng, blocks_per_row, random_q8_1);
+        let q4_1 = random_weights(&mut rng, blocks_per_row, |r| BlockQ4_1 {
+            d: random_f16(r),
+            m: random_f16(r),
+            qs: std::array::from_fn(|_| r.random()),
+        });
+        let q5_0 = random_weights(&mut rng, blocks_per_row, |r| BlockQ5_0 {
+            d: random_f16(r),
+            qh: r.random(),
+            qs: std::array::from_fn(|_| r.random()),
+        });
+        let q5_1 = random_weights(&mut rng, blocks_per_row, |r| BlockQ5_1 {
+            d: random_f16(r),
+            m: random_f16(r),
+            qh: r.random(),
+            qs: std::array::from_fn(|_| r.random()),
+        });
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU features were checked above.
+        unsafe {
+            use super::avx2;
+            let pairs = [
+                (
+                    avx2::dot_q4_1(&q4_1, &q8_1),
+                    portable::dot_q4_1(&q4_1, &q8_1),
+                ),
+                (
+                    avx2::dot_q5_0(&q5_0, &q8_0),
+                    portable::dot_q5_0(&q5_0, &q8_0),
+                ),
+                (
+                    avx2::dot_q5_1(&q5_1, &q8_1),
+                    portable::dot_q5_1(&q5_1, &q8_1),
+                ),
+            ];
+            for (kind, (simd, reference)) in ["q4_1", "q5_0", "q5_1"].iter().zip(pairs) {
+                let tolerance = 1e-5 * (1.0 + reference.abs());
+                assert!(
+                    (simd - reference).abs() <= tolerance,
+                    "{kind} x {blocks_per_row} blocks: simd {simd} vs portable {reference}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn q8_quantization_round_trips_within_half_a_step() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let xs: Vec<f32> = (0..96).map(|_| rng.random_range(-3.0f32..3.0)).collect();
+    let mut q0 = vec![BlockQ8_0::ZERO; 3];
+    let mut q1 = vec![BlockQ8_1::ZERO; 3];
+    blocks::quantize_q8_0(&xs, &mut q0);
+    blocks::quantize_q8_1(&xs, &mut q1);
+    for (b, chunk) in xs.chunks(32).enumerate() {
+        let d = q0[b].d.to_f32();
+        let mut sum = 0i32;
+        for (i, &x) in chunk.iter().enumerate() {
+            assert!((q0[b].qs[i] as f32 * d - x).abs() <= d * 0.5 + 1e-3);
+            assert_eq!(q0[b].qs[i], q1[b].qs[i]);
+            sum += q1[b].qs[i] as i32;
+        }
+        let s = q1[b].s.to_f32();
+        assert!(
+            (s - d * sum as f32).abs() <= 1e-2 * (1.0 + s.abs()),
+            "block {b}"
+        );
+    }
+}
+
+/// Error bound of a product whose activations were rounded to 8 bits in blocks of `block`.
+fn activation_error_bound(w_row: &[f32], x_row: &[f32], block: usize) -> f32 {
+    w_row
+        .chunks(block)
+        .zip(x_row.chunks(block))
+        .map(|(w, x)| {
+            let step = x.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+            // Half a step of rounding, plus the f16 rounding of the scale itself.
+            let per_element = step * 0.5 + step * 127.0 * 1e-3;
+            w.iter().map(|v| v.abs()).sum::<f32>() * per_element
+        })
+        .sum()
+}
+
+fn check_matmul(dtype: GgmlDType, m: usize, n: usize, k: usize, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+    let cpu = Device::Cpu;
+    let w = Tensor::from_vec(w, (n, k), &cpu).unwrap();
+    let q = QTensor::quantize(&w, dtype).unwrap();
+    let dequantized: Vec<f32> = q
+        .dequantize(&cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let matrix = QuantMatrix::new(Arc::new(q)).unwrap();
+    let got = matrix.forward(&x).unwrap();
+    let block = match dtype {
+        GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K => 256,
+        _ => 32,
+    };
+    for row in 0..m {
+        let x_row = &x[row * k..(row + 1) * k];
+        for col in 0..n {
+            let w_row = &dequantized[col * k..(col + 1) * k];
+            let exact: f32 = w_row.iter().zip(x_row).map(|(a, b)| a * b).sum();
+            let bound = activation_error_bound(w_row, x_row, block) * 1.01 + 1e-3;
+            let value = got[row * n + col];
+            assert!(
+                (value - exact).abs() <= bound,
+                "{dtype:?} {m}x{n}x{k}: out[{row}][{col}] = {value}, exact {exact}, bound {bound}"
+            );
+        }
+    }
+}
+
+#[test]
+fn matmul_matches_dequantized_reference_for_every_type_and_odd_shapes() {
+    let small_block = [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q8_0,
+    ];
+    let k_quants = [
+        GgmlDType::Q2K,
+        GgmlDType::Q3K,
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+    ];
+    let shapes_small = [(1, 7, 64), (3, 13, 96), (17, 33, 576), (40, 5, 32)];
+    let shapes_k = [(1, 7, 256), (3, 13, 512), (17, 33, 256), (40, 5, 768)];
+    let mut seed = 0;
+    for dtype in small_block {
+        for &(m, n, k) in &shapes_small {
+            seed += 1;
+            check_matmul(dtype, m, n, k, seed);
+        }
+    }
+    for dtype in k_quants {
+        for &(m, n, k) in &shapes_k {
+            seed += 1;
+            check_matmul(dtype, m, n, k, seed);
+        }
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors_not_panics() {
+    let w = Tensor::zeros((4, 64), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let q = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
+    let matrix = QuantMatrix::new(Arc::new(q)).unwrap();
+    assert!(matrix.forward(&[0.0; 65]).is_err());
+    let mut out = vec![0f32; 3];
+    let err = matrix.forward_into(&[0.0; 64], &mut out).unwrap_err();
+    assert!(err.to_string().contains("do not fit"), "{err}");
+}
