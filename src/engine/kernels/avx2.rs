@@ -12,7 +12,9 @@
 
 use std::arch::x86_64::*;
 
-use super::blocks::{BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
+use super::blocks::{
+    q4k_scales_mins, BlockQ4K, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8K, BlockQ8_0, BlockQ8_1,
+};
 
 /// The 32 nibbles of 16 bytes as bytes: low nibbles in the low lane, high in the high lane,
 /// which is element order for GGML's 4-bit layout.
@@ -45,18 +47,12 @@ unsafe fn bit_mask_32(qh: [u8; 4]) -> __m256i {
 }
 
 /// Eight i32 partial sums of `unsigned x * signed y` over 32 byte pairs, as floats.
+/// (Signed weights enter as `|x|` times `y` with `x`'s sign, which `maddubs` can take.)
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_u8_i8(x: __m256i, y: __m256i) -> __m256 {
     let pairs = _mm256_maddubs_epi16(x, y);
     _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
-}
-
-/// The same for signed x: `|x| * (y with x's sign)`, which `maddubs` can take.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_i8_i8(x: __m256i, y: __m256i) -> __m256 {
-    dot_u8_i8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
 }
 
 #[inline]
@@ -81,54 +77,118 @@ unsafe fn load_i8(qs: &[i8; 32]) -> __m256i {
     _mm256_loadu_si256(qs.as_ptr().cast())
 }
 
-/// `sum(x * y)` over Q4_1 weights and Q8_1 activations.
+/// Dot products of one weight row with `R` activation rows: each weight block is unpacked
+/// once and used for every row, which is what makes many rows cheaper than one at a time.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q4_1(xs: &[BlockQ4_1], ys: &[BlockQ8_1]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let mut offsets = 0f32;
-    for (x, y) in xs.iter().zip(ys) {
-        let scale = _mm256_set1_ps(h2f(x.d) * h2f(y.d));
-        offsets += h2f(x.m) * h2f(y.s);
-        acc = _mm256_fmadd_ps(scale, dot_u8_i8(nibbles_32(&x.qs), load_i8(&y.qs)), acc);
+pub unsafe fn dot_q4_1<const R: usize>(xs: &[BlockQ4_1], ys: [&[BlockQ8_1]; R]) -> [f32; R] {
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut offsets = [0f32; R];
+    for (b, x) in xs.iter().enumerate() {
+        let values = nibbles_32(&x.qs);
+        let (d, m) = (h2f(x.d), h2f(x.m));
+        for r in 0..R {
+            let y = ys[r].get_unchecked(b);
+            offsets[r] += m * h2f(y.s);
+            let scale = _mm256_set1_ps(d * h2f(y.d));
+            acc[r] = _mm256_fmadd_ps(scale, dot_u8_i8(values, load_i8(&y.qs)), acc[r]);
+        }
     }
-    hsum(acc) + offsets
+    std::array::from_fn(|r| hsum(acc[r]) + offsets[r])
 }
 
-/// `sum(x * y)` over Q5_0 weights and Q8_0 activations.
+/// Q5_0 weights with `R` rows of Q8_0 activations (see [`dot_q4_1`]).
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q5_0(xs: &[BlockQ5_0], ys: &[BlockQ8_0]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for (x, y) in xs.iter().zip(ys) {
-        let scale = _mm256_set1_ps(h2f(x.d) * h2f(y.d));
+pub unsafe fn dot_q5_0<const R: usize>(xs: &[BlockQ5_0], ys: [&[BlockQ8_0]; R]) -> [f32; R] {
+    let mut acc = [_mm256_setzero_ps(); R];
+    for (b, x) in xs.iter().enumerate() {
         // q - 16 as a signed byte: the nibble where the fifth bit is set, else the nibble
         // with its high four bits set (nibble - 16 in two's complement).
         let high = _mm256_andnot_si256(bit_mask_32(x.qh), _mm256_set1_epi8(0xF0_u8 as i8));
         let values = _mm256_or_si256(nibbles_32(&x.qs), high);
-        acc = _mm256_fmadd_ps(scale, dot_i8_i8(values, load_i8(&y.qs)), acc);
+        let magnitudes = _mm256_sign_epi8(values, values);
+        let d = h2f(x.d);
+        for r in 0..R {
+            let y = ys[r].get_unchecked(b);
+            let scale = _mm256_set1_ps(d * h2f(y.d));
+            let signed_y = _mm256_sign_epi8(load_i8(&y.qs), values);
+            acc[r] = _mm256_fmadd_ps(scale, dot_u8_i8(magnitudes, signed_y), acc[r]);
+        }
     }
-    hsum(acc)
+    std::array::from_fn(|r| hsum(acc[r]))
 }
 
-/// `sum(x * y)` over Q5_1 weights and Q8_1 activations.
+/// Q5_1 weights with `R` rows of Q8_1 activations (see [`dot_q4_1`]).
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q5_1(xs: &[BlockQ5_1], ys: &[BlockQ8_1]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let mut offsets = 0f32;
-    for (x, y) in xs.iter().zip(ys) {
-        let scale = _mm256_set1_ps(h2f(x.d) * h2f(y.d));
-        offsets += h2f(x.m) * h2f(y.s);
+pub unsafe fn dot_q5_1<const R: usize>(xs: &[BlockQ5_1], ys: [&[BlockQ8_1]; R]) -> [f32; R] {
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut offsets = [0f32; R];
+    for (b, x) in xs.iter().enumerate() {
         let high = _mm256_and_si256(bit_mask_32(x.qh), _mm256_set1_epi8(0x10));
         let values = _mm256_or_si256(nibbles_32(&x.qs), high);
-        acc = _mm256_fmadd_ps(scale, dot_u8_i8(values, load_i8(&y.qs)), acc);
+        let (d, m) = (h2f(x.d), h2f(x.m));
+        for r in 0..R {
+            let y = ys[r].get_unchecked(b);
+            offsets[r] += m * h2f(y.s);
+            let scale = _mm256_set1_ps(d * h2f(y.d));
+            acc[r] = _mm256_fmadd_ps(scale, dot_u8_i8(values, load_i8(&y.qs)), acc[r]);
+        }
     }
-    hsum(acc) + offsets
+    std::array::from_fn(|r| hsum(acc[r]) + offsets[r])
+}
+
+/// Q4_K weights with `R` rows of Q8_K activations (see [`dot_q4_1`]): per sub-block the
+/// 4-bit values times the activations, weighted by the sub-block's scale in integers; the
+/// mins enter through the activations' 16-value sums.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4k<const R: usize>(xs: &[BlockQ4K], ys: [&[BlockQ8K]; R]) -> [f32; R] {
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut min_acc = [_mm256_setzero_ps(); R];
+    let low_mask = _mm256_set1_epi8(0x0F);
+    for (b, x) in xs.iter().enumerate() {
+        let (scales, mins) = q4k_scales_mins(&x.scales);
+        let (d, dmin) = (h2f(x.d), h2f(x.dmin));
+        // Each min twice, as i16, against the activations' sums of 16: one `madd` gives
+        // min[s] * (sum of sub-block s) in lane s.
+        let mins_twice = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(
+            _mm_loadl_epi64(mins.as_ptr().cast()),
+            _mm_set_epi8(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0),
+        ));
+        let mut sums = [_mm256_setzero_si256(); R];
+        for pair in 0..4 {
+            let packed = _mm256_loadu_si256(x.qs.as_ptr().add(pair * 32).cast());
+            let low = _mm256_and_si256(packed, low_mask);
+            let high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_mask);
+            let scale_low = _mm256_set1_epi16(scales[2 * pair] as i16);
+            let scale_high = _mm256_set1_epi16(scales[2 * pair + 1] as i16);
+            for r in 0..R {
+                let y = ys[r].get_unchecked(b);
+                let y_low = _mm256_loadu_si256(y.qs.as_ptr().add(pair * 64).cast());
+                let y_high = _mm256_loadu_si256(y.qs.as_ptr().add(pair * 64 + 32).cast());
+                let p_low = _mm256_madd_epi16(_mm256_maddubs_epi16(low, y_low), scale_low);
+                let p_high = _mm256_madd_epi16(_mm256_maddubs_epi16(high, y_high), scale_high);
+                sums[r] = _mm256_add_epi32(sums[r], _mm256_add_epi32(p_low, p_high));
+            }
+        }
+        for r in 0..R {
+            let y = ys[r].get_unchecked(b);
+            let bsums = _mm256_loadu_si256(y.bsums.as_ptr().cast());
+            let min_sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(bsums, mins_twice));
+            min_acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dmin * y.d), min_sums, min_acc[r]);
+            let scale = _mm256_set1_ps(d * y.d);
+            acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums[r]), acc[r]);
+        }
+    }
+    std::array::from_fn(|r| hsum(acc[r]) - hsum(min_acc[r]))
 }

@@ -192,6 +192,30 @@ pub mod portable {
             .sum()
     }
 
+    /// `sum(x * y)` over Q4_K weights and Q8_K activations.
+    pub fn dot_q4k(xs: &[BlockQ4K], ys: &[BlockQ8K]) -> f32 {
+        xs.iter()
+            .zip(ys)
+            .map(|(x, y)| {
+                let (scales, mins) = q4k_scales_mins(&x.scales);
+                let (mut sum_q, mut sum_m) = (0i32, 0i32);
+                for sub in 0..8 {
+                    let (pair, high) = (sub / 2, sub % 2 == 1);
+                    let mut isum = 0i32;
+                    for l in 0..32 {
+                        let byte = x.qs[pair * 32 + l];
+                        let q = if high { byte >> 4 } else { byte & 0x0F };
+                        isum += q as i32 * y.qs[sub * 32 + l] as i32;
+                    }
+                    sum_q += scales[sub] as i32 * isum;
+                    let bsum = y.bsums[2 * sub] as i32 + y.bsums[2 * sub + 1] as i32;
+                    sum_m += mins[sub] as i32 * bsum;
+                }
+                y.d * (x.d.to_f32() * sum_q as f32 - x.dmin.to_f32() * sum_m as f32)
+            })
+            .sum()
+    }
+
     /// `sum(x * y)` over Q5_1 weights and Q8_1 activations.
     pub fn dot_q5_1(xs: &[BlockQ5_1], ys: &[BlockQ8_1]) -> f32 {
         xs.iter()
@@ -207,4 +231,71 @@ pub mod portable {
             })
             .sum()
     }
+}
+
+/// Elements per K-quant super-block.
+pub const SUPER_BLOCK: usize = 256;
+
+/// Q4_K: eight sub-blocks of 32, `x = d * scale[s] * q - dmin * min[s]`, `q` in 0..16;
+/// `qs[32j..32j + 32]` holds sub-block `2j` in its low nibbles and `2j + 1` in its high
+/// ones; the 6-bit scales and mins are packed in `scales` (see [`q4k_scales_mins`]).
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct BlockQ4K {
+    pub d: f16,
+    pub dmin: f16,
+    pub scales: [u8; 12],
+    pub qs: [u8; SUPER_BLOCK / 2],
+}
+
+/// Q8_K activations: `y = d * q`, with the sums of each 16 values (for the min terms).
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct BlockQ8K {
+    pub d: f32,
+    pub qs: [i8; SUPER_BLOCK],
+    pub bsums: [i16; SUPER_BLOCK / 16],
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ4K>() == 144);
+const _: () = assert!(std::mem::size_of::<BlockQ8K>() == 292);
+
+impl BlockQ8K {
+    /// An all-zero block.
+    pub const ZERO: Self = Self {
+        d: 0.0,
+        qs: [0; SUPER_BLOCK],
+        bsums: [0; SUPER_BLOCK / 16],
+    };
+}
+
+/// Quantizes `xs` (a multiple of 256 long) into Q8_K blocks.
+pub fn quantize_q8k(xs: &[f32], out: &mut [BlockQ8K]) {
+    debug_assert_eq!(xs.len(), out.len() * SUPER_BLOCK);
+    for (block, xs) in out.iter_mut().zip(xs.chunks_exact(SUPER_BLOCK)) {
+        let amax = xs.iter().fold(0f32, |a, &x| a.max(x.abs()));
+        let d = amax / 127.0;
+        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+        for (q, &x) in block.qs.iter_mut().zip(xs) {
+            *q = (x * inv).round() as i8;
+        }
+        for (sum, qs) in block.bsums.iter_mut().zip(block.qs.chunks_exact(16)) {
+            *sum = qs.iter().map(|&q| q as i16).sum();
+        }
+        block.d = d;
+    }
+}
+
+/// The eight 6-bit scales and eight 6-bit mins of a Q4_K block, unpacked.
+#[inline]
+pub fn q4k_scales_mins(packed: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+    let mut scales = [0u8; 8];
+    let mut mins = [0u8; 8];
+    for j in 0..4 {
+        scales[j] = packed[j] & 63;
+        mins[j] = packed[j + 4] & 63;
+        scales[j + 4] = (packed[j + 8] & 0x0F) | ((packed[j] >> 6) << 4);
+        mins[j + 4] = (packed[j + 8] >> 4) | ((packed[j + 4] >> 6) << 4);
+    }
+    (scales, mins)
 }

@@ -13,12 +13,17 @@ use candle_core::quantized::k_quants::{self, GgmlType};
 use candle_core::quantized::{GgmlDType, QTensor};
 use rayon::prelude::*;
 
-use super::blocks::{self, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
+use super::blocks::{
+    self, BlockQ4K, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8K, BlockQ8_0, BlockQ8_1,
+};
 use crate::error::{Error, Result};
 
 /// Activation rows per tile: 16 rows of a 1536-wide Q8 activation fit in L1 with room for
 /// the weight row.
 pub const ROW_TILE: usize = 16;
+
+/// Activation rows that share one pass over a weight row (register blocking).
+const ROWS_PER_DOT: usize = 4;
 
 /// One weight format: its blocks, the activation blocks it pairs with, and their dot.
 pub trait Kernel {
@@ -32,8 +37,8 @@ pub trait Kernel {
     fn zero_act() -> Self::Act;
     /// Quantizes one activation row (a multiple of [`Self::BLOCK`] long).
     fn quantize(xs: &[f32], out: &mut [Self::Act]);
-    /// `sum(w * a)` over one weight row and one activation row of `k` elements.
-    fn dot(k: usize, w: &[Self::Weight], a: &[Self::Act]) -> f32;
+    /// `sum(w * a)` of one weight row with each of `R` activation rows of `k` elements.
+    fn dot_rows<const R: usize>(k: usize, w: &[Self::Weight], a: [&[Self::Act]; R]) -> [f32; R];
 }
 
 /// Q4_1 weights on this crate's kernels.
@@ -42,6 +47,8 @@ pub struct Q4_1;
 pub struct Q5_0;
 /// Q5_1 weights on this crate's kernels.
 pub struct Q5_1;
+/// Q4_K weights on this crate's kernels.
+pub struct Q4K;
 /// A format whose dot product candle provides (SIMD where candle has it).
 pub struct Candle<T>(PhantomData<T>);
 
@@ -55,13 +62,14 @@ impl Kernel for Q4_1 {
     fn quantize(xs: &[f32], out: &mut [BlockQ8_1]) {
         blocks::quantize_q8_1(xs, out)
     }
-    fn dot(_k: usize, w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+    fn dot_rows<const R: usize>(_k: usize, w: &[BlockQ4_1], a: [&[BlockQ8_1]; R]) -> [f32; R] {
         #[cfg(target_arch = "x86_64")]
         if super::simd_available() {
-            // SAFETY: the CPU features were detected at run time.
-            return unsafe { super::avx2::dot_q4_1(w, a) };
+            // SAFETY: the CPU features were detected at run time; every activation row
+            // has as many blocks as the weight row (checked by `run`).
+            return unsafe { super::avx2::dot_q4_1::<R>(w, a) };
         }
-        blocks::portable::dot_q4_1(w, a)
+        a.map(|a| blocks::portable::dot_q4_1(w, a))
     }
 }
 
@@ -75,13 +83,14 @@ impl Kernel for Q5_0 {
     fn quantize(xs: &[f32], out: &mut [BlockQ8_0]) {
         blocks::quantize_q8_0(xs, out)
     }
-    fn dot(_k: usize, w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
+    fn dot_rows<const R: usize>(_k: usize, w: &[BlockQ5_0], a: [&[BlockQ8_0]; R]) -> [f32; R] {
         #[cfg(target_arch = "x86_64")]
         if super::simd_available() {
-            // SAFETY: the CPU features were detected at run time.
-            return unsafe { super::avx2::dot_q5_0(w, a) };
+            // SAFETY: the CPU features were detected at run time; every activation row
+            // has as many blocks as the weight row (checked by `run`).
+            return unsafe { super::avx2::dot_q5_0::<R>(w, a) };
         }
-        blocks::portable::dot_q5_0(w, a)
+        a.map(|a| blocks::portable::dot_q5_0(w, a))
     }
 }
 
@@ -95,13 +104,34 @@ impl Kernel for Q5_1 {
     fn quantize(xs: &[f32], out: &mut [BlockQ8_1]) {
         blocks::quantize_q8_1(xs, out)
     }
-    fn dot(_k: usize, w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
+    fn dot_rows<const R: usize>(_k: usize, w: &[BlockQ5_1], a: [&[BlockQ8_1]; R]) -> [f32; R] {
         #[cfg(target_arch = "x86_64")]
         if super::simd_available() {
-            // SAFETY: the CPU features were detected at run time.
-            return unsafe { super::avx2::dot_q5_1(w, a) };
+            // SAFETY: the CPU features were detected at run time; every activation row
+            // has as many blocks as the weight row (checked by `run`).
+            return unsafe { super::avx2::dot_q5_1::<R>(w, a) };
         }
-        blocks::portable::dot_q5_1(w, a)
+        a.map(|a| blocks::portable::dot_q5_1(w, a))
+    }
+}
+
+impl Kernel for Q4K {
+    type Weight = BlockQ4K;
+    type Act = BlockQ8K;
+    const BLOCK: usize = blocks::SUPER_BLOCK;
+    fn zero_act() -> BlockQ8K {
+        BlockQ8K::ZERO
+    }
+    fn quantize(xs: &[f32], out: &mut [BlockQ8K]) {
+        blocks::quantize_q8k(xs, out)
+    }
+    fn dot_rows<const R: usize>(_k: usize, w: &[BlockQ4K], a: [&[BlockQ8K]; R]) -> [f32; R] {
+        #[cfg(target_arch = "x86_64")]
+        if super::simd_available() {
+            // SAFETY: as for Q4_1.
+            return unsafe { super::avx2::dot_q4k::<R>(w, a) };
+        }
+        a.map(|a| blocks::portable::dot_q4k(w, a))
     }
 }
 
@@ -115,8 +145,8 @@ impl<T: GgmlType> Kernel for Candle<T> {
     fn quantize(xs: &[f32], out: &mut [T::VecDotType]) {
         T::VecDotType::from_float(xs, out)
     }
-    fn dot(k: usize, w: &[T], a: &[T::VecDotType]) -> f32 {
-        T::vec_dot(k, w, a)
+    fn dot_rows<const R: usize>(k: usize, w: &[T], a: [&[T::VecDotType]; R]) -> [f32; R] {
+        a.map(|a| T::vec_dot(k, w, a))
     }
 }
 
@@ -166,11 +196,25 @@ pub fn run<K: Kernel>(weights: &[K::Weight], n: usize, k: usize, x: &[f32], out:
             let rows = tile..(tile + ROW_TILE).min(m);
             for col in cols.clone() {
                 let w = &weights[col * k_blocks..(col + 1) * k_blocks];
-                for row in rows.clone() {
-                    let value = K::dot(k, w, &acts[row * k_blocks..(row + 1) * k_blocks]);
-                    // SAFETY: (row, col) is in bounds (checked above) and only this task
-                    // owns column `col`.
-                    unsafe { shared.write(row * n + col, value) };
+                let act = |row: usize| &acts[row * k_blocks..(row + 1) * k_blocks];
+                let mut row = rows.start;
+                while row < rows.end {
+                    let done = if rows.end - row >= ROWS_PER_DOT {
+                        let values: [f32; ROWS_PER_DOT] =
+                            K::dot_rows(k, w, std::array::from_fn(|i| act(row + i)));
+                        for (i, value) in values.into_iter().enumerate() {
+                            // SAFETY: (row + i, col) is in bounds (checked above) and only
+                            // this task owns column `col`.
+                            unsafe { shared.write((row + i) * n + col, value) };
+                        }
+                        ROWS_PER_DOT
+                    } else {
+                        let [value] = K::dot_rows(k, w, [act(row)]);
+                        // SAFETY: as above.
+                        unsafe { shared.write(row * n + col, value) };
+                        1
+                    };
+                    row += done;
                 }
             }
         }
@@ -284,7 +328,7 @@ impl QuantMatrix {
             GgmlDType::Q8_0 => run::<Candle<k_quants::BlockQ8_0>>(cast(&data)?, n, k, x, out),
             GgmlDType::Q2K => run::<Candle<k_quants::BlockQ2K>>(cast(&data)?, n, k, x, out),
             GgmlDType::Q3K => run::<Candle<k_quants::BlockQ3K>>(cast(&data)?, n, k, x, out),
-            GgmlDType::Q4K => run::<Candle<k_quants::BlockQ4K>>(cast(&data)?, n, k, x, out),
+            GgmlDType::Q4K => run::<Q4K>(cast(&data)?, n, k, x, out),
             GgmlDType::Q5K => run::<Candle<k_quants::BlockQ5K>>(cast(&data)?, n, k, x, out),
             GgmlDType::Q6K => run::<Candle<k_quants::BlockQ6K>>(cast(&data)?, n, k, x, out),
             other => {

@@ -41,6 +41,33 @@ fn random_weights<T>(rng: &mut StdRng, n: usize, make: impl Fn(&mut StdRng) -> T
     (0..n).map(|_| make(rng)).collect()
 }
 
+fn random_q8k(rng: &mut StdRng) -> BlockQ8K {
+    let qs: [i8; 256] = std::array::from_fn(|_| rng.random_range(-127i8..=127));
+    let mut bsums = [0i16; 16];
+    for (sum, chunk) in bsums.iter_mut().zip(qs.chunks(16)) {
+        *sum = chunk.iter().map(|&q| q as i16).sum();
+    }
+    BlockQ8K {
+        d: rng.random_range(-0.05f32..0.05),
+        qs,
+        bsums,
+    }
+}
+
+/// Four activation rows of `blocks` blocks each.
+fn rows<T>(rng: &mut StdRng, blocks: usize, make: impl Fn(&mut StdRng) -> T) -> [Vec<T>; 4] {
+    std::array::from_fn(|_| random_weights(rng, blocks, &make))
+}
+
+fn assert_close(kind: &str, blocks: usize, simd: &[f32], reference: &[f32]) {
+    for (row, (s, r)) in simd.iter().zip(reference).enumerate() {
+        assert!(
+            (s - r).abs() <= 1e-5 * (1.0 + r.abs()),
+            "{kind} x {blocks} blocks, row {row}: simd {s} vs portable {r}"
+        );
+    }
+}
+
 #[test]
 fn simd_dots_equal_the_portable_definitions() {
     if !super::simd_available() {
@@ -48,50 +75,52 @@ fn simd_dots_equal_the_portable_definitions() {
         return;
     }
     let mut rng = StdRng::seed_from_u64(7);
-    for blocks_per_row in [1, 2, 3, 18, 48] {
-        let q8_0 = random_weights(&mut rng, blocks_per_row, random_q8_0);
-        let q8_1 = random_weights(&mut rng, blocks_per_row, random_q8_1);
-        let q4_1 = random_weights(&mut rng, blocks_per_row, |r| BlockQ4_1 {
+    for n_blocks in [1, 2, 3, 18, 48] {
+        let q8_0 = rows(&mut rng, n_blocks, random_q8_0);
+        let q8_1 = rows(&mut rng, n_blocks, random_q8_1);
+        let q4_1 = random_weights(&mut rng, n_blocks, |r| BlockQ4_1 {
             d: random_f16(r),
             m: random_f16(r),
             qs: std::array::from_fn(|_| r.random()),
         });
-        let q5_0 = random_weights(&mut rng, blocks_per_row, |r| BlockQ5_0 {
+        let q5_0 = random_weights(&mut rng, n_blocks, |r| BlockQ5_0 {
             d: random_f16(r),
             qh: r.random(),
             qs: std::array::from_fn(|_| r.random()),
         });
-        let q5_1 = random_weights(&mut rng, blocks_per_row, |r| BlockQ5_1 {
+        let q5_1 = random_weights(&mut rng, n_blocks, |r| BlockQ5_1 {
             d: random_f16(r),
             m: random_f16(r),
             qh: r.random(),
             qs: std::array::from_fn(|_| r.random()),
         });
+        let super_blocks = n_blocks.div_ceil(8);
+        let q8k = rows(&mut rng, super_blocks, random_q8k);
+        let q4k = random_weights(&mut rng, super_blocks, |r| BlockQ4K {
+            d: random_f16(r),
+            dmin: random_f16(r),
+            scales: std::array::from_fn(|_| r.random()),
+            qs: std::array::from_fn(|_| r.random()),
+        });
+        let r8_0: [&[BlockQ8_0]; 4] = std::array::from_fn(|i| q8_0[i].as_slice());
+        let r8_1: [&[BlockQ8_1]; 4] = std::array::from_fn(|i| q8_1[i].as_slice());
+        let r8k: [&[BlockQ8K]; 4] = std::array::from_fn(|i| q8k[i].as_slice());
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU features were checked above.
         unsafe {
             use super::avx2;
-            let pairs = [
-                (
-                    avx2::dot_q4_1(&q4_1, &q8_1),
-                    portable::dot_q4_1(&q4_1, &q8_1),
-                ),
-                (
-                    avx2::dot_q5_0(&q5_0, &q8_0),
-                    portable::dot_q5_0(&q5_0, &q8_0),
-                ),
-                (
-                    avx2::dot_q5_1(&q5_1, &q8_1),
-                    portable::dot_q5_1(&q5_1, &q8_1),
-                ),
-            ];
-            for (kind, (simd, reference)) in ["q4_1", "q5_0", "q5_1"].iter().zip(pairs) {
-                let tolerance = 1e-5 * (1.0 + reference.abs());
-                assert!(
-                    (simd - reference).abs() <= tolerance,
-                    "{kind} x {blocks_per_row} blocks: simd {simd} vs portable {reference}"
-                );
-            }
+            let reference = r8_1.map(|y| portable::dot_q4_1(&q4_1, y));
+            assert_close("q4_1", n_blocks, &avx2::dot_q4_1(&q4_1, r8_1), &reference);
+            assert_close("q4_1", n_blocks, &avx2::dot_q4_1(&q4_1, [r8_1[2]]), &reference[2..3]);
+            let reference = r8_0.map(|y| portable::dot_q5_0(&q5_0, y));
+            assert_close("q5_0", n_blocks, &avx2::dot_q5_0(&q5_0, r8_0), &reference);
+            assert_close("q5_0", n_blocks, &avx2::dot_q5_0(&q5_0, [r8_0[1]]), &reference[1..2]);
+            let reference = r8_1.map(|y| portable::dot_q5_1(&q5_1, y));
+            assert_close("q5_1", n_blocks, &avx2::dot_q5_1(&q5_1, r8_1), &reference);
+            assert_close("q5_1", n_blocks, &avx2::dot_q5_1(&q5_1, [r8_1[3]]), &reference[3..4]);
+            let reference = r8k.map(|y| portable::dot_q4k(&q4k, y));
+            assert_close("q4k", super_blocks, &avx2::dot_q4k(&q4k, r8k), &reference);
+            assert_close("q4k", super_blocks, &avx2::dot_q4k(&q4k, [r8k[0]]), &reference[..1]);
         }
     }
 }
