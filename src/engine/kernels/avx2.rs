@@ -13,7 +13,8 @@
 use std::arch::x86_64::*;
 
 use super::blocks::{
-    q4k_scales_mins, BlockQ4K, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8K, BlockQ8_0, BlockQ8_1,
+    q4k_scales_mins, BlockQ4K, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0,
+    BlockQ8_1,
 };
 
 /// The 32 nibbles of 16 bytes as bytes: low nibbles in the low lane, high in the high lane,
@@ -191,4 +192,70 @@ pub unsafe fn dot_q4k<const R: usize>(xs: &[BlockQ4K], ys: [&[BlockQ8K]; R]) -> 
         }
     }
     std::array::from_fn(|r| hsum(acc[r]) - hsum(min_acc[r]))
+}
+
+/// Q6_K weights with `R` rows of Q8_K activations (see [`dot_q4_1`]): the 6-bit values are
+/// multiplied unsigned and the offset of 32 is taken out through the activations' sums.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q6k<const R: usize>(xs: &[BlockQ6K], ys: [&[BlockQ8K]; R]) -> [f32; R] {
+    let mut acc = [_mm256_setzero_ps(); R];
+    let low_mask = _mm256_set1_epi8(0x0F);
+    let two_bits = _mm256_set1_epi8(0x03);
+    for (b, x) in xs.iter().enumerate() {
+        let d = h2f(x.d);
+        let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.scales.as_ptr().cast()));
+        let mut sums = [_mm256_setzero_si256(); R];
+        for half in 0..2 {
+            let ql0 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * half).cast());
+            let ql1 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * half + 32).cast());
+            let qh = _mm256_loadu_si256(x.qh.as_ptr().add(32 * half).cast());
+            let high = |shift: i32| {
+                let bits = match shift {
+                    0 => qh,
+                    2 => _mm256_srli_epi16(qh, 2),
+                    4 => _mm256_srli_epi16(qh, 4),
+                    _ => _mm256_srli_epi16(qh, 6),
+                };
+                _mm256_slli_epi16(_mm256_and_si256(bits, two_bits), 4)
+            };
+            let quarters = [
+                _mm256_or_si256(_mm256_and_si256(ql0, low_mask), high(0)),
+                _mm256_or_si256(_mm256_and_si256(ql1, low_mask), high(2)),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), low_mask),
+                    high(4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), low_mask),
+                    high(6),
+                ),
+            ];
+            for (quarter, values) in quarters.into_iter().enumerate() {
+                // Groups 2g and 2g + 1 of this quarter: one scale per 128-bit lane.
+                let g = 8 * half + 2 * quarter;
+                let scale = _mm256_set_m128i(
+                    _mm_set1_epi16(x.scales[g + 1] as i16),
+                    _mm_set1_epi16(x.scales[g] as i16),
+                );
+                for r in 0..R {
+                    let y = ys[r].get_unchecked(b);
+                    let y_q =
+                        _mm256_loadu_si256(y.qs.as_ptr().add(128 * half + 32 * quarter).cast());
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(values, y_q), scale);
+                    sums[r] = _mm256_add_epi32(sums[r], p);
+                }
+            }
+        }
+        for r in 0..R {
+            let y = ys[r].get_unchecked(b);
+            let bsums = _mm256_loadu_si256(y.bsums.as_ptr().cast());
+            let offset = _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16), 5);
+            let total = _mm256_sub_epi32(sums[r], offset);
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(total), acc[r]);
+        }
+    }
+    std::array::from_fn(|r| hsum(acc[r]))
 }

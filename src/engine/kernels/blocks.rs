@@ -216,6 +216,23 @@ pub mod portable {
             .sum()
     }
 
+    /// `sum(x * y)` over Q6_K weights and Q8_K activations.
+    pub fn dot_q6k(xs: &[BlockQ6K], ys: &[BlockQ8K]) -> f32 {
+        xs.iter()
+            .zip(ys)
+            .map(|(x, y)| {
+                let mut sum = 0i32;
+                for g in 0..16 {
+                    let isum: i32 = (16 * g..16 * g + 16)
+                        .map(|i| (q6k_value(x, i) as i32 - 32) * y.qs[i] as i32)
+                        .sum();
+                    sum += x.scales[g] as i32 * isum;
+                }
+                x.d.to_f32() * y.d * sum as f32
+            })
+            .sum()
+    }
+
     /// `sum(x * y)` over Q5_1 weights and Q8_1 activations.
     pub fn dot_q5_1(xs: &[BlockQ5_1], ys: &[BlockQ8_1]) -> f32 {
         xs.iter()
@@ -257,6 +274,29 @@ pub struct BlockQ8K {
     pub bsums: [i16; SUPER_BLOCK / 16],
 }
 
+/// Q6_K: sixteen groups of 16, `x = d * scale[g] * (q - 32)`, `q` in 0..64. Per half of
+/// 128 values (`ql` from 64h, `qh` from 32h), value `l` of each quarter takes the low or
+/// high nibble of `ql[l]` or `ql[l + 32]` and two bits of `qh[l]` (see [`q6k_value`]).
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct BlockQ6K {
+    pub ql: [u8; SUPER_BLOCK / 2],
+    pub qh: [u8; SUPER_BLOCK / 4],
+    pub scales: [i8; SUPER_BLOCK / 16],
+    pub d: f16,
+}
+
+/// The 6-bit value (0..64) of element `i` of a Q6_K block.
+pub fn q6k_value(x: &BlockQ6K, i: usize) -> u8 {
+    let (half, within) = (i / 128, i % 128);
+    let (quarter, l) = (within / 32, within % 32);
+    let low = x.ql[64 * half + l + 32 * (quarter % 2)];
+    let low = if quarter < 2 { low & 0x0F } else { low >> 4 };
+    let high = (x.qh[32 * half + l] >> (2 * quarter)) & 3;
+    low | (high << 4)
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ6K>() == 210);
 const _: () = assert!(std::mem::size_of::<BlockQ4K>() == 144);
 const _: () = assert!(std::mem::size_of::<BlockQ8K>() == 292);
 

@@ -14,7 +14,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use rayon::prelude::*;
 
 use super::blocks::{
-    self, BlockQ4K, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8K, BlockQ8_0, BlockQ8_1,
+    self, BlockQ4K, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
 };
 use crate::error::{Error, Result};
 
@@ -49,6 +49,8 @@ pub struct Q5_0;
 pub struct Q5_1;
 /// Q4_K weights on this crate's kernels.
 pub struct Q4K;
+/// Q6_K weights on this crate's kernels.
+pub struct Q6K;
 /// A format whose dot product candle provides (SIMD where candle has it).
 pub struct Candle<T>(PhantomData<T>);
 
@@ -132,6 +134,26 @@ impl Kernel for Q4K {
             return unsafe { super::avx2::dot_q4k::<R>(w, a) };
         }
         a.map(|a| blocks::portable::dot_q4k(w, a))
+    }
+}
+
+impl Kernel for Q6K {
+    type Weight = BlockQ6K;
+    type Act = BlockQ8K;
+    const BLOCK: usize = blocks::SUPER_BLOCK;
+    fn zero_act() -> BlockQ8K {
+        BlockQ8K::ZERO
+    }
+    fn quantize(xs: &[f32], out: &mut [BlockQ8K]) {
+        blocks::quantize_q8k(xs, out)
+    }
+    fn dot_rows<const R: usize>(_k: usize, w: &[BlockQ6K], a: [&[BlockQ8K]; R]) -> [f32; R] {
+        #[cfg(target_arch = "x86_64")]
+        if super::simd_available() {
+            // SAFETY: as for Q4_1.
+            return unsafe { super::avx2::dot_q6k::<R>(w, a) };
+        }
+        a.map(|a| blocks::portable::dot_q6k(w, a))
     }
 }
 
@@ -330,7 +352,7 @@ impl QuantMatrix {
             GgmlDType::Q3K => run::<Candle<k_quants::BlockQ3K>>(cast(&data)?, n, k, x, out),
             GgmlDType::Q4K => run::<Q4K>(cast(&data)?, n, k, x, out),
             GgmlDType::Q5K => run::<Candle<k_quants::BlockQ5K>>(cast(&data)?, n, k, x, out),
-            GgmlDType::Q6K => run::<Candle<k_quants::BlockQ6K>>(cast(&data)?, n, k, x, out),
+            GgmlDType::Q6K => run::<Q6K>(cast(&data)?, n, k, x, out),
             other => {
                 return Err(Error::Tensor {
                     name: format!("{other:?} weight"),
