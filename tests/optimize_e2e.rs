@@ -1,6 +1,6 @@
 //! The optimizer end to end through the `fgo` binary, on smollm2-135m as both agent and
 //! optimizer, with a tiny task (two training examples in two subsets, one iteration, one
-//! candidate, a few tokens per call) so that a run takes about a minute on two cores.
+//! candidate, a few tokens per call): one to two minutes per run on two cores.
 //!
 //! One uninterrupted run is shared by the tests: its report is checked against the event
 //! log (scores recomputed from the recorded completions, tokens summed per method, stage and
@@ -72,8 +72,8 @@ type = "numeric"
 
 [optimizer]
 model = "{model}"
-params = {{ temperature = 0.7, max_new_tokens = 48 }}
-diagnosis_params = {{ temperature = 0.0, max_new_tokens = 12 }}
+params = {{ temperature = 0.7, max_new_tokens = 24 }}
+diagnosis_params = {{ temperature = 0.0, max_new_tokens = 8 }}
 subset_count = 2
 iterations = 1
 candidates = 1
