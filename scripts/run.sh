@@ -1,30 +1,50 @@
 #!/usr/bin/env bash
-# The main job on the default model, fetched if missing. With no arguments it runs the
-# default demonstration; otherwise the arguments go to `fgo` unchanged.
+# The main job on the default model, fetched if missing. With no arguments it optimizes the
+# system prompt of the counting example with FGO (optimizer: qwen2.5-coder-1.5b) and writes
+# a run directory under runs/; otherwise the arguments go to `fgo` unchanged.
 #
-#   scripts/run.sh                      # fetch the default model and generate with it
+#   scripts/run.sh                      # fetch the models and optimize examples/counting
+#   scripts/run.sh optimize examples/dates/task.toml --method both --seed 1
 #   scripts/run.sh generate -m smollm2-135m --prompt "Hi"
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fgo/target}"
 default_model="qwen2.5-coder-1.5b"
+default_task="examples/counting/task.toml"
+
+is_alias() { grep -q "^$1	" models/manifest.tsv 2>/dev/null; }
+
+# The model aliases a task file names (`model = "..."`: the agent's and the optimizer's).
+task_models() {
+  sed -n 's/^[[:space:]]*model[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' "$1" |
+    while read -r m; do if is_alias "$m"; then echo "$m"; fi; done
+}
+
 cargo build --release --quiet
 fgo="$CARGO_TARGET_DIR/release/fgo"
 if [ "$#" -eq 0 ]; then
-  scripts/fetch-models.sh "$default_model"
-  exec "$fgo" generate --model "$default_model" --json \
-    --prompt "What is the capital of France? Answer with one word."
+  # The optimizer defaults to the agent's model when a task names none: fetch the default too.
+  mapfile -t models < <({ echo "$default_model"; task_models "$default_task"; } | sort -u)
+  scripts/fetch-models.sh "${models[@]}"
+  exec "$fgo" optimize "$default_task"
 fi
-# Fetch the model named on the command line when it is a known alias.
-model=""
+# Fetch the models named on the command line (`-m`/`--model`, or in a task file) when they
+# are known aliases.
+models=()
 prev=""
 for arg in "$@"; do
-  case "$prev" in -m|--model) model="$arg" ;; esac
-  case "$arg" in --model=*) model="${arg#--model=}" ;; esac
+  name=""
+  case "$prev" in -m|--model|--optimizer-model) name="$arg" ;; esac
+  case "$arg" in --model=*|--optimizer-model=*) name="${arg#*=}" ;; esac
+  if [ -n "$name" ] && is_alias "$name"; then models+=("$name"); fi
+  if [[ "$arg" == *.toml && -f "$arg" ]]; then
+    mapfile -t -O "${#models[@]}" models < <(task_models "$arg")
+  fi
   prev="$arg"
 done
-if [ -n "$model" ] && grep -q "^${model}	" models/manifest.tsv 2>/dev/null; then
-  scripts/fetch-models.sh "$model"
+if [ "${#models[@]}" -gt 0 ]; then
+  mapfile -t models < <(printf '%s\n' "${models[@]}" | sort -u)
+  scripts/fetch-models.sh "${models[@]}"
 fi
 exec "$fgo" "$@"

@@ -8,7 +8,8 @@ use clap::Args;
 use fgo::optimizer::calls::Calls;
 use fgo::optimizer::run::{execute, Method};
 
-use super::optimize::{print_report, ModelCache, RuntimeArgs, StderrProgress};
+use super::optimize::{print_report, ModelCache, RuntimeArgs};
+use super::progress::StderrProgress;
 
 /// Arguments of `fgo eval`.
 #[derive(Debug, Args)]
@@ -43,14 +44,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     }
     let mut cache = ModelCache::new(&args.runtime)?;
     let models = cache.models(&task, Method::None)?;
-    let report = execute(
-        &task,
-        &data,
-        &models,
-        Method::None,
-        0,
-        &Calls::in_memory(),
-        &StderrProgress::new(),
-    )?;
+    let progress = StderrProgress::new();
+    let calls = Calls::in_memory().with_observer(progress.observer());
+    let report = execute(&task, &data, &models, Method::None, 0, &calls, &progress)?;
+    drop(progress);
     print_report(&report, std::path::Path::new("-"), args.json)
 }

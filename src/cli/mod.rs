@@ -6,6 +6,7 @@ mod eval;
 mod generate;
 mod models;
 mod optimize;
+mod progress;
 mod report;
 mod resume;
 

@@ -1,24 +1,22 @@
 //! `fgo optimize TASK`: run FGO (or a baseline) on a task and write a run directory.
 //!
 //! Also holds what the optimizer subcommands share: runtime options, model loading (a model
-//! named by both agent and optimizer is loaded once), line-based progress on stderr, and the
-//! summary printed on stdout.
+//! named by both agent and optimizer is loaded once), and the summary printed on stdout.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
 use fgo::llm::Llm;
-use fgo::optimizer::agent::Components;
-use fgo::optimizer::env::Progress;
 use fgo::optimizer::report::RunReport;
 use fgo::optimizer::run::{execute, Method, Models};
 use fgo::optimizer::rundir::{DirProgress, RunDir};
 use fgo::optimizer::task::{AgentSpec, Task};
+
+use super::progress::StderrProgress;
 
 /// The `--method` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -113,8 +111,8 @@ pub(crate) fn run_in_dir(
     method: Method,
     seed: u64,
 ) -> anyhow::Result<RunReport> {
-    let calls = dir.calls(data)?;
     let stderr = StderrProgress::new();
+    let calls = dir.calls(data)?.with_observer(stderr.observer());
     let progress = DirProgress {
         dir,
         inner: &stderr,
@@ -185,60 +183,6 @@ impl ModelCache {
             None
         };
         Ok(Models { agent, optimizer })
-    }
-}
-
-/// Line-based progress on stderr with elapsed time and a per-stage ETA; silent under `-q`.
-pub(crate) struct StderrProgress {
-    start: Instant,
-    stage_start: Mutex<(String, Instant)>,
-    enabled: bool,
-}
-
-impl StderrProgress {
-    pub(crate) fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            stage_start: Mutex::new((String::new(), Instant::now())),
-            // The global `-q` sets the log level to errors only; progress follows it.
-            enabled: tracing::enabled!(tracing::Level::WARN),
-        }
-    }
-}
-
-impl Progress for StderrProgress {
-    fn update(&self, stage: &str, done: usize, total: usize, message: &str) {
-        if !self.enabled {
-            return;
-        }
-        let mut guard = self.stage_start.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.0 != stage {
-            *guard = (stage.to_string(), Instant::now());
-        }
-        let eta = if done > 0 && total > done {
-            let per = guard.1.elapsed().as_secs_f64() / done as f64;
-            format!(", eta {:.0}s", per * (total - done) as f64)
-        } else {
-            String::new()
-        };
-        let count = if total > 0 {
-            format!(" {done}/{total}")
-        } else {
-            String::new()
-        };
-        eprintln!(
-            "[{:>7.1}s] {stage}{count}: {message}{eta}",
-            self.start.elapsed().as_secs_f64()
-        );
-    }
-
-    fn best(&self, method: &str, _components: &Components, note: &str) {
-        if self.enabled {
-            eprintln!(
-                "[{:>7.1}s] best for {method}: {note}",
-                self.start.elapsed().as_secs_f64()
-            );
-        }
     }
 }
 

@@ -2,8 +2,8 @@
 //! scored.
 //!
 //! [`Agent::evaluate`] takes many (components, example) jobs at once: a chat agent submits all
-//! their requests in one batch through [`Calls`]; a command agent runs its program on each,
-//! several at a time. A job that fails (engine error, command error, timeout) becomes an
+//! their requests in one batch through [`Calls`]; a command agent runs its program once on
+//! each distinct input not already known to [`Calls`], several at a time. A job that fails (engine error, command error, timeout) becomes an
 //! [`Outcome`] with score 0 and the reason, never an error of the run.
 
 use std::collections::BTreeMap;
@@ -157,7 +157,11 @@ impl Agent {
                     .iter()
                     .zip(results)
                     .map(|(req, r)| {
-                        let input = req.messages.last().map(|m| m.content.clone()).unwrap_or_default();
+                        let input = req
+                            .messages
+                            .last()
+                            .map(|m| m.content.clone())
+                            .unwrap_or_default();
                         let r = r
                             .map(|c| Raw {
                                 answer: extract_answer(extract, &c.text),
@@ -169,37 +173,22 @@ impl Agent {
                     })
                     .collect()
             }
-            Executor::Command { command, timeout } => jobs
-                .par_iter()
-                .map(|(c, ex)| {
-                    let input = serde_json::json!({"components": c, "example": Value::Object(ex.fields.clone())});
-                    let key = stable_hash(format!("{}\n{}", command.join("\u{0}"), input).as_bytes());
-                    let result = match calls.known_command(ctx, &key) {
-                        Some(r) => r,
-                        None => {
-                            let t = Instant::now();
-                            let r = run_json_command(command, &input, *timeout).map_err(|e| e.to_string());
-                            calls.record_command(ctx, &key, r.clone(), t.elapsed().as_secs_f64());
-                            r
-                        }
-                    };
-                    let shown = serde_json::to_string(&ex.fields).unwrap_or_default();
-                    let r = result.and_then(|out| {
-                        let answer = out.get("answer").map(value_text).unwrap_or_default();
-                        let trajectory = out.get("trajectory").map(value_text).unwrap_or_default();
-                        let own_score = match out.get("score") {
-                            None | Some(Value::Null) => None,
-                            Some(v) => Some(v.as_f64().ok_or_else(|| "`score` is not a number".to_string())?),
-                        };
-                        Ok(Raw {
-                            answer,
-                            trajectory,
-                            own_score,
-                        })
-                    });
-                    (shown, r)
-                })
-                .collect(),
+            Executor::Command { command, timeout } => {
+                let inputs: Vec<Value> = jobs
+                    .iter()
+                    .map(|(c, ex)| {
+                        serde_json::json!({"components": c, "example": Value::Object(ex.fields.clone())})
+                    })
+                    .collect();
+                let results = run_commands(calls, ctx, command, *timeout, &inputs);
+                jobs.iter()
+                    .zip(results)
+                    .map(|((_, ex), result)| {
+                        let shown = serde_json::to_string(&ex.fields).unwrap_or_default();
+                        (shown, result.and_then(command_raw))
+                    })
+                    .collect()
+            }
         };
         jobs.iter()
             .zip(raw)
@@ -244,6 +233,72 @@ impl Agent {
             error,
         }
     }
+}
+
+/// Runs `command` on each input, answering known inputs from `calls` (memo or an earlier
+/// session) and running each distinct unknown input once, all of them in parallel; a repeat
+/// of an input within the batch is a memo hit, as for model calls. Results in input order.
+fn run_commands(
+    calls: &Calls,
+    ctx: &Ctx,
+    command: &[String],
+    timeout: Duration,
+    inputs: &[Value],
+) -> Vec<Result<Value, String>> {
+    let keys: Vec<String> = inputs
+        .iter()
+        .map(|input| stable_hash(format!("{}\n{}", command.join("\u{0}"), input).as_bytes()))
+        .collect();
+    let mut results: Vec<Option<Result<Value, String>>> = vec![None; inputs.len()];
+    let mut seen = std::collections::HashSet::new();
+    let mut unknown = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        if !seen.insert(key) {
+            continue;
+        }
+        match calls.known_command(ctx, key) {
+            Some(r) => results[i] = Some(r),
+            None => unknown.push(i),
+        }
+    }
+    let ran: Vec<(usize, Result<Value, String>)> = unknown
+        .par_iter()
+        .map(|&i| {
+            let t = Instant::now();
+            let r = run_json_command(command, &inputs[i], timeout).map_err(|e| e.to_string());
+            calls.record_command(ctx, &keys[i], r.clone(), t.elapsed().as_secs_f64());
+            (i, r)
+        })
+        .collect();
+    for (i, r) in ran {
+        results[i] = Some(r);
+    }
+    results
+        .into_iter()
+        .zip(&keys)
+        .map(|(r, key)| {
+            r.or_else(|| calls.known_command(ctx, key))
+                .unwrap_or_else(|| Err("no result".into()))
+        })
+        .collect()
+}
+
+/// A command agent's JSON output as an answer, a trajectory and an optional own score.
+fn command_raw(out: Value) -> Result<Raw, String> {
+    let answer = out.get("answer").map(value_text).unwrap_or_default();
+    let trajectory = out.get("trajectory").map(value_text).unwrap_or_default();
+    let own_score = match out.get("score") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_f64()
+                .ok_or_else(|| "`score` is not a number".to_string())?,
+        ),
+    };
+    Ok(Raw {
+        answer,
+        trajectory,
+        own_score,
+    })
 }
 
 /// Extracts the answer from a reply.
@@ -347,6 +402,8 @@ pub fn run_json_command(command: &[String], input: &Value, timeout: Duration) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::optimizer::calls::Source;
+    use crate::optimizer::events::EventLog;
 
     #[test]
     fn extraction_modes() {
@@ -378,5 +435,66 @@ mod tests {
         let e =
             run_json_command(&sh("echo nope"), &Value::Null, Duration::from_secs(5)).unwrap_err();
         assert!(e.to_string().contains("not JSON"), "{e}");
+    }
+
+    #[test]
+    fn a_command_runs_once_per_distinct_input_of_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = dir.path().join("runs.txt");
+        // Each run appends a line and answers how many runs there have been, so repeated
+        // runs of one input would give different answers.
+        let script = format!(
+            "cat >/dev/null; echo x >> '{0}'; echo \"{{\\\"answer\\\": $(wc -l < '{0}')}}\"",
+            runs.display()
+        );
+        let agent = Agent {
+            executor: Executor::Command {
+                command: vec!["sh".into(), "-c".into(), script],
+                timeout: Duration::from_secs(20),
+            },
+            metric: MetricSpec::Numeric { tolerance: 0.0 },
+        };
+        let example = |i: i64| {
+            let v = serde_json::json!({"question": format!("q{i}"), "answer": 1});
+            Example {
+                id: format!("e{i}"),
+                file: "train.jsonl".into(),
+                line: 1,
+                fields: v.as_object().cloned().unwrap_or_default(),
+                answer: v["answer"].clone(),
+            }
+        };
+        let (e0, e1) = (example(0), example(1));
+        let c = Components::from([("p".to_string(), "text".to_string())]);
+        let log_path = dir.path().join("events.jsonl");
+        let (log, _) = EventLog::open(&log_path).unwrap();
+        let calls = Calls::new(log, Vec::new());
+        let ctx = Ctx::new("fgo", "merge");
+        let batch = [(&c, &e0), (&c, &e1), (&c, &e0), (&c, &e0)];
+        let out = agent.evaluate(&calls, &ctx, &batch);
+        let run_count = || std::fs::read_to_string(&runs).unwrap().lines().count();
+        assert_eq!(run_count(), 2, "one run per distinct input");
+        assert_eq!(out[0].answer, out[2].answer);
+        assert_eq!(out[0].answer, out[3].answer);
+        let sources = |calls: &Calls| {
+            let ledger = calls.ledger();
+            [Source::Live, Source::Replayed, Source::Memo]
+                .map(|s| ledger.iter().filter(|e| e.source == s).count())
+        };
+        assert_eq!(sources(&calls), [2, 0, 2]);
+        // A later batch answers both inputs from the memo.
+        let again = agent.evaluate(&calls, &ctx, &[(&c, &e1), (&c, &e0)]);
+        assert_eq!((&again[0], &again[1]), (&out[1], &out[0]));
+        assert_eq!(run_count(), 2);
+        drop(calls);
+
+        // A resumed run replays the same batch from the log: the same answers, no run, and
+        // the same accounting of repeats.
+        let (log, previous) = EventLog::open(&log_path).unwrap();
+        assert_eq!(previous.len(), 2, "one record per distinct input");
+        let resumed = Calls::new(log, previous);
+        assert_eq!(agent.evaluate(&resumed, &ctx, &batch), out);
+        assert_eq!(run_count(), 2);
+        assert_eq!(sources(&resumed), [0, 2, 2]);
     }
 }

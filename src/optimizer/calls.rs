@@ -100,11 +100,16 @@ struct State {
     log: EventLog,
 }
 
+/// Told `(finished, submitted)` for the live batch in flight: once when it is submitted
+/// (with 0 finished) and again as each of its calls finishes.
+pub type BatchObserver = Box<dyn Fn(usize, usize) + Send + Sync>;
+
 /// The run-wide call layer.
 pub struct Calls {
     state: Mutex<State>,
     started: Instant,
     wall_offset_s: f64,
+    observer: Option<BatchObserver>,
 }
 
 impl Calls {
@@ -137,7 +142,14 @@ impl Calls {
             }),
             started: Instant::now(),
             wall_offset_s,
+            observer: None,
         }
+    }
+
+    /// Reports the progress of every live batch to `observer` (for progress bars).
+    pub fn with_observer(mut self, observer: BatchObserver) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// A layer that records nowhere and replays nothing.
@@ -192,6 +204,9 @@ impl Calls {
         }
         if !live.is_empty() {
             let batch: Vec<ChatRequest> = live.iter().map(|&i| requests[i].clone()).collect();
+            let submitted = batch.len();
+            let mut finished = 0;
+            self.observe(finished, submitted);
             // Each call is logged and flushed as soon as it finishes, so a run killed mid
             // batch loses only the calls still in flight.
             llm.complete_each(&batch, &mut |n, result| {
@@ -225,6 +240,9 @@ impl Calls {
                 st.ledger
                     .push(entry(ctx, role, Source::Live, usage, time_s));
                 st.memo.insert(keys[i].clone(), result);
+                drop(st);
+                finished += 1;
+                self.observe(finished, submitted);
             });
         }
         let st = self.lock();
@@ -329,6 +347,12 @@ impl Calls {
                 used,
             })
         })
+    }
+
+    fn observe(&self, finished: usize, submitted: usize) {
+        if let Some(observer) = &self.observer {
+            observer(finished, submitted);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

@@ -59,6 +59,7 @@ pub fn merge_all(
 ) -> (Vec<Node>, Vec<MergeRecord>, Option<BudgetHit>) {
     let fan_in = env.spec.merge_fan_in.max(2);
     let mut records = Vec::new();
+    let levels = merge_levels(frontier.len(), fan_in);
     let mut level = 0;
     while frontier.len() > 1 {
         level += 1;
@@ -68,9 +69,9 @@ pub fn merge_all(
         let groups: Vec<Vec<Node>> = frontier.chunks(fan_in).map(<[Node]>::to_vec).collect();
         env.progress.update(
             stage,
-            level,
-            0,
-            &format!("level {level}: {} groups", groups.len()),
+            level - 1,
+            levels,
+            &format!("level {level} of {levels}: {} groups", groups.len()),
         );
         let mergeable: Vec<usize> = (0..groups.len()).filter(|&g| groups[g].len() > 1).collect();
 
@@ -197,4 +198,42 @@ pub fn merge_all(
         frontier = next;
     }
     (frontier, records, None)
+}
+
+/// How many merge levels take `nodes` nodes down to one, `fan_in` at a time.
+pub fn merge_levels(nodes: usize, fan_in: usize) -> usize {
+    let fan_in = fan_in.max(2);
+    let mut n = nodes;
+    let mut levels = 0;
+    while n > 1 {
+        n = n.div_ceil(fan_in);
+        levels += 1;
+    }
+    levels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_levels;
+
+    #[test]
+    fn merge_levels_counts_rounds_of_fan_in() {
+        let cases = [
+            (1, 2, 0),
+            (2, 2, 1),
+            (3, 2, 2),
+            (4, 2, 2),
+            (5, 2, 3),
+            (9, 3, 2),
+            (10, 3, 3),
+            (4, 0, 2),
+        ];
+        for (nodes, fan_in, levels) in cases {
+            assert_eq!(
+                merge_levels(nodes, fan_in),
+                levels,
+                "{nodes} nodes, fan-in {fan_in}"
+            );
+        }
+    }
 }

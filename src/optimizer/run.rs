@@ -123,9 +123,10 @@ pub fn execute(
         ),
     );
     let shared_ctx = Ctx::new("shared", "initial_eval");
-    let initial_train =
-        agent.evaluate(calls, &shared_ctx, &jobs(&initial, &data.train, &all_train));
-    let initial_val = agent.evaluate(calls, &shared_ctx, &jobs(&initial, &data.val, &all_val));
+    let mut both = jobs(&initial, &data.train, &all_train);
+    both.extend(jobs(&initial, &data.val, &all_val));
+    let mut initial_train = agent.evaluate(calls, &shared_ctx, &both);
+    let initial_val = initial_train.split_off(data.train.len().min(initial_train.len()));
     let mut steps = vec![point(
         "shared",
         "initial_eval",

@@ -1,0 +1,581 @@
+//! The optimizer end to end through the `fgo` binary, on smollm2-135m as both agent and
+//! optimizer, with a tiny task (two training examples in two subsets, one iteration, one
+//! candidate, a few tokens per call): one to two minutes per run on two cores.
+//!
+//! One uninterrupted run is shared by the tests: its report is checked against the event
+//! log (scores recomputed from the recorded completions, tokens summed per method, stage and
+//! role), and a second run of the same seed, killed with SIGKILL half-way and resumed, must
+//! end with the same components, scores and calls, without repeating a finished call.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+mod common;
+
+const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const SEED: &str = "2";
+const INITIAL_PROMPT: &str = "Answer with one number.";
+
+/// Counting questions the model gets wrong with the initial prompt, so that both subsets
+/// are optimized (a solved subset stops at once).
+const TRAIN: &str = r#"{"id": "t0", "question": "Mia has 4 goats, 6 ducks and a horse. How many animals did Mia have in total?", "answer": 11}
+{"id": "t1", "question": "Theo has 2 oranges, two pencils, a kiwi and 6 mangoes. How many pieces of fruit did Theo have in total?", "answer": 9}
+"#;
+const VAL: &str = r#"{"id": "v0", "question": "Liam packed four peppers, six zucchinis, 4 potatoes and a carrot. How many vegetables did Liam pack in total?", "answer": 15}
+"#;
+const TEST: &str = r#"{"id": "x0", "question": "Lena saw three pears, three plums, three mangoes, two kiwis and 4 bananas. How many pieces of fruit did Lena see in total?", "answer": 15}
+"#;
+
+/// Where this test binary keeps its task and run directories (kept after a failure).
+fn work_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("optimize_e2e")
+}
+
+/// Writes the tiny task and its data; returns the task file.
+fn write_task(dir: &Path) -> PathBuf {
+    let model = common::model_path(MODEL_FILE);
+    let model = model.to_str().expect("utf-8 model path");
+    std::fs::create_dir_all(dir).expect("task dir");
+    for (name, text) in [
+        ("train.jsonl", TRAIN),
+        ("val.jsonl", VAL),
+        ("test.jsonl", TEST),
+    ] {
+        std::fs::write(dir.join(name), text).expect("write data");
+    }
+    let task = format!(
+        r#"name = "tiny-counting"
+
+[components.system_prompt]
+text = "{INITIAL_PROMPT}"
+
+[agent]
+type = "chat"
+model = "{model}"
+system = "{{{{system_prompt}}}}"
+user = "{{{{question}}}}"
+params = {{ temperature = 0.0, max_new_tokens = 8 }}
+extract = {{ type = "regex", pattern = "-?\\d+" }}
+
+[data]
+train = "train.jsonl"
+val = "val.jsonl"
+test = "test.jsonl"
+
+[metric]
+type = "numeric"
+
+[optimizer]
+model = "{model}"
+params = {{ temperature = 0.7, max_new_tokens = 24 }}
+diagnosis_params = {{ temperature = 0.0, max_new_tokens = 8 }}
+subset_count = 2
+iterations = 1
+candidates = 1
+max_reasks = 0
+show_failures = 1
+show_successes = 0
+trajectory_chars = 120
+merge_fan_in = 2
+"#
+    );
+    let path = dir.join("task.toml");
+    std::fs::write(&path, task).expect("write task");
+    path
+}
+
+fn fgo() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fgo"));
+    cmd.env_remove("RUST_LOG");
+    cmd
+}
+
+fn optimize_args<'a>(task: &'a Path, out: &'a Path) -> Vec<&'a str> {
+    vec![
+        "optimize",
+        task.to_str().expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+        "--seed",
+        SEED,
+        "--json",
+    ]
+}
+
+/// Asserts a successful run and returns the report it printed with `--json`.
+fn succeeded(what: &str, out: &Output) -> Value {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {stderr}",
+        out.status
+    );
+    assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{what}: stdout is not JSON: {e}"))
+}
+
+fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The events of a run directory's log, by type.
+fn events(dir: &Path, kind: &str) -> Vec<Value> {
+    let path = dir.join("events.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("event `{l}`: {e}")))
+        .filter(|e| e["type"] == kind)
+        .collect()
+}
+
+/// Complete call records in a log that may end with a torn line.
+fn count_calls(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("events.jsonl"))
+        .map(|t| {
+            t.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|e| e["type"] == "call")
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// The uninterrupted run shared by the tests.
+struct Run {
+    dir: PathBuf,
+    report: Value,
+    seconds: f64,
+}
+
+fn uninterrupted() -> &'static Run {
+    static RUN: OnceLock<Run> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let root = work_dir().join("uninterrupted");
+        let _ = std::fs::remove_dir_all(&root);
+        let task = write_task(&root.join("task"));
+        let dir = root.join("run");
+        let started = Instant::now();
+        let out = fgo()
+            .args(optimize_args(&task, &dir))
+            .output()
+            .expect("fgo runs");
+        let report = succeeded("fgo optimize", &out);
+        Run {
+            dir,
+            report,
+            seconds: started.elapsed().as_secs_f64(),
+        }
+    })
+}
+
+/// Per (method, stage, role): calls, prompt tokens, cached prompt tokens, completion tokens,
+/// summed over the call records of the event log.
+type Sums = BTreeMap<(String, String, String), [u64; 4]>;
+
+fn sums_from_log(dir: &Path) -> Sums {
+    let mut sums = Sums::new();
+    for e in events(dir, "call") {
+        let key = (
+            e["method"].as_str().expect("method").to_string(),
+            e["stage"].as_str().expect("stage").to_string(),
+            e["role"].as_str().expect("role").to_string(),
+        );
+        let s = sums.entry(key).or_default();
+        s[0] += 1;
+        s[1] += u(&e["usage"]["prompt_tokens"]);
+        s[2] += u(&e["usage"]["cached_prompt_tokens"]);
+        s[3] += u(&e["usage"]["completion_tokens"]);
+    }
+    sums
+}
+
+/// The report's accounting must be the event log's: every logged call is answered once
+/// (live, or replayed on resume) and memo hits count no tokens.
+fn check_accounting(report: &Value, dir: &Path) {
+    let logged = sums_from_log(dir);
+    let rows = report["accounting"]["rows"]
+        .as_array()
+        .expect("accounting rows");
+    let mut from_rows = Sums::new();
+    let mut total = [0u64; 4];
+    let mut memo_hits = 0;
+    for r in rows {
+        let key = (
+            r["method"].as_str().expect("method").to_string(),
+            r["stage"].as_str().expect("stage").to_string(),
+            r["role"].as_str().expect("role").to_string(),
+        );
+        let answered = u(&r["live"]) + u(&r["replayed"]);
+        assert_eq!(u(&r["calls"]), answered + u(&r["memo_hits"]), "row {key:?}");
+        memo_hits += u(&r["memo_hits"]);
+        let s = [
+            answered,
+            u(&r["prompt_tokens"]),
+            u(&r["cached_prompt_tokens"]),
+            u(&r["completion_tokens"]),
+        ];
+        if answered == 0 {
+            assert_eq!(
+                s, [0; 4],
+                "a row of memo hits only counts no tokens: {key:?}"
+            );
+            continue;
+        }
+        for (t, v) in total.iter_mut().zip(s) {
+            *t += v;
+        }
+        from_rows.insert(key, s);
+    }
+    assert_eq!(from_rows, logged, "accounting rows vs the event log");
+    let t = &report["accounting"]["total"];
+    assert_eq!(
+        [
+            u(&t["live"]) + u(&t["replayed"]),
+            u(&t["prompt_tokens"]),
+            u(&t["cached_prompt_tokens"]),
+            u(&t["completion_tokens"]),
+        ],
+        total,
+        "accounting total"
+    );
+    assert_eq!(u(&t["memo_hits"]), memo_hits);
+    assert_eq!(
+        (
+            t["method"].as_str(),
+            t["stage"].as_str(),
+            t["role"].as_str()
+        ),
+        (Some("all"), Some("all"), Some("all"))
+    );
+}
+
+/// The agent's completion for `question` under `system_prompt`, from the event log.
+fn agent_reply<'a>(calls: &'a [Value], system_prompt: &str, question: &str) -> &'a str {
+    calls
+        .iter()
+        .filter(|c| c["role"] == "agent")
+        .find(|c| {
+            let m = &c["request"]["messages"];
+            m[0]["content"] == system_prompt && m[1]["content"] == question
+        })
+        .and_then(|c| c["result"]["Ok"]["text"].as_str())
+        .unwrap_or_else(|| panic!("no agent call for `{question}` under `{system_prompt}`"))
+}
+
+/// The task's metric by hand: the last integer of the reply against the expected answer.
+fn score_by_hand(calls: &[Value], system_prompt: &str, data: &str) -> f64 {
+    let number = regex::Regex::new(r"-?\d+").expect("regex");
+    let examples: Vec<Value> = data
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("example"))
+        .collect();
+    let solved = examples
+        .iter()
+        .filter(|e| {
+            let reply = agent_reply(calls, system_prompt, e["question"].as_str().expect("q"));
+            let answer = number.find_iter(reply).last().map(|m| m.as_str());
+            answer.and_then(|a| a.parse::<i64>().ok()) == e["answer"].as_i64()
+        })
+        .count();
+    solved as f64 / examples.len() as f64
+}
+
+#[test]
+fn optimize_writes_a_report_that_matches_its_event_log() {
+    let run = uninterrupted();
+    let (dir, r) = (&run.dir, &run.report);
+    eprintln!("uninterrupted run: {:.1}s", run.seconds);
+
+    // Files of the run directory; `--json` printed report.json.
+    for file in [
+        "task.toml",
+        "run.json",
+        "events.jsonl",
+        "report.json",
+        "report.md",
+        "score.svg",
+        "tokens.svg",
+        "best/initial/system_prompt.txt",
+        "best/fgo/system_prompt.txt",
+    ] {
+        assert!(dir.join(file).is_file(), "{file} is missing");
+    }
+    assert_eq!(&read_json(&dir.join("report.json")), r);
+    for chart in ["score.svg", "tokens.svg"] {
+        let svg = std::fs::read_to_string(dir.join(chart)).expect("chart");
+        assert!(
+            svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+            "{chart}"
+        );
+    }
+
+    // The documented fields.
+    assert_eq!(r["schema_version"], 1);
+    assert_eq!(r["task"], "tiny-counting");
+    assert_eq!(r["method"], "fgo");
+    assert_eq!(r["seed"], 2);
+    assert_eq!(r["agent_model"], MODEL_FILE);
+    assert_eq!(r["optimizer_model"], MODEL_FILE);
+    assert_eq!(r["sizes"], serde_json::json!([2, 1, 1]));
+    assert_eq!(r["status"], "completed");
+    assert_eq!(r["initial"]["components"]["system_prompt"], INITIAL_PROMPT);
+    assert!(f(&r["elapsed_s"]) > 0.0);
+    let methods = r["methods"].as_array().expect("methods");
+    assert_eq!(methods.len(), 1);
+    let m = &methods[0];
+    assert_eq!(m["method"], "fgo");
+    assert_eq!(m["train_n"], 2);
+    assert!(m["budget_hit"].is_null());
+    let final_prompt = m["final_components"]["system_prompt"]
+        .as_str()
+        .expect("final system_prompt");
+    assert!(!final_prompt.trim().is_empty());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("best/fgo/system_prompt.txt")).expect("best"),
+        final_prompt
+    );
+    let source = m["final_source"].as_str().expect("final_source");
+    assert!(
+        source == "initial" || source.starts_with("node "),
+        "{source}"
+    );
+    if source == "initial" {
+        assert_eq!(final_prompt, INITIAL_PROMPT);
+    }
+
+    // Division: two subsets that partition the training set, each optimized once (or
+    // solved), then one merge of both.
+    let subsets = m["subsets"].as_array().expect("subsets");
+    assert_eq!(subsets.len(), 2);
+    let mut covered: Vec<u64> = subsets
+        .iter()
+        .flat_map(|s| s["examples"].as_array().expect("examples").iter().map(u))
+        .collect();
+    covered.sort_unstable();
+    assert_eq!(covered, vec![0, 1]);
+    for s in subsets {
+        let iterations = s["iterations"].as_array().expect("iterations");
+        match s["stopped"].as_str() {
+            Some("iterations") => assert_eq!(iterations.len(), 1, "{s}"),
+            Some("solved") => assert!(iterations.len() <= 1, "{s}"),
+            other => panic!("subset stopped by {other:?}"),
+        }
+        for it in iterations {
+            assert_eq!(it["candidates"].as_array().map(Vec::len), Some(1), "{it}");
+        }
+    }
+    let merges = m["merges"].as_array().expect("merges");
+    assert_eq!(merges.len(), 1);
+    assert_eq!(merges[0]["level"], 1);
+    assert_eq!(merges[0]["children"], serde_json::json!(["s0", "s1"]));
+    assert_eq!(merges[0]["n"], 2);
+    for field in [
+        "reasks",
+        "parse_failures",
+        "call_errors",
+        "leak_rejections",
+        "copy_rejections",
+        "unchanged_candidates",
+        "candidates_evaluated",
+        "accepted",
+        "rolled_back",
+        "agent_failures",
+    ] {
+        assert!(m["counters"][field].is_u64(), "counters.{field}");
+    }
+    let c = &m["counters"];
+    assert_eq!(
+        u(&c["accepted"]) + u(&c["rolled_back"]),
+        iterations_run(subsets)
+    );
+    let steps = r["steps"].as_array().expect("steps");
+    assert_eq!(steps[0]["label"], "initial (train)");
+    assert!(steps.iter().any(|s| s["stage"] == "merge"), "a merge step");
+
+    // Scores: recomputed from the completions in the event log.
+    let calls = events(dir, "call");
+    let initial_train = score_by_hand(&calls, INITIAL_PROMPT, TRAIN);
+    assert_eq!(f(&r["initial"]["train"]), initial_train);
+    assert_eq!(
+        f(&r["initial"]["val"]),
+        score_by_hand(&calls, INITIAL_PROMPT, VAL)
+    );
+    assert_eq!(
+        f(&r["initial"]["test"]),
+        score_by_hand(&calls, INITIAL_PROMPT, TEST)
+    );
+    assert_eq!(f(&steps[0]["score"]), initial_train);
+    assert_eq!(
+        f(&m["train_score"]),
+        score_by_hand(&calls, final_prompt, TRAIN)
+    );
+    assert_eq!(f(&m["val_score"]), score_by_hand(&calls, final_prompt, VAL));
+    assert_eq!(
+        f(&m["test_score"]),
+        score_by_hand(&calls, final_prompt, TEST)
+    );
+
+    // Tokens: the accounting is the event log's, by method, stage and role.
+    check_accounting(r, dir);
+    let stages: BTreeSet<(String, String)> = sums_from_log(dir)
+        .into_keys()
+        .map(|(_, stage, role)| (stage, role))
+        .collect();
+    let mut expected = vec![
+        ("initial_eval", "agent"),
+        ("merge", "optimizer"),
+        ("final_eval", "agent"),
+    ];
+    if iterations_run(subsets) > 0 {
+        expected.push(("optimize", "optimizer"));
+    }
+    for expected in expected {
+        let expected = (expected.0.to_string(), expected.1.to_string());
+        assert!(
+            stages.contains(&expected),
+            "no {expected:?} calls in {stages:?}"
+        );
+    }
+    // One call per distinct request: the memo answers repeats.
+    let keys: BTreeSet<&str> = calls
+        .iter()
+        .map(|c| c["key"].as_str().expect("key"))
+        .collect();
+    assert_eq!(keys.len(), calls.len(), "a request was computed twice");
+
+    // report.md: scores, the accounting total, the final component, the charts.
+    let md = std::fs::read_to_string(dir.join("report.md")).expect("report.md");
+    let total = &r["accounting"]["total"];
+    for needle in [
+        "## Scores".to_string(),
+        "| initial |".to_string(),
+        format!(
+            "| all | all | all | {} | {} |",
+            total["calls"], total["live"]
+        ),
+        final_prompt.trim().to_string(),
+        "![score per step](score.svg)".to_string(),
+        "![tokens by stage](tokens.svg)".to_string(),
+    ] {
+        assert!(md.contains(&needle), "report.md lacks `{needle}`:\n{md}");
+    }
+}
+
+fn iterations_run(subsets: &[Value]) -> u64 {
+    subsets
+        .iter()
+        .map(|s| s["iterations"].as_array().map_or(0, Vec::len) as u64)
+        .sum()
+}
+
+#[test]
+fn killed_run_resumes_to_the_uninterrupted_result() {
+    let full = uninterrupted();
+    let full_calls = count_calls(&full.dir);
+    assert!(
+        full_calls >= 4,
+        "too few calls to kill half-way: {full_calls}"
+    );
+
+    let root = work_dir().join("killed");
+    let _ = std::fs::remove_dir_all(&root);
+    let task = write_task(&root.join("task"));
+    let dir = root.join("run");
+    let started = Instant::now();
+    let mut child = fgo()
+        .args(optimize_args(&task, &dir))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("fgo starts");
+    // Kill half-way through the calls of the uninterrupted run.
+    let kill_at = full_calls / 2;
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while count_calls(&dir) < kill_at {
+        if let Some(status) = child.try_wait().expect("wait") {
+            panic!("fgo ended ({status}) before {kill_at} calls were logged");
+        }
+        assert!(Instant::now() < deadline, "no progress in the event log");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    let recorded = count_calls(&dir);
+    assert!(recorded < full_calls, "killed too late: {recorded} calls");
+    assert!(!dir.join("report.json").exists(), "killed after the end");
+
+    let out = fgo()
+        .args(["resume", dir.to_str().expect("utf-8"), "--json"])
+        .output()
+        .expect("fgo resume runs");
+    let resumed = succeeded("fgo resume", &out);
+    eprintln!(
+        "killed after {recorded} of {full_calls} calls; kill and resume: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // The same components, scores and history as the uninterrupted run of the same seed.
+    let a = &full.report;
+    let b = &resumed;
+    assert_eq!(b["status"], "completed");
+    assert_eq!(a["initial"], b["initial"], "initial scores");
+    assert_eq!(
+        a["methods"], b["methods"],
+        "methods (final components, scores, subsets, merges)"
+    );
+    assert_eq!(a["steps"], b["steps"], "steps");
+
+    // No finished call was repeated: the log holds each of the uninterrupted run's calls
+    // once, and the resumed session replayed every call recorded before the kill.
+    let keys = |dir: &Path| -> Vec<String> {
+        let mut k: Vec<String> = events(dir, "call")
+            .iter()
+            .map(|c| c["key"].as_str().expect("key").to_string())
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&dir), keys(&full.dir), "calls of the resumed log");
+    assert_eq!(u(&b["accounting"]["total"]["replayed"]), recorded as u64);
+    assert_eq!(
+        u(&b["accounting"]["total"]["live"]),
+        (full_calls - recorded) as u64
+    );
+    assert_eq!(events(&dir, "session").len(), 2);
+    check_accounting(b, &dir);
+    // Calls and tokens per row equal the uninterrupted run's (cached prompt tokens depend
+    // on what the prefix cache held, which a restart empties).
+    let rows = |r: &Value| -> Vec<(String, String, String, u64, u64, u64)> {
+        r["accounting"]["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|t| {
+                (
+                    t["method"].as_str().unwrap_or_default().to_string(),
+                    t["stage"].as_str().unwrap_or_default().to_string(),
+                    t["role"].as_str().unwrap_or_default().to_string(),
+                    u(&t["calls"]),
+                    u(&t["prompt_tokens"]),
+                    u(&t["completion_tokens"]),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(rows(a), rows(b), "accounting rows");
+}
