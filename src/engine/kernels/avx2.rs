@@ -124,6 +124,27 @@ pub unsafe fn dot_q5_0<const R: usize>(xs: &[BlockQ5_0], ys: [&[BlockQ8_0]; R]) 
     std::array::from_fn(|r| hsum(acc[r]))
 }
 
+/// Q8_0 weights with `R` rows of Q8_0 activations (see [`dot_q4_1`]).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q8_0<const R: usize>(xs: &[BlockQ8_0], ys: [&[BlockQ8_0]; R]) -> [f32; R] {
+    let mut acc = [_mm256_setzero_ps(); R];
+    for (b, x) in xs.iter().enumerate() {
+        let values = load_i8(&x.qs);
+        let magnitudes = _mm256_sign_epi8(values, values);
+        let d = h2f(x.d);
+        for r in 0..R {
+            let y = ys[r].get_unchecked(b);
+            let scale = _mm256_set1_ps(d * h2f(y.d));
+            let signed_y = _mm256_sign_epi8(load_i8(&y.qs), values);
+            acc[r] = _mm256_fmadd_ps(scale, dot_u8_i8(magnitudes, signed_y), acc[r]);
+        }
+    }
+    std::array::from_fn(|r| hsum(acc[r]))
+}
+
 /// Q5_1 weights with `R` rows of Q8_1 activations (see [`dot_q4_1`]).
 ///
 /// # Safety

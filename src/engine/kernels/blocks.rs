@@ -39,7 +39,7 @@ pub struct BlockQ5_1 {
     pub qs: [u8; BLOCK / 2],
 }
 
-/// Q8_0 activations: `y = d * q`, `q` in -127..=127.
+/// Q8_0 weights and activations: `y = d * q`, `q` in -127..=127.
 #[derive(Debug, Clone, Copy)]
 #[repr(C)]
 pub struct BlockQ8_0 {
@@ -172,6 +172,21 @@ pub mod portable {
                     .map(|(&a, &b)| a as i32 * b as i32)
                     .sum();
                 x.d.to_f32() * y.d.to_f32() * isum as f32 + x.m.to_f32() * y.s.to_f32()
+            })
+            .sum()
+    }
+
+    /// `sum(x * y)` over Q8_0 weights and Q8_0 activations.
+    pub fn dot_q8_0(xs: &[BlockQ8_0], ys: &[BlockQ8_0]) -> f32 {
+        xs.iter()
+            .zip(ys)
+            .map(|(x, y)| {
+                let isum: i32 =
+                    x.qs.iter()
+                        .zip(&y.qs)
+                        .map(|(&a, &b)| a as i32 * b as i32)
+                        .sum();
+                x.d.to_f32() * y.d.to_f32() * isum as f32
             })
             .sum()
     }

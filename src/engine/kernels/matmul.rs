@@ -47,6 +47,8 @@ pub struct Q4_1;
 pub struct Q5_0;
 /// Q5_1 weights on this crate's kernels.
 pub struct Q5_1;
+/// Q8_0 weights on this crate's kernels.
+pub struct Q8_0;
 /// Q4_K weights on this crate's kernels.
 pub struct Q4K;
 /// Q6_K weights on this crate's kernels.
@@ -114,6 +116,26 @@ impl Kernel for Q5_1 {
             return unsafe { super::avx2::dot_q5_1::<R>(w, a) };
         }
         a.map(|a| blocks::portable::dot_q5_1(w, a))
+    }
+}
+
+impl Kernel for Q8_0 {
+    type Weight = BlockQ8_0;
+    type Act = BlockQ8_0;
+    const BLOCK: usize = blocks::BLOCK;
+    fn zero_act() -> BlockQ8_0 {
+        BlockQ8_0::ZERO
+    }
+    fn quantize(xs: &[f32], out: &mut [BlockQ8_0]) {
+        blocks::quantize_q8_0(xs, out)
+    }
+    fn dot_rows<const R: usize>(_k: usize, w: &[BlockQ8_0], a: [&[BlockQ8_0]; R]) -> [f32; R] {
+        #[cfg(target_arch = "x86_64")]
+        if super::simd_available() {
+            // SAFETY: as for Q4_1.
+            return unsafe { super::avx2::dot_q8_0::<R>(w, a) };
+        }
+        a.map(|a| blocks::portable::dot_q8_0(w, a))
     }
 }
 
@@ -347,7 +369,7 @@ impl QuantMatrix {
             GgmlDType::Q5_0 => run::<Q5_0>(cast(&data)?, n, k, x, out),
             GgmlDType::Q5_1 => run::<Q5_1>(cast(&data)?, n, k, x, out),
             GgmlDType::Q4_0 => run::<Candle<k_quants::BlockQ4_0>>(cast(&data)?, n, k, x, out),
-            GgmlDType::Q8_0 => run::<Candle<k_quants::BlockQ8_0>>(cast(&data)?, n, k, x, out),
+            GgmlDType::Q8_0 => run::<Q8_0>(cast(&data)?, n, k, x, out),
             GgmlDType::Q2K => run::<Candle<k_quants::BlockQ2K>>(cast(&data)?, n, k, x, out),
             GgmlDType::Q3K => run::<Candle<k_quants::BlockQ3K>>(cast(&data)?, n, k, x, out),
             GgmlDType::Q4K => run::<Q4K>(cast(&data)?, n, k, x, out),

@@ -8,9 +8,10 @@
 //! columns of output, and each worker keeps one weight row hot while it sweeps a tile of
 //! activation rows, so a batch of sequences reads the weights from memory once.
 //!
-//! Dot products: our AVX2 kernels ([`avx2`]) for Q4_1/Q5_0/Q5_1 with a portable
-//! fallback; candle's runtime-dispatched kernels for the other types (Q4_0, Q8_0 and the
-//! K-quants already have AVX2 code there).
+//! Dot products: our AVX2 kernels ([`avx2`]) for Q4_1, Q5_0, Q5_1, Q8_0, Q4_K and Q6_K,
+//! each taking several activation rows per pass over a weight row, with portable
+//! fallbacks ([`blocks::portable`]) that define them; candle's runtime-dispatched
+//! single-row kernels for the rarer Q4_0, Q2_K, Q3_K and Q5_K.
 
 mod avx2;
 pub mod blocks;

@@ -125,6 +125,20 @@ fn simd_dots_equal_the_portable_definitions() {
                 &avx2::dot_q4_1(&q4_1, [r8_1[2]]),
                 &reference[2..3],
             );
+            let q8_0_weights = random_weights(&mut rng, n_blocks, random_q8_0);
+            let reference = r8_0.map(|y| portable::dot_q8_0(&q8_0_weights, y));
+            assert_close(
+                "q8_0",
+                n_blocks,
+                &avx2::dot_q8_0(&q8_0_weights, r8_0),
+                &reference,
+            );
+            assert_close(
+                "q8_0",
+                n_blocks,
+                &avx2::dot_q8_0(&q8_0_weights, [r8_0[0]]),
+                &reference[..1],
+            );
             let reference = r8_0.map(|y| portable::dot_q5_0(&q5_0, y));
             assert_close("q5_0", n_blocks, &avx2::dot_q5_0(&q5_0, r8_0), &reference);
             assert_close(
