@@ -212,7 +212,9 @@ impl RunReport {
             }
         }
         let _ = writeln!(s, "\n![score per step](score.svg)\n\n## Tokens and time\n\n![tokens by stage](tokens.svg)\n");
-        let _ = writeln!(s, "| method | stage | role | calls | live | replayed | memo | prompt | cached | completion | time (s) |\n|---|---|---|---|---|---|---|---|---|---|---|");
+        // Calls of one batch run concurrently: their times add up to more than the wall time.
+        let _ = writeln!(s, "Call time is summed over calls, which overlap within a batch; the wall time is above.\n");
+        let _ = writeln!(s, "| method | stage | role | calls | live | replayed | memo | prompt | cached | completion | call time (s) |\n|---|---|---|---|---|---|---|---|---|---|---|");
         for t in self
             .accounting
             .rows
