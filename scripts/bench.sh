@@ -16,7 +16,7 @@ scripts/fetch-models.sh "$@" >&2
 echo "| model | pp512 (tokens/s) | tg128 (tokens/s) | tg128 after 512 (tokens/s) | peak RSS (MB) |"
 echo "|---|---|---|---|---|"
 for model in "$@"; do
-  "$CARGO_TARGET_DIR/release/fgo" bench --model "$model" --threads "$threads" --json |
+  "$CARGO_TARGET_DIR/release/fgo" bench --model "$model" --threads "$threads" --scenarios single --json |
     python3 -c '
 import json, sys
 d = json.load(sys.stdin); r = d["report"]
