@@ -22,9 +22,6 @@ use crate::error::{Error, Result};
 /// the weight row.
 pub const ROW_TILE: usize = 16;
 
-/// Activation rows that share one pass over a weight row (register blocking).
-const ROWS_PER_DOT: usize = 4;
-
 /// One weight format: its blocks, the activation blocks it pairs with, and their dot.
 pub trait Kernel {
     /// A block of stored weights.
@@ -209,6 +206,34 @@ impl SharedOut {
     }
 }
 
+/// Dot products of weight row `col` with activation rows `row..row + R`, written to `out`;
+/// returns `R`. Wider blocks unpack each weight block once for more rows (16 rows: 1.35x
+/// the 4-row throughput of prompt processing on qwen2.5-coder-1.5b).
+#[allow(clippy::too_many_arguments)] // one call site, the driver's inner loop
+#[inline]
+fn dot_block<K: Kernel, const R: usize>(
+    k: usize,
+    w: &[K::Weight],
+    acts: &[K::Act],
+    k_blocks: usize,
+    row: usize,
+    col: usize,
+    n: usize,
+    out: SharedOut,
+) -> usize {
+    let values: [f32; R] = K::dot_rows(
+        k,
+        w,
+        std::array::from_fn(|i| &acts[(row + i) * k_blocks..(row + i + 1) * k_blocks]),
+    );
+    for (i, value) in values.into_iter().enumerate() {
+        // SAFETY: the caller passes rows and a column in bounds, and only its task owns
+        // column `col`.
+        unsafe { out.write((row + i) * n + col, value) };
+    }
+    R
+}
+
 /// `out = x W^T` with `x` of `m` rows of `k`, `W` of `n` rows of `k` blocks, `out` `m x n`.
 pub fn run<K: Kernel>(weights: &[K::Weight], n: usize, k: usize, x: &[f32], out: &mut [f32]) {
     let k_blocks = k / K::BLOCK;
@@ -240,25 +265,15 @@ pub fn run<K: Kernel>(weights: &[K::Weight], n: usize, k: usize, x: &[f32], out:
             let rows = tile..(tile + ROW_TILE).min(m);
             for col in cols.clone() {
                 let w = &weights[col * k_blocks..(col + 1) * k_blocks];
-                let act = |row: usize| &acts[row * k_blocks..(row + 1) * k_blocks];
                 let mut row = rows.start;
                 while row < rows.end {
-                    let done = if rows.end - row >= ROWS_PER_DOT {
-                        let values: [f32; ROWS_PER_DOT] =
-                            K::dot_rows(k, w, std::array::from_fn(|i| act(row + i)));
-                        for (i, value) in values.into_iter().enumerate() {
-                            // SAFETY: (row + i, col) is in bounds (checked above) and only
-                            // this task owns column `col`.
-                            unsafe { shared.write((row + i) * n + col, value) };
-                        }
-                        ROWS_PER_DOT
-                    } else {
-                        let [value] = K::dot_rows(k, w, [act(row)]);
-                        // SAFETY: as above.
-                        unsafe { shared.write(row * n + col, value) };
-                        1
+                    // The widest register block that fits the rows left.
+                    row += match rows.end - row {
+                        16.. => dot_block::<K, 16>(k, w, acts, k_blocks, row, col, n, shared),
+                        8.. => dot_block::<K, 8>(k, w, acts, k_blocks, row, col, n, shared),
+                        4.. => dot_block::<K, 4>(k, w, acts, k_blocks, row, col, n, shared),
+                        _ => dot_block::<K, 1>(k, w, acts, k_blocks, row, col, n, shared),
                     };
-                    row += done;
                 }
             }
         }

@@ -264,8 +264,21 @@ fn matmul_matches_dequantized_reference_for_every_type_and_odd_shapes() {
         GgmlDType::Q5K,
         GgmlDType::Q6K,
     ];
-    let shapes_small = [(1, 7, 64), (3, 13, 96), (17, 33, 576), (40, 5, 32)];
-    let shapes_k = [(1, 7, 256), (3, 13, 512), (17, 33, 256), (40, 5, 768)];
+    // m = 12, 17 and 40 take register blocks of 16, 8, 4 and 1 rows.
+    let shapes_small = [
+        (1, 7, 64),
+        (3, 13, 96),
+        (12, 9, 64),
+        (17, 33, 576),
+        (40, 5, 32),
+    ];
+    let shapes_k = [
+        (1, 7, 256),
+        (3, 13, 512),
+        (12, 9, 256),
+        (17, 33, 256),
+        (40, 5, 768),
+    ];
     let mut seed = 0;
     for dtype in small_block {
         for &(m, n, k) in &shapes_small {
