@@ -78,6 +78,47 @@ unsafe fn load_i8(qs: &[i8; 32]) -> __m256i {
     _mm256_loadu_si256(qs.as_ptr().cast())
 }
 
+/// Adds block `b` of every Q8_1 row to the row's sums, for a weight block of unsigned
+/// `values` with scale `d` and offset `m` (Q4_1, Q5_1).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn accumulate_offset<const R: usize>(
+    acc: &mut [__m256; R],
+    offsets: &mut [f32; R],
+    values: __m256i,
+    d: f32,
+    m: f32,
+    ys: &[&[BlockQ8_1]; R],
+    b: usize,
+) {
+    for r in 0..R {
+        let y = ys[r].get_unchecked(b);
+        offsets[r] += m * h2f(y.s);
+        let scale = _mm256_set1_ps(d * h2f(y.d));
+        acc[r] = _mm256_fmadd_ps(scale, dot_u8_i8(values, load_i8(&y.qs)), acc[r]);
+    }
+}
+
+/// Adds block `b` of every Q8_0 row to the row's sums, for a weight block of signed
+/// `values` with scale `d` (Q5_0, Q8_0).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn accumulate_signed<const R: usize>(
+    acc: &mut [__m256; R],
+    values: __m256i,
+    d: f32,
+    ys: &[&[BlockQ8_0]; R],
+    b: usize,
+) {
+    let magnitudes = _mm256_sign_epi8(values, values);
+    for r in 0..R {
+        let y = ys[r].get_unchecked(b);
+        let scale = _mm256_set1_ps(d * h2f(y.d));
+        let signed_y = _mm256_sign_epi8(load_i8(&y.qs), values);
+        acc[r] = _mm256_fmadd_ps(scale, dot_u8_i8(magnitudes, signed_y), acc[r]);
+    }
+}
+
 /// Dot products of one weight row with `R` activation rows: each weight block is unpacked
 /// once and used for every row, which is what makes many rows cheaper than one at a time.
 ///
@@ -90,12 +131,7 @@ pub unsafe fn dot_q4_1<const R: usize>(xs: &[BlockQ4_1], ys: [&[BlockQ8_1]; R]) 
     for (b, x) in xs.iter().enumerate() {
         let values = nibbles_32(&x.qs);
         let (d, m) = (h2f(x.d), h2f(x.m));
-        for r in 0..R {
-            let y = ys[r].get_unchecked(b);
-            offsets[r] += m * h2f(y.s);
-            let scale = _mm256_set1_ps(d * h2f(y.d));
-            acc[r] = _mm256_fmadd_ps(scale, dot_u8_i8(values, load_i8(&y.qs)), acc[r]);
-        }
+        accumulate_offset(&mut acc, &mut offsets, values, d, m, &ys, b);
     }
     std::array::from_fn(|r| hsum(acc[r]) + offsets[r])
 }
@@ -112,14 +148,7 @@ pub unsafe fn dot_q5_0<const R: usize>(xs: &[BlockQ5_0], ys: [&[BlockQ8_0]; R]) 
         // with its high four bits set (nibble - 16 in two's complement).
         let high = _mm256_andnot_si256(bit_mask_32(x.qh), _mm256_set1_epi8(0xF0_u8 as i8));
         let values = _mm256_or_si256(nibbles_32(&x.qs), high);
-        let magnitudes = _mm256_sign_epi8(values, values);
-        let d = h2f(x.d);
-        for r in 0..R {
-            let y = ys[r].get_unchecked(b);
-            let scale = _mm256_set1_ps(d * h2f(y.d));
-            let signed_y = _mm256_sign_epi8(load_i8(&y.qs), values);
-            acc[r] = _mm256_fmadd_ps(scale, dot_u8_i8(magnitudes, signed_y), acc[r]);
-        }
+        accumulate_signed(&mut acc, values, h2f(x.d), &ys, b);
     }
     std::array::from_fn(|r| hsum(acc[r]))
 }
@@ -133,14 +162,7 @@ pub unsafe fn dot_q8_0<const R: usize>(xs: &[BlockQ8_0], ys: [&[BlockQ8_0]; R]) 
     let mut acc = [_mm256_setzero_ps(); R];
     for (b, x) in xs.iter().enumerate() {
         let values = load_i8(&x.qs);
-        let magnitudes = _mm256_sign_epi8(values, values);
-        let d = h2f(x.d);
-        for r in 0..R {
-            let y = ys[r].get_unchecked(b);
-            let scale = _mm256_set1_ps(d * h2f(y.d));
-            let signed_y = _mm256_sign_epi8(load_i8(&y.qs), values);
-            acc[r] = _mm256_fmadd_ps(scale, dot_u8_i8(magnitudes, signed_y), acc[r]);
-        }
+        accumulate_signed(&mut acc, values, h2f(x.d), &ys, b);
     }
     std::array::from_fn(|r| hsum(acc[r]))
 }
@@ -157,12 +179,7 @@ pub unsafe fn dot_q5_1<const R: usize>(xs: &[BlockQ5_1], ys: [&[BlockQ8_1]; R]) 
         let high = _mm256_and_si256(bit_mask_32(x.qh), _mm256_set1_epi8(0x10));
         let values = _mm256_or_si256(nibbles_32(&x.qs), high);
         let (d, m) = (h2f(x.d), h2f(x.m));
-        for r in 0..R {
-            let y = ys[r].get_unchecked(b);
-            offsets[r] += m * h2f(y.s);
-            let scale = _mm256_set1_ps(d * h2f(y.d));
-            acc[r] = _mm256_fmadd_ps(scale, dot_u8_i8(values, load_i8(&y.qs)), acc[r]);
-        }
+        accumulate_offset(&mut acc, &mut offsets, values, d, m, &ys, b);
     }
     std::array::from_fn(|r| hsum(acc[r]) + offsets[r])
 }

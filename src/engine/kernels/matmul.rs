@@ -38,143 +38,70 @@ pub trait Kernel {
     fn dot_rows<const R: usize>(k: usize, w: &[Self::Weight], a: [&[Self::Act]; R]) -> [f32; R];
 }
 
-/// Q4_1 weights on this crate's kernels.
-pub struct Q4_1;
-/// Q5_0 weights on this crate's kernels.
-pub struct Q5_0;
-/// Q5_1 weights on this crate's kernels.
-pub struct Q5_1;
-/// Q8_0 weights on this crate's kernels.
-pub struct Q8_0;
-/// Q4_K weights on this crate's kernels.
-pub struct Q4K;
-/// Q6_K weights on this crate's kernels.
-pub struct Q6K;
 /// A format whose dot product candle provides (SIMD where candle has it).
 pub struct Candle<T>(PhantomData<T>);
 
-impl Kernel for Q4_1 {
-    type Weight = BlockQ4_1;
-    type Act = BlockQ8_1;
-    const BLOCK: usize = blocks::BLOCK;
-    fn zero_act() -> BlockQ8_1 {
-        BlockQ8_1::ZERO
-    }
-    fn quantize(xs: &[f32], out: &mut [BlockQ8_1]) {
-        blocks::quantize_q8_1(xs, out)
-    }
-    fn dot_rows<const R: usize>(_k: usize, w: &[BlockQ4_1], a: [&[BlockQ8_1]; R]) -> [f32; R] {
-        #[cfg(target_arch = "x86_64")]
-        if super::simd_available() {
-            // SAFETY: the CPU features were detected at run time; every activation row
-            // has as many blocks as the weight row (checked by `run`).
-            return unsafe { super::avx2::dot_q4_1::<R>(w, a) };
+/// Declares a format that runs on this crate's kernels: its weight and activation blocks,
+/// the activation quantizer, the AVX2 dot product and its portable definition.
+macro_rules! own_kernel {
+    ($(#[$doc:meta])* $name:ident: $weight:ty, $act:ty, $block:expr, $quantize:path,
+     $simd:ident, $portable:path) => {
+        $(#[$doc])*
+        pub struct $name;
+
+        impl Kernel for $name {
+            type Weight = $weight;
+            type Act = $act;
+            const BLOCK: usize = $block;
+            fn zero_act() -> $act {
+                <$act>::ZERO
+            }
+            fn quantize(xs: &[f32], out: &mut [$act]) {
+                $quantize(xs, out)
+            }
+            fn dot_rows<const R: usize>(_k: usize, w: &[$weight], a: [&[$act]; R]) -> [f32; R] {
+                #[cfg(target_arch = "x86_64")]
+                if super::simd_available() {
+                    // SAFETY: the CPU features were detected at run time; every activation
+                    // row has as many blocks as the weight row (checked by `run`).
+                    return unsafe { super::avx2::$simd::<R>(w, a) };
+                }
+                a.map(|a| $portable(w, a))
+            }
         }
-        a.map(|a| blocks::portable::dot_q4_1(w, a))
-    }
+    };
 }
 
-impl Kernel for Q5_0 {
-    type Weight = BlockQ5_0;
-    type Act = BlockQ8_0;
-    const BLOCK: usize = blocks::BLOCK;
-    fn zero_act() -> BlockQ8_0 {
-        BlockQ8_0::ZERO
-    }
-    fn quantize(xs: &[f32], out: &mut [BlockQ8_0]) {
-        blocks::quantize_q8_0(xs, out)
-    }
-    fn dot_rows<const R: usize>(_k: usize, w: &[BlockQ5_0], a: [&[BlockQ8_0]; R]) -> [f32; R] {
-        #[cfg(target_arch = "x86_64")]
-        if super::simd_available() {
-            // SAFETY: the CPU features were detected at run time; every activation row
-            // has as many blocks as the weight row (checked by `run`).
-            return unsafe { super::avx2::dot_q5_0::<R>(w, a) };
-        }
-        a.map(|a| blocks::portable::dot_q5_0(w, a))
-    }
-}
-
-impl Kernel for Q5_1 {
-    type Weight = BlockQ5_1;
-    type Act = BlockQ8_1;
-    const BLOCK: usize = blocks::BLOCK;
-    fn zero_act() -> BlockQ8_1 {
-        BlockQ8_1::ZERO
-    }
-    fn quantize(xs: &[f32], out: &mut [BlockQ8_1]) {
-        blocks::quantize_q8_1(xs, out)
-    }
-    fn dot_rows<const R: usize>(_k: usize, w: &[BlockQ5_1], a: [&[BlockQ8_1]; R]) -> [f32; R] {
-        #[cfg(target_arch = "x86_64")]
-        if super::simd_available() {
-            // SAFETY: the CPU features were detected at run time; every activation row
-            // has as many blocks as the weight row (checked by `run`).
-            return unsafe { super::avx2::dot_q5_1::<R>(w, a) };
-        }
-        a.map(|a| blocks::portable::dot_q5_1(w, a))
-    }
-}
-
-impl Kernel for Q8_0 {
-    type Weight = BlockQ8_0;
-    type Act = BlockQ8_0;
-    const BLOCK: usize = blocks::BLOCK;
-    fn zero_act() -> BlockQ8_0 {
-        BlockQ8_0::ZERO
-    }
-    fn quantize(xs: &[f32], out: &mut [BlockQ8_0]) {
-        blocks::quantize_q8_0(xs, out)
-    }
-    fn dot_rows<const R: usize>(_k: usize, w: &[BlockQ8_0], a: [&[BlockQ8_0]; R]) -> [f32; R] {
-        #[cfg(target_arch = "x86_64")]
-        if super::simd_available() {
-            // SAFETY: as for Q4_1.
-            return unsafe { super::avx2::dot_q8_0::<R>(w, a) };
-        }
-        a.map(|a| blocks::portable::dot_q8_0(w, a))
-    }
-}
-
-impl Kernel for Q4K {
-    type Weight = BlockQ4K;
-    type Act = BlockQ8K;
-    const BLOCK: usize = blocks::SUPER_BLOCK;
-    fn zero_act() -> BlockQ8K {
-        BlockQ8K::ZERO
-    }
-    fn quantize(xs: &[f32], out: &mut [BlockQ8K]) {
-        blocks::quantize_q8k(xs, out)
-    }
-    fn dot_rows<const R: usize>(_k: usize, w: &[BlockQ4K], a: [&[BlockQ8K]; R]) -> [f32; R] {
-        #[cfg(target_arch = "x86_64")]
-        if super::simd_available() {
-            // SAFETY: as for Q4_1.
-            return unsafe { super::avx2::dot_q4k::<R>(w, a) };
-        }
-        a.map(|a| blocks::portable::dot_q4k(w, a))
-    }
-}
-
-impl Kernel for Q6K {
-    type Weight = BlockQ6K;
-    type Act = BlockQ8K;
-    const BLOCK: usize = blocks::SUPER_BLOCK;
-    fn zero_act() -> BlockQ8K {
-        BlockQ8K::ZERO
-    }
-    fn quantize(xs: &[f32], out: &mut [BlockQ8K]) {
-        blocks::quantize_q8k(xs, out)
-    }
-    fn dot_rows<const R: usize>(_k: usize, w: &[BlockQ6K], a: [&[BlockQ8K]; R]) -> [f32; R] {
-        #[cfg(target_arch = "x86_64")]
-        if super::simd_available() {
-            // SAFETY: as for Q4_1.
-            return unsafe { super::avx2::dot_q6k::<R>(w, a) };
-        }
-        a.map(|a| blocks::portable::dot_q6k(w, a))
-    }
-}
+own_kernel!(
+    /// Q4_1 weights on this crate's kernels.
+    Q4_1: BlockQ4_1, BlockQ8_1, blocks::BLOCK, blocks::quantize_q8_1,
+    dot_q4_1, blocks::portable::dot_q4_1
+);
+own_kernel!(
+    /// Q5_0 weights on this crate's kernels.
+    Q5_0: BlockQ5_0, BlockQ8_0, blocks::BLOCK, blocks::quantize_q8_0,
+    dot_q5_0, blocks::portable::dot_q5_0
+);
+own_kernel!(
+    /// Q5_1 weights on this crate's kernels.
+    Q5_1: BlockQ5_1, BlockQ8_1, blocks::BLOCK, blocks::quantize_q8_1,
+    dot_q5_1, blocks::portable::dot_q5_1
+);
+own_kernel!(
+    /// Q8_0 weights on this crate's kernels.
+    Q8_0: BlockQ8_0, BlockQ8_0, blocks::BLOCK, blocks::quantize_q8_0,
+    dot_q8_0, blocks::portable::dot_q8_0
+);
+own_kernel!(
+    /// Q4_K weights on this crate's kernels.
+    Q4K: BlockQ4K, BlockQ8K, blocks::SUPER_BLOCK, blocks::quantize_q8k,
+    dot_q4k, blocks::portable::dot_q4k
+);
+own_kernel!(
+    /// Q6_K weights on this crate's kernels.
+    Q6K: BlockQ6K, BlockQ8K, blocks::SUPER_BLOCK, blocks::quantize_q8k,
+    dot_q6k, blocks::portable::dot_q6k
+);
 
 impl<T: GgmlType> Kernel for Candle<T> {
     type Weight = T;
@@ -329,9 +256,27 @@ impl QuantMatrix {
             )));
         }
         let matrix = Self { tensor, rows, cols };
-        // Validate the storage once here, so that a bad tensor fails at load.
-        matrix.forward(&vec![0f32; cols])?;
+        // A bad tensor fails at load, without a pass over its weights. Every supported
+        // block holds f16 scales, so 2-byte alignment is what each call's cast will need.
+        let data = matrix.storage()?;
+        if (data.as_ptr() as usize) % std::mem::align_of::<half::f16>() != 0 {
+            return Err(invalid("storage is not aligned for its blocks".into()));
+        }
         Ok(matrix)
+    }
+
+    /// The tensor's bytes, checked to hold exactly `rows x cols` values of its type.
+    fn storage(&self) -> Result<std::borrow::Cow<'_, [u8]>> {
+        let data = self.tensor.data()?;
+        let dtype = self.tensor.dtype();
+        let (n, k) = (self.rows, self.cols);
+        if data.len() != n * k / dtype.block_size() * dtype.type_size() {
+            return Err(Error::Tensor {
+                name: format!("{dtype:?} weight"),
+                reason: format!("{} bytes of storage for a {n} x {k} matrix", data.len()),
+            });
+        }
+        Ok(data)
     }
 
     /// Output features (weight rows).
@@ -359,7 +304,6 @@ impl QuantMatrix {
 
     /// [`forward`](Self::forward) into a caller's buffer of `rows(x) * self.rows()` values.
     pub fn forward_into(&self, x: &[f32], out: &mut [f32]) -> Result<()> {
-        let data = self.tensor.data()?;
         let (n, k) = (self.rows, self.cols);
         let dtype = self.tensor.dtype();
         let m = x.len() / k;
@@ -373,13 +317,8 @@ impl QuantMatrix {
                 ),
             });
         }
-        if data.len() != n * k / dtype.block_size() * dtype.type_size() {
-            return Err(Error::Tensor {
-                name: format!("{dtype:?} weight"),
-                reason: format!("{} bytes of storage for a {n} x {k} matrix", data.len()),
-            });
-        }
-        match self.tensor.dtype() {
+        let data = self.storage()?;
+        match dtype {
             GgmlDType::Q4_1 => run::<Q4_1>(cast(&data)?, n, k, x, out),
             GgmlDType::Q5_0 => run::<Q5_0>(cast(&data)?, n, k, x, out),
             GgmlDType::Q5_1 => run::<Q5_1>(cast(&data)?, n, k, x, out),
