@@ -14,6 +14,7 @@ pub mod model;
 pub mod sampling;
 pub mod scheduler;
 pub mod source;
+pub mod team;
 pub mod tokenizer;
 
 pub use generate::{Completion, Engine, GenerationRequest, LoadOptions, Prompt};

@@ -1,7 +1,7 @@
 //! The quantized matmul driver and the weight matrices it multiplies.
 //!
-//! Work split: output columns (weight rows) are cut into contiguous ranges, one rayon task
-//! each, several per thread so that uneven progress evens out. Inside a task, activation
+//! Work split: output columns (weight rows) are cut into contiguous ranges, one task of the
+//! engine's [`team`](crate::engine::team) each, several per thread so that uneven progress evens out. Inside a task, activation
 //! rows go in tiles of [`ROW_TILE`]; for each weight row the whole tile is swept while that
 //! row sits in L1, so the weights are streamed from memory once per tile rather than once
 //! per activation row. Decoding 16 sequences therefore costs far less than 16 decodes.
@@ -11,11 +11,11 @@ use std::sync::Arc;
 
 use candle_core::quantized::k_quants::{self, GgmlType};
 use candle_core::quantized::{GgmlDType, QTensor};
-use rayon::prelude::*;
 
 use super::blocks::{
     self, BlockQ4K, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
 };
+use crate::engine::team::team;
 use crate::error::{Error, Result};
 
 /// Activation rows per tile: 16 rows of a 1536-wide Q8 activation fit in L1 with room for
@@ -133,6 +133,21 @@ impl SharedOut {
     }
 }
 
+/// Quantized activation rows shared by tasks that each fill a distinct row.
+struct SharedActs<A>(*mut A);
+// SAFETY: every task writes a distinct row.
+unsafe impl<A> Send for SharedActs<A> {}
+unsafe impl<A> Sync for SharedActs<A> {}
+
+impl<A> SharedActs<A> {
+    /// # Safety
+    /// `row` is in bounds and no other task touches it.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row(&self, row: usize, len: usize) -> &mut [A] {
+        std::slice::from_raw_parts_mut(self.0.add(row * len), len)
+    }
+}
+
 /// Dot products of weight row `col` with activation rows `row..row + R`, written to `out`;
 /// returns `R`. Wider blocks unpack each weight block once for more rows (16 rows: 1.35x
 /// the 4-row throughput of prompt processing on qwen2.5-coder-1.5b).
@@ -169,18 +184,22 @@ pub fn run<K: Kernel>(weights: &[K::Weight], n: usize, k: usize, x: &[f32], out:
     assert!(k % K::BLOCK == 0 && weights.len() == n * k_blocks);
     assert!(x.len() == m * k && out.len() == m * n);
 
+    let team = team();
     let mut acts = vec![K::zero_act(); m * k_blocks];
     if m >= 8 {
-        acts.par_chunks_mut(k_blocks)
-            .zip(x.par_chunks(k))
-            .for_each(|(a, x)| K::quantize(x, a));
+        let shared = SharedActs(acts.as_mut_ptr());
+        team.run(m, &|row| {
+            // SAFETY: each task writes only its own row's blocks.
+            let a = unsafe { shared.row(row, k_blocks) };
+            K::quantize(&x[row * k..(row + 1) * k], a);
+        });
     } else {
         for (a, x) in acts.chunks_mut(k_blocks).zip(x.chunks(k)) {
             K::quantize(x, a);
         }
     }
 
-    let threads = rayon::current_num_threads();
+    let threads = team.threads();
     // Enough ranges to balance, few enough that each covers some weight rows.
     let tasks = (threads * 4).min(n.div_ceil(4)).max(1);
     let cols_per_task = n.div_ceil(tasks);
@@ -205,11 +224,7 @@ pub fn run<K: Kernel>(weights: &[K::Weight], n: usize, k: usize, x: &[f32], out:
             }
         }
     };
-    if tasks == 1 || threads == 1 {
-        (0..tasks).for_each(work);
-    } else {
-        (0..tasks).into_par_iter().for_each(work);
-    }
+    team.run(tasks, &work);
 }
 
 /// A quantized weight matrix of `rows x cols` (out x in) that [`run`] can multiply.

@@ -3,13 +3,13 @@
 //!
 //! This is the decode path: each new token attends to its own sequence's positions, read
 //! in place from the blocks (no gather, no temporary tensors), with one parallel task per
-//! (token, key/value head) so that a step of many short sequences spreads over all cores.
+//! (token, key/value head) on the engine's [`team`](crate::engine::team), so that a step
+//! of many short sequences spreads over all cores.
 //! Long prompt chunks go through dense matrix products instead ([`super::attention`]).
-
-use rayon::prelude::*;
 
 use crate::engine::kv::{BlockId, KvLayout};
 use crate::engine::model::attention::AttentionSpec;
+use crate::engine::team::team;
 
 /// One sequence's share of a call.
 #[derive(Debug, Clone, Copy)]
@@ -74,51 +74,68 @@ pub fn paged_attention(
             owner[seq.row..seq.row + seq.new].fill(s);
         }
     }
-    out.par_chunks_mut(group * hd)
-        .enumerate()
-        .for_each(|(task, out)| {
-            let (t, h) = (task / n_kv, task % n_kv);
-            let Some(seq) = seqs.get(owner[t]) else {
-                return;
-            };
-            let pos = seq.start + (t - seq.row);
-            let first = spec.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            let n_keys = pos + 1 - first;
-            let q_row = &q[(t * spec.n_heads + h * group) * hd..][..group * hd];
-            let mut scores = vec![0f32; group * n_keys];
-            for (j, key_pos) in (first..=pos).enumerate() {
-                let block = seq.blocks[key_pos / layout.block_size];
-                let at = layout.offset(block, h, key_pos % layout.block_size);
-                let k = &keys[at..at + hd];
-                for g in 0..group {
-                    let mut s = dot(&q_row[g * hd..(g + 1) * hd], k) * spec.scale;
-                    if let Some(cap) = spec.softcap {
-                        s = (s / cap).tanh() * cap;
-                    }
-                    scores[g * n_keys + j] = s;
-                }
-            }
+    let chunk = group * hd;
+    let shared = SharedOut(out.as_mut_ptr());
+    team().run(out.len() / chunk, &|task| {
+        // SAFETY: each task writes only its own (token, key/value head) chunk.
+        let out = unsafe { shared.chunk(task, chunk) };
+        let (t, h) = (task / n_kv, task % n_kv);
+        let Some(seq) = seqs.get(owner[t]) else {
+            return;
+        };
+        let pos = seq.start + (t - seq.row);
+        let first = spec.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let n_keys = pos + 1 - first;
+        let q_row = &q[(t * spec.n_heads + h * group) * hd..][..group * hd];
+        let mut scores = vec![0f32; group * n_keys];
+        for (j, key_pos) in (first..=pos).enumerate() {
+            let block = seq.blocks[key_pos / layout.block_size];
+            let at = layout.offset(block, h, key_pos % layout.block_size);
+            let k = &keys[at..at + hd];
             for g in 0..group {
-                let row = &mut scores[g * n_keys..(g + 1) * n_keys];
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for s in row.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
+                let mut s = dot(&q_row[g * hd..(g + 1) * hd], k) * spec.scale;
+                if let Some(cap) = spec.softcap {
+                    s = (s / cap).tanh() * cap;
                 }
-                let inv = 1.0 / sum;
-                row.iter_mut().for_each(|s| *s *= inv);
+                scores[g * n_keys + j] = s;
             }
-            out.fill(0.0);
-            for (j, key_pos) in (first..=pos).enumerate() {
-                let block = seq.blocks[key_pos / layout.block_size];
-                let at = layout.offset(block, h, key_pos % layout.block_size);
-                let v = &values[at..at + hd];
-                for g in 0..group {
-                    axpy(&mut out[g * hd..(g + 1) * hd], scores[g * n_keys + j], v);
-                }
+        }
+        for g in 0..group {
+            let row = &mut scores[g * n_keys..(g + 1) * n_keys];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for s in row.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
             }
-        });
+            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|s| *s *= inv);
+        }
+        out.fill(0.0);
+        for (j, key_pos) in (first..=pos).enumerate() {
+            let block = seq.blocks[key_pos / layout.block_size];
+            let at = layout.offset(block, h, key_pos % layout.block_size);
+            let v = &values[at..at + hd];
+            for g in 0..group {
+                axpy(&mut out[g * hd..(g + 1) * hd], scores[g * n_keys + j], v);
+            }
+        }
+    });
+}
+
+/// The output array, shared by tasks that each write a distinct chunk.
+struct SharedOut(*mut f32);
+// SAFETY: every task writes a distinct chunk.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// # Safety
+    /// Chunk `index` is in bounds and no other task touches it.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn chunk(&self, index: usize, len: usize) -> &mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(index * len), len)
+    }
 }
 
 #[cfg(test)]
