@@ -378,7 +378,7 @@ fn ggml_type_name(id: u32) -> String {
 fn tensor_bytes(info: &TensorInfo) -> Option<u64> {
     let elems = info.shape.elem_count();
     let block = info.ggml_dtype.block_size();
-    if elems % block != 0 {
+    if !elems.is_multiple_of(block) {
         return None;
     }
     Some((elems / block * info.ggml_dtype.type_size()) as u64)

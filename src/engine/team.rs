@@ -102,7 +102,7 @@ impl Shared {
                 }
                 std::hint::spin_loop();
                 spins = spins.wrapping_add(1);
-                if spins % 256 == 0 && started.elapsed() > SPIN {
+                if spins.is_multiple_of(256) && started.elapsed() > SPIN {
                     self.park_until_changed(seen);
                 }
             };
@@ -201,11 +201,48 @@ impl Team {
         while shared.done.load(Ordering::Acquire) < tasks {
             std::hint::spin_loop();
             spins = spins.wrapping_add(1);
-            if spins % 4096 == 0 {
+            if spins.is_multiple_of(4096) {
                 // A helper holding a task may have lost its core to another process.
                 std::thread::yield_now();
             }
         }
+    }
+}
+
+/// An array that the tasks of one region share, each writing only its own elements.
+pub struct Disjoint<T>(*mut T);
+
+impl<T> Clone for Disjoint<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Disjoint<T> {}
+// SAFETY: tasks write disjoint elements (the contract of `slice` and `write`).
+unsafe impl<T: Send> Send for Disjoint<T> {}
+unsafe impl<T: Send> Sync for Disjoint<T> {}
+
+impl<T> Disjoint<T> {
+    /// Shares `data` for the duration of a region (the borrow must outlive the region).
+    pub fn new(data: &mut [T]) -> Self {
+        Self(data.as_mut_ptr())
+    }
+
+    /// Elements `start..start + len`.
+    ///
+    /// # Safety
+    /// In bounds of the array, and touched by no other task during the region.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(start), len)
+    }
+
+    /// Writes element `index`.
+    ///
+    /// # Safety
+    /// As [`slice`](Self::slice).
+    pub unsafe fn write(&self, index: usize, value: T) {
+        self.0.add(index).write(value);
     }
 }
 

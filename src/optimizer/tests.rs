@@ -101,7 +101,7 @@ fn world(optimizer: Optimizer) -> ScriptedLlm {
             return match optimizer {
                 Optimizer::Leaky => "<system_prompt>Count the items; for long lists answer seven.</system_prompt>".into(),
                 // Every other seed forgets the tags, to exercise re-asks.
-                _ if r.params.seed % 2 == 0 && !user.contains("could not use your reply") => "Keep a running total!".into(),
+                _ if r.params.seed.is_multiple_of(2) && !user.contains("could not use your reply") => "Keep a running total!".into(),
                 _ => "Here you go:\n<system_prompt>Count the items. Keep a running total.</system_prompt>".into(),
             };
         }

@@ -9,6 +9,14 @@ use half::f16;
 /// Elements per block for every format in this module.
 pub const BLOCK: usize = 32;
 
+/// Q4_0: `x = d * (q - 8)`, `q` in 0..16, nibbles as in Q4_1.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct BlockQ4_0 {
+    pub d: f16,
+    pub qs: [u8; BLOCK / 2],
+}
+
 /// Q4_1: `x = d * q + m`, `q` in 0..16; `qs[j]` holds element `j` (low nibble) and
 /// element `j + 16` (high nibble).
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +64,7 @@ pub struct BlockQ8_1 {
     pub qs: [i8; BLOCK],
 }
 
+const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == 18);
 const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
 const _: () = assert!(std::mem::size_of::<BlockQ5_0>() == 22);
 const _: () = assert!(std::mem::size_of::<BlockQ5_1>() == 24);
@@ -80,7 +89,7 @@ impl BlockQ8_1 {
 }
 
 /// Symmetric 8-bit quantisation of one block: the scale and the rounded values.
-fn quantize_block(xs: &[f32], qs: &mut [i8; BLOCK]) -> f32 {
+pub(crate) fn quantize_block(xs: &[f32], qs: &mut [i8; BLOCK]) -> f32 {
     let amax = xs.iter().fold(0f32, |a, &x| a.max(x.abs()));
     let d = amax / 127.0;
     let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
@@ -110,7 +119,7 @@ pub fn quantize_q8_1(xs: &[f32], out: &mut [BlockQ8_1]) {
 }
 
 /// The unsigned 4-bit values of a block's `qs`, in element order.
-fn nibbles(qs: &[u8; BLOCK / 2]) -> [u8; BLOCK] {
+pub(crate) fn nibbles(qs: &[u8; BLOCK / 2]) -> [u8; BLOCK] {
     let mut out = [0u8; BLOCK];
     for (j, &byte) in qs.iter().enumerate() {
         out[j] = byte & 0x0F;
@@ -120,7 +129,7 @@ fn nibbles(qs: &[u8; BLOCK / 2]) -> [u8; BLOCK] {
 }
 
 /// The 5-bit values of a Q5 block, in element order.
-fn five_bit(qh: [u8; 4], qs: &[u8; BLOCK / 2]) -> [u8; BLOCK] {
+pub(crate) fn five_bit(qh: [u8; 4], qs: &[u8; BLOCK / 2]) -> [u8; BLOCK] {
     let high = u32::from_le_bytes(qh);
     let mut out = nibbles(qs);
     for (j, q) in out.iter_mut().enumerate() {

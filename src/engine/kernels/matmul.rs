@@ -13,9 +13,11 @@ use candle_core::quantized::k_quants::{self, GgmlType};
 use candle_core::quantized::{GgmlDType, QTensor};
 
 use super::blocks::{
-    self, BlockQ4K, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
+    self, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0,
+    BlockQ8_1,
 };
-use crate::engine::team::team;
+use super::packed::PackedMatrix;
+use crate::engine::team::{team, Disjoint};
 use crate::error::{Error, Result};
 
 /// Activation rows per tile: 16 rows of a 1536-wide Q8 activation fit in L1 with room for
@@ -118,36 +120,6 @@ impl<T: GgmlType> Kernel for Candle<T> {
     }
 }
 
-/// A raw output pointer shared by tasks that write disjoint elements.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: every task writes a distinct set of output elements (its own columns).
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// # Safety
-    /// `index` is in bounds and no other task writes it.
-    unsafe fn write(self, index: usize, value: f32) {
-        *self.0.add(index) = value;
-    }
-}
-
-/// Quantized activation rows shared by tasks that each fill a distinct row.
-struct SharedActs<A>(*mut A);
-// SAFETY: every task writes a distinct row.
-unsafe impl<A> Send for SharedActs<A> {}
-unsafe impl<A> Sync for SharedActs<A> {}
-
-impl<A> SharedActs<A> {
-    /// # Safety
-    /// `row` is in bounds and no other task touches it.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn row(&self, row: usize, len: usize) -> &mut [A] {
-        std::slice::from_raw_parts_mut(self.0.add(row * len), len)
-    }
-}
-
 /// Dot products of weight row `col` with activation rows `row..row + R`, written to `out`;
 /// returns `R`. Wider blocks unpack each weight block once for more rows (16 rows: 1.35x
 /// the 4-row throughput of prompt processing on qwen2.5-coder-1.5b).
@@ -161,7 +133,7 @@ fn dot_block<K: Kernel, const R: usize>(
     row: usize,
     col: usize,
     n: usize,
-    out: SharedOut,
+    out: Disjoint<f32>,
 ) -> usize {
     let values: [f32; R] = K::dot_rows(
         k,
@@ -181,16 +153,16 @@ pub fn run<K: Kernel>(weights: &[K::Weight], n: usize, k: usize, x: &[f32], out:
     let k_blocks = k / K::BLOCK;
     let m = x.len() / k;
     // Real asserts: the workers write `out` through a raw pointer.
-    assert!(k % K::BLOCK == 0 && weights.len() == n * k_blocks);
+    assert!(k.is_multiple_of(K::BLOCK) && weights.len() == n * k_blocks);
     assert!(x.len() == m * k && out.len() == m * n);
 
     let team = team();
     let mut acts = vec![K::zero_act(); m * k_blocks];
     if m >= 8 {
-        let shared = SharedActs(acts.as_mut_ptr());
+        let shared = Disjoint::new(&mut acts);
         team.run(m, &|row| {
             // SAFETY: each task writes only its own row's blocks.
-            let a = unsafe { shared.row(row, k_blocks) };
+            let a = unsafe { shared.slice(row * k_blocks, k_blocks) };
             K::quantize(&x[row * k..(row + 1) * k], a);
         });
     } else {
@@ -203,7 +175,7 @@ pub fn run<K: Kernel>(weights: &[K::Weight], n: usize, k: usize, x: &[f32], out:
     // Enough ranges to balance, few enough that each covers some weight rows.
     let tasks = (threads * 4).min(n.div_ceil(4)).max(1);
     let cols_per_task = n.div_ceil(tasks);
-    let shared = SharedOut(out.as_mut_ptr());
+    let shared = Disjoint::new(out);
     let acts = &acts;
     let work = |task: usize| {
         let cols = task * cols_per_task..((task + 1) * cols_per_task).min(n);
@@ -227,12 +199,24 @@ pub fn run<K: Kernel>(weights: &[K::Weight], n: usize, k: usize, x: &[f32], out:
     team.run(tasks, &work);
 }
 
-/// A quantized weight matrix of `rows x cols` (out x in) that [`run`] can multiply.
+/// A quantized weight matrix of `rows x cols` (out x in) that the engine's kernels can
+/// multiply: as stored, through [`run`], or repacked for the VNNI kernels.
 #[derive(Debug, Clone)]
 pub struct QuantMatrix {
-    tensor: Arc<QTensor>,
+    weights: Weights,
+    dtype: GgmlDType,
     rows: usize,
     cols: usize,
+}
+
+/// Where a matrix's weights are and in which layout.
+#[derive(Debug, Clone)]
+enum Weights {
+    /// GGML's blocks, row by row, as loaded.
+    Stored(Arc<QTensor>),
+    /// The interleaved copy (the loaded tensor is dropped unless shared, as a tied
+    /// embedding is).
+    Packed(Arc<PackedMatrix>),
 }
 
 impl QuantMatrix {
@@ -253,8 +237,43 @@ impl QuantMatrix {
         )
     }
 
-    /// Wraps a CPU tensor of shape `(rows, cols)` of a [`supported`](Self::supports) type.
+    /// Wraps a CPU tensor of shape `(rows, cols)` of a [`supported`](Self::supports) type,
+    /// repacking it for the VNNI kernels where the CPU has them and the type has one.
     pub fn new(tensor: Arc<QTensor>) -> Result<Self> {
+        let mut matrix = Self::stored(tensor)?;
+        if super::vnni_available() {
+            if let Some(packed) = matrix.pack()? {
+                matrix.weights = Weights::Packed(Arc::new(packed));
+            }
+        }
+        Ok(matrix)
+    }
+
+    /// Whether the weights were repacked for the VNNI kernels.
+    pub fn is_packed(&self) -> bool {
+        matches!(self.weights, Weights::Packed(_))
+    }
+
+    /// The interleaved copy, `None` for types without an interleaved kernel (Q2_K, Q3_K,
+    /// Q5_K).
+    fn pack(&self) -> Result<Option<PackedMatrix>> {
+        let data = self.storage()?;
+        let (n, k) = (self.rows, self.cols);
+        Ok(Some(match self.dtype {
+            GgmlDType::Q4_0 => PackedMatrix::pack::<BlockQ4_0>(cast(&data)?, n, k, false),
+            GgmlDType::Q4_1 => PackedMatrix::pack::<BlockQ4_1>(cast(&data)?, n, k, true),
+            GgmlDType::Q5_0 => PackedMatrix::pack::<BlockQ5_0>(cast(&data)?, n, k, false),
+            GgmlDType::Q5_1 => PackedMatrix::pack::<BlockQ5_1>(cast(&data)?, n, k, true),
+            GgmlDType::Q8_0 => PackedMatrix::pack::<BlockQ8_0>(cast(&data)?, n, k, false),
+            GgmlDType::Q4K => PackedMatrix::pack_q4k(cast(&data)?, n, k),
+            GgmlDType::Q6K => PackedMatrix::pack_q6k(cast(&data)?, n, k),
+            _ => return Ok(None),
+        }))
+    }
+
+    /// Like [`new`](Self::new) but always multiplies the blocks as stored (the path of CPUs
+    /// without VNNI; tests compare the two).
+    pub fn stored(tensor: Arc<QTensor>) -> Result<Self> {
         let (rows, cols) = tensor.shape().dims2()?;
         let dtype = tensor.dtype();
         let invalid = |reason: String| Error::Tensor {
@@ -270,11 +289,16 @@ impl QuantMatrix {
                 dtype.block_size()
             )));
         }
-        let matrix = Self { tensor, rows, cols };
+        let matrix = Self {
+            weights: Weights::Stored(tensor),
+            dtype,
+            rows,
+            cols,
+        };
         // A bad tensor fails at load, without a pass over its weights. Every supported
         // block holds f16 scales, so 2-byte alignment is what each call's cast will need.
         let data = matrix.storage()?;
-        if (data.as_ptr() as usize) % std::mem::align_of::<half::f16>() != 0 {
+        if !(data.as_ptr() as usize).is_multiple_of(std::mem::align_of::<half::f16>()) {
             return Err(invalid("storage is not aligned for its blocks".into()));
         }
         Ok(matrix)
@@ -282,8 +306,14 @@ impl QuantMatrix {
 
     /// The tensor's bytes, checked to hold exactly `rows x cols` values of its type.
     fn storage(&self) -> Result<std::borrow::Cow<'_, [u8]>> {
-        let data = self.tensor.data()?;
-        let dtype = self.tensor.dtype();
+        let dtype = self.dtype;
+        let Weights::Stored(tensor) = &self.weights else {
+            return Err(Error::Tensor {
+                name: format!("{dtype:?} weight"),
+                reason: "the stored blocks were replaced by a repacked copy".into(),
+            });
+        };
+        let data = tensor.data()?;
         let (n, k) = (self.rows, self.cols);
         if data.len() != n * k / dtype.block_size() * dtype.type_size() {
             return Err(Error::Tensor {
@@ -306,9 +336,9 @@ impl QuantMatrix {
 
     /// `x W^T` for `x` holding whole rows of [`cols`](Self::cols) values, row-major.
     pub fn forward(&self, x: &[f32]) -> Result<Vec<f32>> {
-        if x.len() % self.cols != 0 {
+        if !x.len().is_multiple_of(self.cols) {
             return Err(Error::Tensor {
-                name: format!("{:?} weight", self.tensor.dtype()),
+                name: format!("{:?} weight", self.dtype),
                 reason: format!("input of {} values is not rows of {}", x.len(), self.cols),
             });
         }
@@ -320,7 +350,7 @@ impl QuantMatrix {
     /// [`forward`](Self::forward) into a caller's buffer of `rows(x) * self.rows()` values.
     pub fn forward_into(&self, x: &[f32], out: &mut [f32]) -> Result<()> {
         let (n, k) = (self.rows, self.cols);
-        let dtype = self.tensor.dtype();
+        let dtype = self.dtype;
         let m = x.len() / k;
         if x.len() != m * k || out.len() != m * n {
             return Err(Error::Tensor {
@@ -331,6 +361,10 @@ impl QuantMatrix {
                     out.len()
                 ),
             });
+        }
+        if let Weights::Packed(packed) = &self.weights {
+            packed.forward_into(x, out);
+            return Ok(());
         }
         let data = self.storage()?;
         match dtype {
@@ -358,7 +392,9 @@ impl QuantMatrix {
 /// A tensor's bytes as its blocks, checking that they are whole and aligned.
 fn cast<T>(bytes: &[u8]) -> Result<&[T]> {
     let size = std::mem::size_of::<T>();
-    if bytes.len() % size != 0 || (bytes.as_ptr() as usize) % std::mem::align_of::<T>() != 0 {
+    if !bytes.len().is_multiple_of(size)
+        || !(bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
+    {
         return Err(Error::Tensor {
             name: "quantized weight".into(),
             reason: "storage is not a whole, aligned array of blocks".into(),

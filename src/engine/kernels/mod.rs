@@ -16,6 +16,8 @@
 mod avx2;
 pub mod blocks;
 pub mod matmul;
+pub mod packed;
+mod vnni;
 
 #[cfg(test)]
 mod tests;
@@ -31,6 +33,25 @@ pub fn simd_available() -> bool {
             std::is_x86_feature_detected!("avx2")
                 && std::is_x86_feature_detected!("fma")
                 && std::is_x86_feature_detected!("f16c")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// Whether this CPU runs the interleaved VNNI kernels ([`packed`]): the AVX2 set plus
+/// AVX-VNNI, or AVX-512 VNNI with 256-bit (VL) encodings.
+pub fn vnni_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            simd_available()
+                && (std::is_x86_feature_detected!("avxvnni")
+                    || (std::is_x86_feature_detected!("avx512vnni")
+                        && std::is_x86_feature_detected!("avx512vl")))
         }
         #[cfg(not(target_arch = "x86_64"))]
         {

@@ -227,12 +227,36 @@ fn check_matmul(dtype: GgmlDType, m: usize, n: usize, k: usize, seed: u64) {
         .unwrap()
         .to_vec1()
         .unwrap();
-    let matrix = QuantMatrix::new(Arc::new(q)).unwrap();
-    let got = matrix.forward(&x).unwrap();
     let block = match dtype {
         GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K => 256,
         _ => 32,
     };
+    let q = Arc::new(q);
+    // Both layouts: as stored, and repacked where the CPU has VNNI.
+    let stored = QuantMatrix::stored(q.clone()).unwrap();
+    let packed = QuantMatrix::new(q).unwrap();
+    assert!(!stored.is_packed());
+    assert_eq!(
+        packed.is_packed(),
+        super::vnni_available()
+            && !matches!(dtype, GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q5K),
+        "{dtype:?}: repacked exactly when VNNI runs it"
+    );
+    for matrix in [stored, packed] {
+        let got = matrix.forward(&x).unwrap();
+        check_against_reference(dtype, (m, n, k), block, &dequantized, &x, &got);
+    }
+}
+
+/// Each output within the error bound of 8-bit activations around the f32 product.
+fn check_against_reference(
+    dtype: GgmlDType,
+    (m, n, k): (usize, usize, usize),
+    block: usize,
+    dequantized: &[f32],
+    x: &[f32],
+    got: &[f32],
+) {
     for row in 0..m {
         let x_row = &x[row * k..(row + 1) * k];
         for col in 0..n {

@@ -214,7 +214,7 @@ impl ModelConfig {
 
     /// Whether `layer` attends only within the sliding window.
     pub fn is_sliding(&self, layer: usize) -> bool {
-        self.sliding_window.is_some() && (layer + 1) % self.sliding_window_pattern != 0
+        self.sliding_window.is_some() && !(layer + 1).is_multiple_of(self.sliding_window_pattern)
     }
 
     /// Query heads per key/value head.

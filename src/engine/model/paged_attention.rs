@@ -9,7 +9,7 @@
 
 use crate::engine::kv::{BlockId, KvLayout};
 use crate::engine::model::attention::AttentionSpec;
-use crate::engine::team::team;
+use crate::engine::team::{team, Disjoint};
 
 /// One sequence's share of a call.
 #[derive(Debug, Clone, Copy)]
@@ -75,10 +75,10 @@ pub fn paged_attention(
         }
     }
     let chunk = group * hd;
-    let shared = SharedOut(out.as_mut_ptr());
+    let shared = Disjoint::new(out);
     team().run(out.len() / chunk, &|task| {
         // SAFETY: each task writes only its own (token, key/value head) chunk.
-        let out = unsafe { shared.chunk(task, chunk) };
+        let out = unsafe { shared.slice(task * chunk, chunk) };
         let (t, h) = (task / n_kv, task % n_kv);
         let Some(seq) = seqs.get(owner[t]) else {
             return;
@@ -121,21 +121,6 @@ pub fn paged_attention(
             }
         }
     });
-}
-
-/// The output array, shared by tasks that each write a distinct chunk.
-struct SharedOut(*mut f32);
-// SAFETY: every task writes a distinct chunk.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// # Safety
-    /// Chunk `index` is in bounds and no other task touches it.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn chunk(&self, index: usize, len: usize) -> &mut [f32] {
-        std::slice::from_raw_parts_mut(self.0.add(index * len), len)
-    }
 }
 
 #[cfg(test)]

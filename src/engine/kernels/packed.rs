@@ -1,0 +1,535 @@
+//! Weights of the 32-element block types repacked at load for the VNNI dot-product
+//! instruction: eight weight rows interleaved, one 32-bit lane per row.
+//!
+//! Why: in GGML's layout each weight row is reduced on its own, so a block costs a nibble
+//! unpack, two scale conversions from f16, a horizontal pair-sum chain and a scale
+//! broadcast for 32 products, and port 5 becomes the bottleneck (about 12 cycles a block
+//! here). Interleaved, one `vpdpbusd` multiplies four activation bytes (broadcast to every
+//! lane) with four weights of each of eight rows and adds them to eight row sums, the
+//! eight rows' scales convert in one instruction, and the output needs no horizontal sum.
+//!
+//! Every type becomes `x = d * (u - z) + m` with `u` unsigned: Q4_0 (`z` = 8) and Q4_1
+//! keep four bits per weight, in the same bytes per row as stored; Q5_0 (`z` = 16), Q5_1
+//! and Q8_0 (`u = q + 128`, `z` = 128) take one byte per weight. The zero point `z` is
+//! subtracted in integers (`z * sum(q_a)`), so the products are exact before scaling, as
+//! in the stored layout. Nothing is re-quantized: the repacking is lossless.
+//!
+//! The K-quants keep their super-blocks of 256: Q4_K as eight 32-element sub-blocks of
+//! nibbles with the rows' 6-bit scales and mins unpacked to bytes (148 bytes per row and
+//! super-block against 144 stored), Q6_K as sixteen groups of 16 one-byte values with zero
+//! point 32 and the rows' signed scales (274 bytes against 210). Their integer sums are
+//! scaled per sub-block in integers, as GGML's definition does.
+
+use half::f16;
+
+use super::blocks::{
+    self, five_bit, nibbles, q4k_scales_mins, q6k_value, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0,
+    BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BLOCK, SUPER_BLOCK,
+};
+use crate::engine::team::{team, Disjoint};
+
+/// Weight rows per interleaved group: one 32-bit lane each in a 256-bit register.
+pub const GROUP: usize = 8;
+
+/// Block `b` of eight rows at four bits per weight: 32-byte chunk `c`, lane `r`, byte
+/// `j` holds `u[r][4c + j]` in its low nibble and `u[r][16 + 4c + j]` in its high one.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct Packed4 {
+    pub d: [f16; GROUP],
+    pub m: [f16; GROUP],
+    pub qs: [u8; GROUP * BLOCK / 2],
+}
+
+/// Block `b` of eight rows at one byte per weight: chunk `c`, lane `r`, byte `j` holds
+/// `u[r][4c + j]`.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct Packed8 {
+    pub d: [f16; GROUP],
+    pub m: [f16; GROUP],
+    pub qs: [u8; GROUP * BLOCK],
+}
+
+/// Super-block `b` of eight Q4_K rows: `x = d * scale[s] * u - dmin * min[s]` for
+/// sub-block `s`; `scales[8s + lane]`, `mins[8s + lane]`; `qs[128s..]` holds sub-block `s`
+/// as [`Packed4::qs`] holds a block.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct Packed4K {
+    pub d: [f16; GROUP],
+    pub dmin: [f16; GROUP],
+    pub scales: [u8; GROUP * 8],
+    pub mins: [u8; GROUP * 8],
+    pub qs: [u8; GROUP * SUPER_BLOCK / 2],
+}
+
+/// Super-block `b` of eight Q6_K rows: `x = d * scale[g] * (u - 32)` for group `g` of 16;
+/// `scales[8g + lane]`; chunk `c` (of 64) lane `r` byte `j` holds `u[r][4c + j]`.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct Packed6K {
+    pub d: [f16; GROUP],
+    pub scales: [i8; GROUP * 16],
+    pub qs: [u8; GROUP * SUPER_BLOCK],
+}
+
+const _: () = assert!(std::mem::size_of::<Packed4>() == 8 * 20);
+const _: () = assert!(std::mem::size_of::<Packed8>() == 8 * 36);
+const _: () = assert!(std::mem::size_of::<Packed4K>() == 8 * 148);
+const _: () = assert!(std::mem::size_of::<Packed6K>() == 8 * 274);
+
+/// An activation block for the packed kernels: `a = d * q`, with `s = d * sum(q)` for the
+/// offset term and `sum(q)` for the zero point.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct ActQ8 {
+    pub d: f32,
+    pub s: f32,
+    pub sum: i32,
+    pub qs: [i8; BLOCK],
+}
+
+impl ActQ8 {
+    const ZERO: Self = Self {
+        d: 0.0,
+        s: 0.0,
+        sum: 0,
+        qs: [0; BLOCK],
+    };
+}
+
+/// Quantizes `xs` (a multiple of 32 long) into activation blocks.
+pub fn quantize_act(xs: &[f32], out: &mut [ActQ8]) {
+    debug_assert_eq!(xs.len(), out.len() * BLOCK);
+    for (block, xs) in out.iter_mut().zip(xs.chunks_exact(BLOCK)) {
+        let d = blocks::quantize_block(xs, &mut block.qs);
+        let sum: i32 = block.qs.iter().map(|&q| q as i32).sum();
+        block.d = d;
+        block.s = d * sum as f32;
+        block.sum = sum;
+    }
+}
+
+/// A stored block type seen as `d * (u - z) + m` per element.
+pub trait Unpack: Copy {
+    /// The zero point `z` of the type.
+    const ZERO_POINT: u8;
+    /// Whether `u` fits four bits (packs into [`Packed4`]).
+    const FOUR_BITS: bool;
+    /// `(d, m, u)` of the block.
+    fn unpack(&self) -> (f16, f16, [u8; BLOCK]);
+}
+
+impl Unpack for BlockQ4_0 {
+    const ZERO_POINT: u8 = 8;
+    const FOUR_BITS: bool = true;
+    fn unpack(&self) -> (f16, f16, [u8; BLOCK]) {
+        (self.d, f16::ZERO, nibbles(&self.qs))
+    }
+}
+
+impl Unpack for BlockQ4_1 {
+    const ZERO_POINT: u8 = 0;
+    const FOUR_BITS: bool = true;
+    fn unpack(&self) -> (f16, f16, [u8; BLOCK]) {
+        (self.d, self.m, nibbles(&self.qs))
+    }
+}
+
+impl Unpack for BlockQ5_0 {
+    const ZERO_POINT: u8 = 16;
+    const FOUR_BITS: bool = false;
+    fn unpack(&self) -> (f16, f16, [u8; BLOCK]) {
+        (self.d, f16::ZERO, five_bit(self.qh, &self.qs))
+    }
+}
+
+impl Unpack for BlockQ5_1 {
+    const ZERO_POINT: u8 = 0;
+    const FOUR_BITS: bool = false;
+    fn unpack(&self) -> (f16, f16, [u8; BLOCK]) {
+        (self.d, self.m, five_bit(self.qh, &self.qs))
+    }
+}
+
+impl Unpack for BlockQ8_0 {
+    const ZERO_POINT: u8 = 128;
+    const FOUR_BITS: bool = false;
+    fn unpack(&self) -> (f16, f16, [u8; BLOCK]) {
+        (self.d, f16::ZERO, self.qs.map(|q| (q as i16 + 128) as u8))
+    }
+}
+
+/// The repacked weights of one matrix, by layout.
+#[derive(Debug, Clone)]
+enum PackedBlocks {
+    Four(Vec<Packed4>),
+    Eight(Vec<Packed8>),
+    Q4K(Vec<Packed4K>),
+    Q6K(Vec<Packed6K>),
+}
+
+/// One interleaved layout: its blocks, the activation blocks it pairs with, and the kernel.
+trait Layout {
+    type Block: Sync;
+    type Act: Copy + Send + Sync;
+    /// Elements per block.
+    const ELEMS: usize;
+    const ZERO_ACT: Self::Act;
+    fn quantize(xs: &[f32], out: &mut [Self::Act]);
+    /// Sums of one group's blocks `w` with `R` activation rows, `[r][lane]`.
+    ///
+    /// # Safety
+    /// VNNI is available; each activation row has at least `w.len()` blocks.
+    unsafe fn dot<const R: usize>(
+        w: &[Self::Block],
+        a: [&[Self::Act]; R],
+        params: Params,
+    ) -> [[f32; GROUP]; R];
+}
+
+/// Per-matrix constants of the 32-element layouts.
+#[derive(Debug, Clone, Copy)]
+struct Params {
+    zero_point: u8,
+    has_min: bool,
+}
+
+struct FourBit;
+struct EightBit;
+struct FourBitK;
+struct SixBitK;
+
+impl Layout for FourBit {
+    type Block = Packed4;
+    type Act = ActQ8;
+    const ELEMS: usize = BLOCK;
+    const ZERO_ACT: ActQ8 = ActQ8::ZERO;
+    fn quantize(xs: &[f32], out: &mut [ActQ8]) {
+        quantize_act(xs, out)
+    }
+    unsafe fn dot<const R: usize>(w: &[Packed4], a: [&[ActQ8]; R], p: Params) -> [[f32; 8]; R] {
+        super::vnni::dot4::<R>(w, a, p.zero_point, p.has_min)
+    }
+}
+
+impl Layout for EightBit {
+    type Block = Packed8;
+    type Act = ActQ8;
+    const ELEMS: usize = BLOCK;
+    const ZERO_ACT: ActQ8 = ActQ8::ZERO;
+    fn quantize(xs: &[f32], out: &mut [ActQ8]) {
+        quantize_act(xs, out)
+    }
+    unsafe fn dot<const R: usize>(w: &[Packed8], a: [&[ActQ8]; R], p: Params) -> [[f32; 8]; R] {
+        super::vnni::dot8::<R>(w, a, p.zero_point, p.has_min)
+    }
+}
+
+impl Layout for FourBitK {
+    type Block = Packed4K;
+    type Act = BlockQ8K;
+    const ELEMS: usize = SUPER_BLOCK;
+    const ZERO_ACT: BlockQ8K = BlockQ8K::ZERO;
+    fn quantize(xs: &[f32], out: &mut [BlockQ8K]) {
+        blocks::quantize_q8k(xs, out)
+    }
+    unsafe fn dot<const R: usize>(w: &[Packed4K], a: [&[BlockQ8K]; R], _: Params) -> [[f32; 8]; R] {
+        super::vnni::dot4k::<R>(w, a)
+    }
+}
+
+impl Layout for SixBitK {
+    type Block = Packed6K;
+    type Act = BlockQ8K;
+    const ELEMS: usize = SUPER_BLOCK;
+    const ZERO_ACT: BlockQ8K = BlockQ8K::ZERO;
+    fn quantize(xs: &[f32], out: &mut [BlockQ8K]) {
+        blocks::quantize_q8k(xs, out)
+    }
+    unsafe fn dot<const R: usize>(w: &[Packed6K], a: [&[BlockQ8K]; R], _: Params) -> [[f32; 8]; R] {
+        super::vnni::dot6k::<R>(w, a)
+    }
+}
+
+/// A matrix of `rows x cols` in interleaved groups of [`GROUP`] rows (the last group padded
+/// with zero rows), block-major within a group.
+#[derive(Debug, Clone)]
+pub struct PackedMatrix {
+    blocks: PackedBlocks,
+    rows: usize,
+    cols: usize,
+    params: Params,
+}
+
+/// Builds `groups * k_blocks` packed blocks, filling each from its (group, block) index.
+fn interleave<P: Send>(
+    groups: usize,
+    k_blocks: usize,
+    fill: impl Fn(usize, usize) -> P + Sync,
+) -> Vec<P> {
+    use rayon::prelude::*;
+    (0..groups * k_blocks)
+        .into_par_iter()
+        .map(|i| fill(i / k_blocks, i % k_blocks))
+        .collect()
+}
+
+impl PackedMatrix {
+    /// Repacks `rows x cols` stored blocks of a 32-element type `T` (row-major).
+    pub fn pack<T: Unpack + Sync>(stored: &[T], rows: usize, cols: usize, has_min: bool) -> Self {
+        let k_blocks = cols / BLOCK;
+        assert_eq!(stored.len(), rows * k_blocks, "stored blocks of the matrix");
+        // (d, m, u) of row `r`, block `b`; zero for the padding rows.
+        let source = |r: usize, b: usize| -> (f16, f16, [u8; BLOCK]) {
+            if r < rows {
+                stored[r * k_blocks + b].unpack()
+            } else {
+                (f16::ZERO, f16::ZERO, [T::ZERO_POINT; BLOCK])
+            }
+        };
+        let groups = rows.div_ceil(GROUP);
+        let blocks = if T::FOUR_BITS {
+            PackedBlocks::Four(interleave(groups, k_blocks, |g, b| {
+                let mut p = Packed4 {
+                    d: [f16::ZERO; GROUP],
+                    m: [f16::ZERO; GROUP],
+                    qs: [0; GROUP * BLOCK / 2],
+                };
+                for lane in 0..GROUP {
+                    let (d, m, u) = source(g * GROUP + lane, b);
+                    p.d[lane] = d;
+                    p.m[lane] = m;
+                    interleave_nibbles(&mut p.qs, lane, &u);
+                }
+                p
+            }))
+        } else {
+            PackedBlocks::Eight(interleave(groups, k_blocks, |g, b| {
+                let mut p = Packed8 {
+                    d: [f16::ZERO; GROUP],
+                    m: [f16::ZERO; GROUP],
+                    qs: [0; GROUP * BLOCK],
+                };
+                for lane in 0..GROUP {
+                    let (d, m, u) = source(g * GROUP + lane, b);
+                    p.d[lane] = d;
+                    p.m[lane] = m;
+                    interleave_bytes(&mut p.qs, lane, &u);
+                }
+                p
+            }))
+        };
+        Self {
+            blocks,
+            rows,
+            cols,
+            params: Params {
+                zero_point: T::ZERO_POINT,
+                has_min,
+            },
+        }
+    }
+
+    /// Repacks `rows x cols` stored Q4_K super-blocks (row-major).
+    pub fn pack_q4k(stored: &[BlockQ4K], rows: usize, cols: usize) -> Self {
+        let k_blocks = cols / SUPER_BLOCK;
+        assert_eq!(stored.len(), rows * k_blocks, "stored blocks of the matrix");
+        let blocks = interleave(rows.div_ceil(GROUP), k_blocks, |g, b| {
+            let mut p = Packed4K {
+                d: [f16::ZERO; GROUP],
+                dmin: [f16::ZERO; GROUP],
+                scales: [0; GROUP * 8],
+                mins: [0; GROUP * 8],
+                qs: [0; GROUP * SUPER_BLOCK / 2],
+            };
+            for lane in 0..GROUP {
+                let r = g * GROUP + lane;
+                if r >= rows {
+                    continue;
+                }
+                let x = &stored[r * k_blocks + b];
+                let (scales, mins) = q4k_scales_mins(&x.scales);
+                p.d[lane] = x.d;
+                p.dmin[lane] = x.dmin;
+                for sub in 0..8 {
+                    p.scales[8 * sub + lane] = scales[sub];
+                    p.mins[8 * sub + lane] = mins[sub];
+                    let (pair, high) = (sub / 2, sub % 2 == 1);
+                    let u: [u8; BLOCK] = std::array::from_fn(|l| {
+                        let byte = x.qs[pair * 32 + l];
+                        if high {
+                            byte >> 4
+                        } else {
+                            byte & 0x0F
+                        }
+                    });
+                    interleave_nibbles(&mut p.qs[128 * sub..128 * (sub + 1)], lane, &u);
+                }
+            }
+            p
+        });
+        Self {
+            blocks: PackedBlocks::Q4K(blocks),
+            rows,
+            cols,
+            params: Params {
+                zero_point: 0,
+                has_min: true,
+            },
+        }
+    }
+
+    /// Repacks `rows x cols` stored Q6_K super-blocks (row-major).
+    pub fn pack_q6k(stored: &[BlockQ6K], rows: usize, cols: usize) -> Self {
+        let k_blocks = cols / SUPER_BLOCK;
+        assert_eq!(stored.len(), rows * k_blocks, "stored blocks of the matrix");
+        let blocks = interleave(rows.div_ceil(GROUP), k_blocks, |g, b| {
+            let mut p = Packed6K {
+                d: [f16::ZERO; GROUP],
+                scales: [0; GROUP * 16],
+                qs: [32; GROUP * SUPER_BLOCK],
+            };
+            for lane in 0..GROUP {
+                let r = g * GROUP + lane;
+                if r >= rows {
+                    continue;
+                }
+                let x = &stored[r * k_blocks + b];
+                p.d[lane] = x.d;
+                for group in 0..16 {
+                    p.scales[8 * group + lane] = x.scales[group];
+                }
+                let u: [u8; SUPER_BLOCK] = std::array::from_fn(|i| q6k_value(x, i));
+                interleave_bytes(&mut p.qs, lane, &u);
+            }
+            p
+        });
+        Self {
+            blocks: PackedBlocks::Q6K(blocks),
+            rows,
+            cols,
+            params: Params {
+                zero_point: 32,
+                has_min: false,
+            },
+        }
+    }
+
+    /// Bytes held by the repacked weights.
+    pub fn bytes(&self) -> usize {
+        match &self.blocks {
+            PackedBlocks::Four(b) => std::mem::size_of_val(b.as_slice()),
+            PackedBlocks::Eight(b) => std::mem::size_of_val(b.as_slice()),
+            PackedBlocks::Q4K(b) => std::mem::size_of_val(b.as_slice()),
+            PackedBlocks::Q6K(b) => std::mem::size_of_val(b.as_slice()),
+        }
+    }
+
+    /// `out = x W^T` for `m` rows of `x` (`m * cols` values) into `out` (`m * rows`).
+    pub fn forward_into(&self, x: &[f32], out: &mut [f32]) {
+        assert!(super::vnni_available(), "packed weights need VNNI");
+        match &self.blocks {
+            PackedBlocks::Four(b) => self.run::<FourBit>(b, x, out),
+            PackedBlocks::Eight(b) => self.run::<EightBit>(b, x, out),
+            PackedBlocks::Q4K(b) => self.run::<FourBitK>(b, x, out),
+            PackedBlocks::Q6K(b) => self.run::<SixBitK>(b, x, out),
+        }
+    }
+
+    /// The driver: activations quantized once per row, then groups of output columns split
+    /// over the team, each group swept over all rows four at a time while its blocks stay
+    /// in cache.
+    fn run<L: Layout>(&self, weights: &[L::Block], x: &[f32], out: &mut [f32]) {
+        let (n, k) = (self.rows, self.cols);
+        let k_blocks = k / L::ELEMS;
+        let m = x.len() / k;
+        assert!(
+            x.len() == m * k && out.len() == m * n,
+            "packed matmul shapes"
+        );
+        let groups = n.div_ceil(GROUP);
+        assert_eq!(
+            weights.len(),
+            groups * k_blocks,
+            "packed blocks of the matrix"
+        );
+
+        let team = team();
+        let mut acts = vec![L::ZERO_ACT; m * k_blocks];
+        if m >= 8 {
+            let shared = Disjoint::new(&mut acts);
+            team.run(m, &|row| {
+                // SAFETY: each task writes only its own row's blocks.
+                let a = unsafe { shared.slice(row * k_blocks, k_blocks) };
+                L::quantize(&x[row * k..(row + 1) * k], a);
+            });
+        } else {
+            for (a, x) in acts.chunks_mut(k_blocks).zip(x.chunks(k)) {
+                L::quantize(x, a);
+            }
+        }
+
+        let tasks = (team.threads() * 4).min(groups).max(1);
+        let per_task = groups.div_ceil(tasks);
+        let shared = Disjoint::new(out);
+        let acts = &acts;
+        let params = self.params;
+        team.run(tasks, &|task| {
+            for g in task * per_task..((task + 1) * per_task).min(groups) {
+                let w = &weights[g * k_blocks..(g + 1) * k_blocks];
+                let row_acts = |r: usize| &acts[r * k_blocks..(r + 1) * k_blocks];
+                let mut row = 0;
+                while row < m {
+                    let take = (m - row).min(4);
+                    // SAFETY: VNNI was checked by the caller; every activation row and
+                    // the group have `k_blocks` blocks.
+                    let sums: [[f32; GROUP]; 4] = unsafe {
+                        match take {
+                            1 => pad(L::dot::<1>(w, [row_acts(row)], params)),
+                            2 => pad(L::dot::<2>(w, [row_acts(row), row_acts(row + 1)], params)),
+                            3 => pad(L::dot::<3>(
+                                w,
+                                std::array::from_fn(|i| row_acts(row + i)),
+                                params,
+                            )),
+                            _ => L::dot::<4>(w, std::array::from_fn(|i| row_acts(row + i)), params),
+                        }
+                    };
+                    for (r, sums) in sums.iter().enumerate().take(take) {
+                        for (lane, &value) in sums.iter().enumerate() {
+                            let col = g * GROUP + lane;
+                            if col < n {
+                                // SAFETY: in bounds; only this task owns group `g`.
+                                unsafe { shared.write((row + r) * n + col, value) };
+                            }
+                        }
+                    }
+                    row += take;
+                }
+            }
+        });
+    }
+}
+
+/// `R` rows of sums widened to four (the rest zero).
+fn pad<const R: usize>(sums: [[f32; GROUP]; R]) -> [[f32; GROUP]; 4] {
+    std::array::from_fn(|r| if r < R { sums[r] } else { [0.0; GROUP] })
+}
+
+/// Writes row `lane`'s 32 four-bit values into a 128-byte chunk set of [`Packed4`] form.
+fn interleave_nibbles(qs: &mut [u8], lane: usize, u: &[u8; BLOCK]) {
+    for c in 0..4 {
+        for j in 0..4 {
+            qs[32 * c + 4 * lane + j] = u[4 * c + j] | (u[16 + 4 * c + j] << 4);
+        }
+    }
+}
+
+/// Writes row `lane`'s values (a multiple of four) as one byte each, four per chunk.
+fn interleave_bytes(qs: &mut [u8], lane: usize, u: &[u8]) {
+    for (c, four) in u.chunks_exact(4).enumerate() {
+        qs[32 * c + 4 * lane..32 * c + 4 * lane + 4].copy_from_slice(four);
+    }
+}
