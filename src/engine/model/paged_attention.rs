@@ -27,7 +27,7 @@ pub struct PagedSeq<'a> {
 }
 
 /// Dot product with eight independent accumulators (vectorises on any x86-64 or ARM).
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = a.len() / 8;
@@ -45,7 +45,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `out += w * x`.
-#[inline]
+#[inline(always)]
 fn axpy(out: &mut [f32], w: f32, x: &[f32]) {
     for (o, v) in out.iter_mut().zip(x) {
         *o += w * v;
@@ -54,6 +54,10 @@ fn axpy(out: &mut [f32], w: f32, x: &[f32]) {
 
 /// Computes attention for every included sequence. `q` is `(tokens, n_heads, head_dim)`,
 /// `out` is `(tokens, n_heads * head_dim)`; `keys`/`values` are one layer of the store.
+///
+/// Tasks are (token, key/value head) pairs, each reading its keys once for the whole group
+/// of query heads; when that gives too few tasks to keep every thread busy (one decoded
+/// token has only two or three key/value heads), each query head is a task of its own.
 pub fn paged_attention(
     spec: &AttentionSpec,
     layout: &KvLayout,
@@ -74,26 +78,89 @@ pub fn paged_attention(
             owner[seq.row..seq.row + seq.new].fill(s);
         }
     }
-    let chunk = group * hd;
+    let team = team();
+    let heads_per_task = if n_tokens * n_kv >= 4 * team.threads() {
+        group
+    } else {
+        1
+    };
+    let chunk = heads_per_task * hd;
+    let tasks = out.len() / chunk;
     let shared = Disjoint::new(out);
-    team().run(out.len() / chunk, &|task| {
-        // SAFETY: each task writes only its own (token, key/value head) chunk.
-        let out = unsafe { shared.slice(task * chunk, chunk) };
-        let (t, h) = (task / n_kv, task % n_kv);
+    let simd = crate::engine::kernels::simd_available();
+    team.run(tasks, &|task| {
+        // Query heads `first_head..first_head + heads_per_task` of token `t`.
+        let (t, first_head) = (
+            task * heads_per_task / spec.n_heads,
+            task * heads_per_task % spec.n_heads,
+        );
         let Some(seq) = seqs.get(owner[t]) else {
             return;
         };
-        let pos = seq.start + (t - seq.row);
+        // SAFETY: each task writes only its own chunk of the output.
+        let out = unsafe { shared.slice(task * chunk, chunk) };
+        let q_rows = &q[(t * spec.n_heads + first_head) * hd..][..chunk];
+        let job = HeadsJob {
+            spec,
+            layout,
+            keys,
+            values,
+            seq,
+            pos: seq.start + (t - seq.row),
+            kv_head: first_head / group,
+            heads: heads_per_task,
+        };
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: AVX2 and FMA were detected at run time.
+            unsafe { job.run_avx2(q_rows, out) };
+            return;
+        }
+        let _ = simd;
+        job.run(q_rows, out);
+    });
+}
+
+/// The attention of some query heads of one token, which share one key/value head.
+struct HeadsJob<'a> {
+    spec: &'a AttentionSpec,
+    layout: &'a KvLayout,
+    keys: &'a [f32],
+    values: &'a [f32],
+    seq: &'a PagedSeq<'a>,
+    /// The token's position.
+    pos: usize,
+    kv_head: usize,
+    /// Query heads in `q_rows` and `out`.
+    heads: usize,
+}
+
+impl HeadsJob<'_> {
+    /// [`run`](Self::run) compiled for AVX2 and FMA, so that its loops vectorise 8 wide.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2(&self, q_rows: &[f32], out: &mut [f32]) {
+        self.run(q_rows, out)
+    }
+
+    #[inline(always)]
+    fn run(&self, q_rows: &[f32], out: &mut [f32]) {
+        let (spec, layout, seq) = (self.spec, self.layout, self.seq);
+        let hd = layout.head_dim;
+        let pos = self.pos;
         let first = spec.window.map_or(0, |w| (pos + 1).saturating_sub(w));
         let n_keys = pos + 1 - first;
-        let q_row = &q[(t * spec.n_heads + h * group) * hd..][..group * hd];
+        let group = self.heads;
         let mut scores = vec![0f32; group * n_keys];
         for (j, key_pos) in (first..=pos).enumerate() {
             let block = seq.blocks[key_pos / layout.block_size];
-            let at = layout.offset(block, h, key_pos % layout.block_size);
-            let k = &keys[at..at + hd];
+            let at = layout.offset(block, self.kv_head, key_pos % layout.block_size);
+            let k = &self.keys[at..at + hd];
             for g in 0..group {
-                let mut s = dot(&q_row[g * hd..(g + 1) * hd], k) * spec.scale;
+                let mut s = dot(&q_rows[g * hd..(g + 1) * hd], k) * spec.scale;
                 if let Some(cap) = spec.softcap {
                     s = (s / cap).tanh() * cap;
                 }
@@ -114,13 +181,13 @@ pub fn paged_attention(
         out.fill(0.0);
         for (j, key_pos) in (first..=pos).enumerate() {
             let block = seq.blocks[key_pos / layout.block_size];
-            let at = layout.offset(block, h, key_pos % layout.block_size);
-            let v = &values[at..at + hd];
+            let at = layout.offset(block, self.kv_head, key_pos % layout.block_size);
+            let v = &self.values[at..at + hd];
             for g in 0..group {
                 axpy(&mut out[g * hd..(g + 1) * hd], scores[g * n_keys + j], v);
             }
         }
-    });
+    }
 }
 
 #[cfg(test)]
