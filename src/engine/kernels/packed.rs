@@ -26,6 +26,7 @@ use super::blocks::{
     self, five_bit, nibbles, q4k_scales_mins, q6k_value, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0,
     BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BLOCK, SUPER_BLOCK,
 };
+use super::vnni::{Small, PAIR};
 use crate::engine::team::{team, Disjoint};
 
 /// Weight rows per interleaved group: one 32-bit lane each in a 256-bit register.
@@ -178,22 +179,17 @@ trait Layout {
     const ELEMS: usize;
     const ZERO_ACT: Self::Act;
     fn quantize(xs: &[f32], out: &mut [Self::Act]);
-    /// Sums of one group's blocks `w` with `R` activation rows, `[r][lane]`.
+    /// Sums of one group's blocks `w[0]` (and a second group's `w[1]` if `pair`) with `R`
+    /// activation rows, `[r][lane]`.
     ///
     /// # Safety
-    /// VNNI is available; each activation row has at least `w.len()` blocks.
+    /// As [`super::vnni::dot4`].
     unsafe fn dot<const R: usize>(
-        w: &[Self::Block],
+        w: [&[Self::Block]; 2],
+        pair: bool,
         a: [&[Self::Act]; R],
-        params: Params,
-    ) -> [[f32; GROUP]; R];
-}
-
-/// Per-matrix constants of the 32-element layouts.
-#[derive(Debug, Clone, Copy)]
-struct Params {
-    zero_point: u8,
-    has_min: bool,
+        params: Small,
+    ) -> [[f32; PAIR]; R];
 }
 
 struct FourBit;
@@ -209,8 +205,13 @@ impl Layout for FourBit {
     fn quantize(xs: &[f32], out: &mut [ActQ8]) {
         quantize_act(xs, out)
     }
-    unsafe fn dot<const R: usize>(w: &[Packed4], a: [&[ActQ8]; R], p: Params) -> [[f32; 8]; R] {
-        super::vnni::dot4::<R>(w, a, p.zero_point, p.has_min)
+    unsafe fn dot<const R: usize>(
+        w: [&[Packed4]; 2],
+        pair: bool,
+        a: [&[ActQ8]; R],
+        p: Small,
+    ) -> [[f32; PAIR]; R] {
+        super::vnni::dot4::<R>(w, pair, a, p)
     }
 }
 
@@ -222,8 +223,13 @@ impl Layout for EightBit {
     fn quantize(xs: &[f32], out: &mut [ActQ8]) {
         quantize_act(xs, out)
     }
-    unsafe fn dot<const R: usize>(w: &[Packed8], a: [&[ActQ8]; R], p: Params) -> [[f32; 8]; R] {
-        super::vnni::dot8::<R>(w, a, p.zero_point, p.has_min)
+    unsafe fn dot<const R: usize>(
+        w: [&[Packed8]; 2],
+        pair: bool,
+        a: [&[ActQ8]; R],
+        p: Small,
+    ) -> [[f32; PAIR]; R] {
+        super::vnni::dot8::<R>(w, pair, a, p)
     }
 }
 
@@ -235,8 +241,13 @@ impl Layout for FourBitK {
     fn quantize(xs: &[f32], out: &mut [BlockQ8K]) {
         blocks::quantize_q8k(xs, out)
     }
-    unsafe fn dot<const R: usize>(w: &[Packed4K], a: [&[BlockQ8K]; R], _: Params) -> [[f32; 8]; R] {
-        super::vnni::dot4k::<R>(w, a)
+    unsafe fn dot<const R: usize>(
+        w: [&[Packed4K]; 2],
+        pair: bool,
+        a: [&[BlockQ8K]; R],
+        p: Small,
+    ) -> [[f32; PAIR]; R] {
+        super::vnni::dot4k::<R>(w, pair, a, p)
     }
 }
 
@@ -248,8 +259,13 @@ impl Layout for SixBitK {
     fn quantize(xs: &[f32], out: &mut [BlockQ8K]) {
         blocks::quantize_q8k(xs, out)
     }
-    unsafe fn dot<const R: usize>(w: &[Packed6K], a: [&[BlockQ8K]; R], _: Params) -> [[f32; 8]; R] {
-        super::vnni::dot6k::<R>(w, a)
+    unsafe fn dot<const R: usize>(
+        w: [&[Packed6K]; 2],
+        pair: bool,
+        a: [&[BlockQ8K]; R],
+        p: Small,
+    ) -> [[f32; PAIR]; R] {
+        super::vnni::dot6k::<R>(w, pair, a, p)
     }
 }
 
@@ -260,7 +276,7 @@ pub struct PackedMatrix {
     blocks: PackedBlocks,
     rows: usize,
     cols: usize,
-    params: Params,
+    params: Small,
 }
 
 /// Builds `groups * k_blocks` packed blocks, filling each from its (group, block) index.
@@ -325,7 +341,7 @@ impl PackedMatrix {
             blocks,
             rows,
             cols,
-            params: Params {
+            params: Small {
                 zero_point: T::ZERO_POINT,
                 has_min,
             },
@@ -374,7 +390,7 @@ impl PackedMatrix {
             blocks: PackedBlocks::Q4K(blocks),
             rows,
             cols,
-            params: Params {
+            params: Small {
                 zero_point: 0,
                 has_min: true,
             },
@@ -410,7 +426,7 @@ impl PackedMatrix {
             blocks: PackedBlocks::Q6K(blocks),
             rows,
             cols,
-            params: Params {
+            params: Small {
                 zero_point: 32,
                 has_min: false,
             },
@@ -471,37 +487,42 @@ impl PackedMatrix {
             }
         }
 
-        let tasks = (team.threads() * 4).min(groups).max(1);
-        let per_task = groups.div_ceil(tasks);
+        // Work units: pairs of groups for the 512-bit kernels, else single groups.
+        let pairs = super::vnni::pairs_available();
+        let per_unit = if pairs { 2 } else { 1 };
+        let units = groups.div_ceil(per_unit);
+        let tasks = (team.threads() * 4).min(units).max(1);
+        let per_task = units.div_ceil(tasks);
         let shared = Disjoint::new(out);
         let acts = &acts;
         let params = self.params;
         team.run(tasks, &|task| {
-            for g in task * per_task..((task + 1) * per_task).min(groups) {
-                let w = &weights[g * k_blocks..(g + 1) * k_blocks];
+            for unit in task * per_task..((task + 1) * per_task).min(units) {
+                let g = unit * per_unit;
+                let pair = pairs && g + 1 < groups;
+                let group = |g: usize| &weights[g * k_blocks..(g + 1) * k_blocks];
+                let w = [group(g), group(if pair { g + 1 } else { g })];
                 let row_acts = |r: usize| &acts[r * k_blocks..(r + 1) * k_blocks];
                 let mut row = 0;
                 while row < m {
                     let take = (m - row).min(4);
-                    // SAFETY: VNNI was checked by the caller; every activation row and
-                    // the group have `k_blocks` blocks.
-                    let sums: [[f32; GROUP]; 4] = unsafe {
+                    let a = |i: usize| row_acts(row + i);
+                    // SAFETY: VNNI (and AVX-512 for pairs) was checked; every activation
+                    // row and each group have `k_blocks` blocks.
+                    let sums: [[f32; PAIR]; 4] = unsafe {
                         match take {
-                            1 => pad(L::dot::<1>(w, [row_acts(row)], params)),
-                            2 => pad(L::dot::<2>(w, [row_acts(row), row_acts(row + 1)], params)),
-                            3 => pad(L::dot::<3>(
-                                w,
-                                std::array::from_fn(|i| row_acts(row + i)),
-                                params,
-                            )),
-                            _ => L::dot::<4>(w, std::array::from_fn(|i| row_acts(row + i)), params),
+                            1 => pad(L::dot::<1>(w, pair, [a(0)], params)),
+                            2 => pad(L::dot::<2>(w, pair, [a(0), a(1)], params)),
+                            3 => pad(L::dot::<3>(w, pair, [a(0), a(1), a(2)], params)),
+                            _ => L::dot::<4>(w, pair, std::array::from_fn(a), params),
                         }
                     };
+                    let lanes = if pair { PAIR } else { GROUP };
                     for (r, sums) in sums.iter().enumerate().take(take) {
-                        for (lane, &value) in sums.iter().enumerate() {
+                        for (lane, &value) in sums.iter().enumerate().take(lanes) {
                             let col = g * GROUP + lane;
                             if col < n {
-                                // SAFETY: in bounds; only this task owns group `g`.
+                                // SAFETY: in bounds; only this task owns these groups.
                                 unsafe { shared.write((row + r) * n + col, value) };
                             }
                         }
@@ -514,8 +535,8 @@ impl PackedMatrix {
 }
 
 /// `R` rows of sums widened to four (the rest zero).
-fn pad<const R: usize>(sums: [[f32; GROUP]; R]) -> [[f32; GROUP]; 4] {
-    std::array::from_fn(|r| if r < R { sums[r] } else { [0.0; GROUP] })
+fn pad<const R: usize>(sums: [[f32; PAIR]; R]) -> [[f32; PAIR]; 4] {
+    std::array::from_fn(|r| if r < R { sums[r] } else { [0.0; PAIR] })
 }
 
 /// Writes row `lane`'s 32 four-bit values into a 128-byte chunk set of [`Packed4`] form.

@@ -1,81 +1,278 @@
 //! Dot products of interleaved weight groups ([`super::packed`]) with up to four activation
-//! rows, on `vpdpbusd`: AVX-VNNI where the CPU has it, else AVX-512 VNNI on 256-bit
-//! registers. One body serves both; only the instruction's encoding differs.
+//! rows, on `vpdpbusd`: one group of eight rows in 256-bit registers (AVX-VNNI, or AVX-512
+//! VNNI with VL encodings), or two groups side by side in 512-bit registers (AVX-512 VNNI),
+//! which doubles the products per instruction. One body per layout serves every width:
+//! the [`Lanes`] trait supplies the instructions.
 //!
-//! Per block: for each of the four (or eight) 32-byte weight chunks, four activation bytes
-//! are broadcast to every lane and `vpdpbusd` adds `u * q` over them into each row's i32
-//! lane. The zero point is then subtracted in integers and the lanes scaled by the eight
-//! rows' `d` times the activation's `d`, plus `m * s` for the offset types.
+//! Per block: for each 32-byte weight chunk, four activation bytes are broadcast to every
+//! lane and `vpdpbusd` adds `u * q` over them into each row's i32 lane. The zero point is
+//! then subtracted in integers and the lanes scaled by the rows' `d` times the activation's
+//! `d`, plus `m * s` for the offset types.
 
 #![cfg(target_arch = "x86_64")]
 
 use std::arch::x86_64::*;
 
+use half::f16;
+
 use super::blocks::BlockQ8K;
 use super::packed::{ActQ8, Packed4, Packed4K, Packed6K, Packed8, GROUP};
 
-/// The `u8 x i8` four-way dot-product-accumulate instruction, in one of its encodings.
-trait Dpbusd {
+/// Output lanes of one call: two groups (the second unused by 256-bit kernels).
+pub const PAIR: usize = 2 * GROUP;
+
+/// The vector instructions the kernel bodies need, over one group (256-bit) or two groups
+/// (512-bit). Pointers come in pairs, one per group; 256-bit kernels read only the first.
+trait Lanes {
+    type I: Copy;
+    type F: Copy;
+    unsafe fn zero_i() -> Self::I;
+    unsafe fn zero_f() -> Self::F;
+    /// 32 bytes from each group.
+    unsafe fn load(p: [*const u8; 2]) -> Self::I;
+    unsafe fn low_nibbles(x: Self::I) -> Self::I;
+    unsafe fn high_nibbles(x: Self::I) -> Self::I;
+    unsafe fn splat(x: i32) -> Self::I;
+    unsafe fn dpbusd(acc: Self::I, u: Self::I, s: Self::I) -> Self::I;
+    unsafe fn add(a: Self::I, b: Self::I) -> Self::I;
+    unsafe fn sub(a: Self::I, b: Self::I) -> Self::I;
+    unsafe fn mullo(a: Self::I, b: Self::I) -> Self::I;
+    /// Eight bytes from each group, as i32 lanes.
+    unsafe fn widen_u8(p: [*const u8; 2]) -> Self::I;
+    unsafe fn widen_i8(p: [*const i8; 2]) -> Self::I;
+    /// Eight f16 scales from each group, as f32 lanes.
+    unsafe fn scales(p: [*const f16; 2]) -> Self::F;
+    unsafe fn to_f(x: Self::I) -> Self::F;
+    unsafe fn splat_f(x: f32) -> Self::F;
+    unsafe fn mul(a: Self::F, b: Self::F) -> Self::F;
+    unsafe fn fmadd(a: Self::F, b: Self::F, c: Self::F) -> Self::F;
+    unsafe fn fnmadd(a: Self::F, b: Self::F, c: Self::F) -> Self::F;
+    unsafe fn store(x: Self::F, out: &mut [f32; PAIR]);
+}
+
+/// One group in 256-bit registers; `V` picks the `vpdpbusd` encoding.
+struct Ymm<V>(std::marker::PhantomData<V>);
+/// AVX-VNNI's encoding.
+struct AvxVnni;
+/// AVX-512 VNNI's encoding of the 256-bit instruction.
+struct Avx512VlVnni;
+/// Two groups in 512-bit registers.
+struct Zmm;
+
+trait YmmDpbusd {
     unsafe fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
 }
 
-struct AvxVnni;
-struct Avx512Vnni;
-
-impl Dpbusd for AvxVnni {
+impl YmmDpbusd for AvxVnni {
     #[inline(always)]
     unsafe fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
         _mm256_dpbusd_avx_epi32(acc, u, s)
     }
 }
 
-impl Dpbusd for Avx512Vnni {
+impl YmmDpbusd for Avx512VlVnni {
     #[inline(always)]
     unsafe fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
         _mm256_dpbusd_epi32(acc, u, s)
     }
 }
 
-/// Whether this CPU has AVX-VNNI (else the caller has checked AVX-512 VNNI + VL).
-fn has_avx_vnni() -> bool {
-    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| std::is_x86_feature_detected!("avxvnni"))
+impl<V: YmmDpbusd> Lanes for Ymm<V> {
+    type I = __m256i;
+    type F = __m256;
+    #[inline(always)]
+    unsafe fn zero_i() -> __m256i {
+        _mm256_setzero_si256()
+    }
+    #[inline(always)]
+    unsafe fn zero_f() -> __m256 {
+        _mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn load(p: [*const u8; 2]) -> __m256i {
+        _mm256_loadu_si256(p[0].cast())
+    }
+    #[inline(always)]
+    unsafe fn low_nibbles(x: __m256i) -> __m256i {
+        _mm256_and_si256(x, _mm256_set1_epi8(0x0F))
+    }
+    #[inline(always)]
+    unsafe fn high_nibbles(x: __m256i) -> __m256i {
+        _mm256_and_si256(_mm256_srli_epi16(x, 4), _mm256_set1_epi8(0x0F))
+    }
+    #[inline(always)]
+    unsafe fn splat(x: i32) -> __m256i {
+        _mm256_set1_epi32(x)
+    }
+    #[inline(always)]
+    unsafe fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        V::dpbusd(acc, u, s)
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_add_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn sub(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_sub_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mullo(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_mullo_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn widen_u8(p: [*const u8; 2]) -> __m256i {
+        _mm256_cvtepu8_epi32(_mm_loadl_epi64(p[0].cast()))
+    }
+    #[inline(always)]
+    unsafe fn widen_i8(p: [*const i8; 2]) -> __m256i {
+        _mm256_cvtepi8_epi32(_mm_loadl_epi64(p[0].cast()))
+    }
+    #[inline(always)]
+    unsafe fn scales(p: [*const f16; 2]) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p[0].cast()))
+    }
+    #[inline(always)]
+    unsafe fn to_f(x: __m256i) -> __m256 {
+        _mm256_cvtepi32_ps(x)
+    }
+    #[inline(always)]
+    unsafe fn splat_f(x: f32) -> __m256 {
+        _mm256_set1_ps(x)
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m256, b: __m256) -> __m256 {
+        _mm256_mul_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
+        _mm256_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn fnmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
+        _mm256_fnmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn store(x: __m256, out: &mut [f32; PAIR]) {
+        _mm256_storeu_ps(out.as_mut_ptr(), x)
+    }
 }
 
-/// Four activation bytes `qs[at..at + 4]` in every lane.
-#[inline(always)]
-unsafe fn broadcast4(a: &ActQ8, at: usize) -> __m256i {
-    _mm256_set1_epi32(std::ptr::read_unaligned(
-        a.qs.as_ptr().add(at).cast::<i32>(),
-    ))
+impl Lanes for Zmm {
+    type I = __m512i;
+    type F = __m512;
+    #[inline(always)]
+    unsafe fn zero_i() -> __m512i {
+        _mm512_setzero_si512()
+    }
+    #[inline(always)]
+    unsafe fn zero_f() -> __m512 {
+        _mm512_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn load(p: [*const u8; 2]) -> __m512i {
+        let low = _mm512_castsi256_si512(_mm256_loadu_si256(p[0].cast()));
+        _mm512_inserti64x4(low, _mm256_loadu_si256(p[1].cast()), 1)
+    }
+    #[inline(always)]
+    unsafe fn low_nibbles(x: __m512i) -> __m512i {
+        _mm512_and_si512(x, _mm512_set1_epi8(0x0F))
+    }
+    #[inline(always)]
+    unsafe fn high_nibbles(x: __m512i) -> __m512i {
+        _mm512_and_si512(_mm512_srli_epi16(x, 4), _mm512_set1_epi8(0x0F))
+    }
+    #[inline(always)]
+    unsafe fn splat(x: i32) -> __m512i {
+        _mm512_set1_epi32(x)
+    }
+    #[inline(always)]
+    unsafe fn dpbusd(acc: __m512i, u: __m512i, s: __m512i) -> __m512i {
+        _mm512_dpbusd_epi32(acc, u, s)
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_add_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn sub(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_sub_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mullo(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_mullo_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn widen_u8(p: [*const u8; 2]) -> __m512i {
+        let bytes = _mm_unpacklo_epi64(_mm_loadl_epi64(p[0].cast()), _mm_loadl_epi64(p[1].cast()));
+        _mm512_cvtepu8_epi32(bytes)
+    }
+    #[inline(always)]
+    unsafe fn widen_i8(p: [*const i8; 2]) -> __m512i {
+        let bytes = _mm_unpacklo_epi64(_mm_loadl_epi64(p[0].cast()), _mm_loadl_epi64(p[1].cast()));
+        _mm512_cvtepi8_epi32(bytes)
+    }
+    #[inline(always)]
+    unsafe fn scales(p: [*const f16; 2]) -> __m512 {
+        let halves = _mm256_set_m128i(_mm_loadu_si128(p[1].cast()), _mm_loadu_si128(p[0].cast()));
+        _mm512_cvtph_ps(halves)
+    }
+    #[inline(always)]
+    unsafe fn to_f(x: __m512i) -> __m512 {
+        _mm512_cvtepi32_ps(x)
+    }
+    #[inline(always)]
+    unsafe fn splat_f(x: f32) -> __m512 {
+        _mm512_set1_ps(x)
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m512, b: __m512) -> __m512 {
+        _mm512_mul_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
+        _mm512_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn fnmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
+        _mm512_fnmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn store(x: __m512, out: &mut [f32; PAIR]) {
+        _mm512_storeu_ps(out.as_mut_ptr(), x)
+    }
 }
 
-/// Four activation bytes `qs[at..at + 4]` of a super-block in every lane.
+/// Four activation bytes `qs[at..at + 4]` as one i32.
 #[inline(always)]
-unsafe fn broadcast4k(a: &BlockQ8K, at: usize) -> __m256i {
-    _mm256_set1_epi32(std::ptr::read_unaligned(
-        a.qs.as_ptr().add(at).cast::<i32>(),
-    ))
-}
-
-/// Eight bytes as eight i32 lanes, zero- or sign-extended.
-#[inline(always)]
-unsafe fn widen_u8(bytes: *const u8) -> __m256i {
-    _mm256_cvtepu8_epi32(_mm_loadl_epi64(bytes.cast()))
+unsafe fn four(qs: &[i8], at: usize) -> i32 {
+    std::ptr::read_unaligned(qs.as_ptr().add(at).cast::<i32>())
 }
 
 #[inline(always)]
-unsafe fn widen_i8(bytes: *const i8) -> __m256i {
-    _mm256_cvtepi8_epi32(_mm_loadl_epi64(bytes.cast()))
+unsafe fn finish<V: Lanes, const R: usize>(acc: [V::F; R]) -> [[f32; PAIR]; R] {
+    let mut out = [[0f32; PAIR]; R];
+    for r in 0..R {
+        V::store(acc[r], &mut out[r]);
+    }
+    out
 }
 
-/// Scales one block's integer sums into the running float sums.
+/// Per-matrix constants of the 32-element layouts (unused by the K-quants).
+#[derive(Debug, Clone, Copy)]
+pub struct Small {
+    pub zero_point: u8,
+    pub has_min: bool,
+}
+
+/// Scales one 32-element block's integer sums into the running float sums.
 #[inline(always)]
-unsafe fn accumulate<const R: usize>(
-    acc: &mut [__m256; R],
-    isum: [__m256i; R],
-    d: __m256,
-    m: Option<__m256>,
+#[allow(clippy::too_many_arguments)]
+unsafe fn accumulate<V: Lanes, const R: usize>(
+    acc: &mut [V::F; R],
+    isum: [V::I; R],
+    d: V::F,
+    m: Option<V::F>,
     zero_point: u8,
     a: &[&[ActQ8]; R],
     b: usize,
@@ -84,280 +281,234 @@ unsafe fn accumulate<const R: usize>(
         let y = a[r].get_unchecked(b);
         let mut i = isum[r];
         if zero_point != 0 {
-            i = _mm256_sub_epi32(i, _mm256_set1_epi32(zero_point as i32 * y.sum));
+            i = V::sub(i, V::splat(zero_point as i32 * y.sum));
         }
-        let scale = _mm256_mul_ps(d, _mm256_set1_ps(y.d));
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), scale, acc[r]);
+        acc[r] = V::fmadd(V::to_f(i), V::mul(d, V::splat_f(y.d)), acc[r]);
         if let Some(m) = m {
-            acc[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(y.s), acc[r]);
+            acc[r] = V::fmadd(m, V::splat_f(y.s), acc[r]);
         }
     }
 }
 
 #[inline(always)]
-unsafe fn lanes<const R: usize>(acc: [__m256; R]) -> [[f32; GROUP]; R] {
-    let mut out = [[0f32; GROUP]; R];
-    for r in 0..R {
-        _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
-    }
-    out
-}
-
-#[inline(always)]
-unsafe fn scales(d: &[half::f16; GROUP]) -> __m256 {
-    _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr().cast()))
-}
-
-#[inline(always)]
-unsafe fn dot4_body<D: Dpbusd, const R: usize>(
-    w: &[Packed4],
+unsafe fn dot4_body<V: Lanes, const R: usize>(
+    w: [&[Packed4]; 2],
     a: [&[ActQ8]; R],
-    zero_point: u8,
-    has_min: bool,
-) -> [[f32; GROUP]; R] {
-    let mask = _mm256_set1_epi8(0x0F);
-    let mut acc = [_mm256_setzero_ps(); R];
-    for (b, p) in w.iter().enumerate() {
-        let mut isum = [_mm256_setzero_si256(); R];
+    k: Small,
+) -> [[f32; PAIR]; R] {
+    let mut acc = [V::zero_f(); R];
+    for b in 0..w[0].len() {
+        let p = [w[0].get_unchecked(b), w[1].get_unchecked(b)];
+        let mut isum = [V::zero_i(); R];
         for c in 0..4 {
-            let packed = _mm256_loadu_si256(p.qs.as_ptr().add(32 * c).cast());
-            let lo = _mm256_and_si256(packed, mask);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
+            let packed = V::load(p.map(|p| p.qs.as_ptr().add(32 * c)));
+            let (lo, hi) = (V::low_nibbles(packed), V::high_nibbles(packed));
             for r in 0..R {
                 let y = a[r].get_unchecked(b);
-                isum[r] = D::dpbusd(isum[r], lo, broadcast4(y, 4 * c));
-                isum[r] = D::dpbusd(isum[r], hi, broadcast4(y, 16 + 4 * c));
+                isum[r] = V::dpbusd(isum[r], lo, V::splat(four(&y.qs, 4 * c)));
+                isum[r] = V::dpbusd(isum[r], hi, V::splat(four(&y.qs, 16 + 4 * c)));
             }
         }
-        let m = has_min.then(|| scales(&p.m));
-        accumulate(&mut acc, isum, scales(&p.d), m, zero_point, &a, b);
+        let m = k.has_min.then(|| V::scales(p.map(|p| p.m.as_ptr())));
+        let d = V::scales(p.map(|p| p.d.as_ptr()));
+        accumulate::<V, R>(&mut acc, isum, d, m, k.zero_point, &a, b);
     }
-    lanes(acc)
+    finish::<V, R>(acc)
 }
 
 #[inline(always)]
-unsafe fn dot8_body<D: Dpbusd, const R: usize>(
-    w: &[Packed8],
+unsafe fn dot8_body<V: Lanes, const R: usize>(
+    w: [&[Packed8]; 2],
     a: [&[ActQ8]; R],
-    zero_point: u8,
-    has_min: bool,
-) -> [[f32; GROUP]; R] {
-    let mut acc = [_mm256_setzero_ps(); R];
-    for (b, p) in w.iter().enumerate() {
-        let mut isum = [_mm256_setzero_si256(); R];
+    k: Small,
+) -> [[f32; PAIR]; R] {
+    let mut acc = [V::zero_f(); R];
+    for b in 0..w[0].len() {
+        let p = [w[0].get_unchecked(b), w[1].get_unchecked(b)];
+        let mut isum = [V::zero_i(); R];
         for c in 0..8 {
-            let u = _mm256_loadu_si256(p.qs.as_ptr().add(32 * c).cast());
+            let u = V::load(p.map(|p| p.qs.as_ptr().add(32 * c)));
             for r in 0..R {
-                isum[r] = D::dpbusd(isum[r], u, broadcast4(a[r].get_unchecked(b), 4 * c));
+                isum[r] = V::dpbusd(isum[r], u, V::splat(four(&a[r].get_unchecked(b).qs, 4 * c)));
             }
         }
-        let m = has_min.then(|| scales(&p.m));
-        accumulate(&mut acc, isum, scales(&p.d), m, zero_point, &a, b);
+        let m = k.has_min.then(|| V::scales(p.map(|p| p.m.as_ptr())));
+        let d = V::scales(p.map(|p| p.d.as_ptr()));
+        accumulate::<V, R>(&mut acc, isum, d, m, k.zero_point, &a, b);
     }
-    lanes(acc)
+    finish::<V, R>(acc)
 }
 
 #[inline(always)]
-unsafe fn dot4k_body<D: Dpbusd, const R: usize>(
-    w: &[Packed4K],
+unsafe fn dot4k_body<V: Lanes, const R: usize>(
+    w: [&[Packed4K]; 2],
     a: [&[BlockQ8K]; R],
-) -> [[f32; GROUP]; R] {
-    let mask = _mm256_set1_epi8(0x0F);
-    let mut acc = [_mm256_setzero_ps(); R];
-    for (b, p) in w.iter().enumerate() {
-        let mut sum_q = [_mm256_setzero_si256(); R];
+    _: Small,
+) -> [[f32; PAIR]; R] {
+    let mut acc = [V::zero_f(); R];
+    for b in 0..w[0].len() {
+        let p = [w[0].get_unchecked(b), w[1].get_unchecked(b)];
+        let mut sum_q = [V::zero_i(); R];
         for sub in 0..8 {
-            let mut isum = [_mm256_setzero_si256(); R];
+            let mut isum = [V::zero_i(); R];
             for c in 0..4 {
-                let packed = _mm256_loadu_si256(p.qs.as_ptr().add(128 * sub + 32 * c).cast());
-                let lo = _mm256_and_si256(packed, mask);
-                let hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
+                let packed = V::load(p.map(|p| p.qs.as_ptr().add(128 * sub + 32 * c)));
+                let (lo, hi) = (V::low_nibbles(packed), V::high_nibbles(packed));
                 for r in 0..R {
-                    let y = a[r].get_unchecked(b);
-                    isum[r] = D::dpbusd(isum[r], lo, broadcast4k(y, 32 * sub + 4 * c));
-                    isum[r] = D::dpbusd(isum[r], hi, broadcast4k(y, 32 * sub + 16 + 4 * c));
+                    let qs = &a[r].get_unchecked(b).qs;
+                    isum[r] = V::dpbusd(isum[r], lo, V::splat(four(qs, 32 * sub + 4 * c)));
+                    isum[r] = V::dpbusd(isum[r], hi, V::splat(four(qs, 32 * sub + 16 + 4 * c)));
                 }
             }
-            let scale = widen_u8(p.scales.as_ptr().add(8 * sub));
+            let scale = V::widen_u8(p.map(|p| p.scales.as_ptr().add(8 * sub)));
             for r in 0..R {
-                sum_q[r] = _mm256_add_epi32(sum_q[r], _mm256_mullo_epi32(isum[r], scale));
+                sum_q[r] = V::add(sum_q[r], V::mullo(isum[r], scale));
             }
         }
-        let (d, dmin) = (scales(&p.d), scales(&p.dmin));
+        let d = V::scales(p.map(|p| p.d.as_ptr()));
+        let dmin = V::scales(p.map(|p| p.dmin.as_ptr()));
         for r in 0..R {
             let y = a[r].get_unchecked(b);
-            let mut sum_m = _mm256_setzero_si256();
+            let mut sum_m = V::zero_i();
             for sub in 0..8 {
                 let bsum = y.bsums[2 * sub] as i32 + y.bsums[2 * sub + 1] as i32;
-                let min = widen_u8(p.mins.as_ptr().add(8 * sub));
-                sum_m = _mm256_add_epi32(sum_m, _mm256_mullo_epi32(min, _mm256_set1_epi32(bsum)));
+                let min = V::widen_u8(p.map(|p| p.mins.as_ptr().add(8 * sub)));
+                sum_m = V::add(sum_m, V::mullo(min, V::splat(bsum)));
             }
-            let yd = _mm256_set1_ps(y.d);
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum_q[r]), _mm256_mul_ps(d, yd), acc[r]);
-            acc[r] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(sum_m), _mm256_mul_ps(dmin, yd), acc[r]);
+            let yd = V::splat_f(y.d);
+            acc[r] = V::fmadd(V::to_f(sum_q[r]), V::mul(d, yd), acc[r]);
+            acc[r] = V::fnmadd(V::to_f(sum_m), V::mul(dmin, yd), acc[r]);
         }
     }
-    lanes(acc)
+    finish::<V, R>(acc)
 }
 
 #[inline(always)]
-unsafe fn dot6k_body<D: Dpbusd, const R: usize>(
-    w: &[Packed6K],
+unsafe fn dot6k_body<V: Lanes, const R: usize>(
+    w: [&[Packed6K]; 2],
     a: [&[BlockQ8K]; R],
-) -> [[f32; GROUP]; R] {
-    let mut acc = [_mm256_setzero_ps(); R];
-    for (b, p) in w.iter().enumerate() {
-        let mut sum = [_mm256_setzero_si256(); R];
+    _: Small,
+) -> [[f32; PAIR]; R] {
+    let mut acc = [V::zero_f(); R];
+    for b in 0..w[0].len() {
+        let p = [w[0].get_unchecked(b), w[1].get_unchecked(b)];
+        let mut sum = [V::zero_i(); R];
         for g in 0..16 {
-            let mut isum = [_mm256_setzero_si256(); R];
+            let mut isum = [V::zero_i(); R];
             for c in 0..4 {
-                let u = _mm256_loadu_si256(p.qs.as_ptr().add(32 * (4 * g + c)).cast());
+                let u = V::load(p.map(|p| p.qs.as_ptr().add(32 * (4 * g + c))));
                 for r in 0..R {
-                    isum[r] = D::dpbusd(
-                        isum[r],
-                        u,
-                        broadcast4k(a[r].get_unchecked(b), 16 * g + 4 * c),
-                    );
+                    let qs = &a[r].get_unchecked(b).qs;
+                    isum[r] = V::dpbusd(isum[r], u, V::splat(four(qs, 16 * g + 4 * c)));
                 }
             }
-            let scale = widen_i8(p.scales.as_ptr().add(8 * g));
+            let scale = V::widen_i8(p.map(|p| p.scales.as_ptr().add(8 * g)));
             for r in 0..R {
                 // The zero point 32, subtracted in integers: 32 * sum(q) over the group.
-                let zero = _mm256_set1_epi32(32 * a[r].get_unchecked(b).bsums[g] as i32);
-                let centred = _mm256_sub_epi32(isum[r], zero);
-                sum[r] = _mm256_add_epi32(sum[r], _mm256_mullo_epi32(centred, scale));
+                let zero = V::splat(32 * a[r].get_unchecked(b).bsums[g] as i32);
+                sum[r] = V::add(sum[r], V::mullo(V::sub(isum[r], zero), scale));
             }
         }
-        let d = scales(&p.d);
+        let d = V::scales(p.map(|p| p.d.as_ptr()));
         for r in 0..R {
-            let yd = _mm256_set1_ps(a[r].get_unchecked(b).d);
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[r]), _mm256_mul_ps(d, yd), acc[r]);
+            let yd = V::splat_f(a[r].get_unchecked(b).d);
+            acc[r] = V::fmadd(V::to_f(sum[r]), V::mul(d, yd), acc[r]);
         }
     }
-    lanes(acc)
+    finish::<V, R>(acc)
 }
 
-#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-unsafe fn dot4k_avx_vnni<const R: usize>(w: &[Packed4K], a: [&[BlockQ8K]; R]) -> [[f32; GROUP]; R] {
-    dot4k_body::<AvxVnni, R>(w, a)
+/// Which instructions run the kernels, detected once.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Isa {
+    AvxVnni,
+    Avx512VlVnni,
 }
 
-#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-unsafe fn dot4k_avx512_vnni<const R: usize>(
-    w: &[Packed4K],
-    a: [&[BlockQ8K]; R],
-) -> [[f32; GROUP]; R] {
-    dot4k_body::<Avx512Vnni, R>(w, a)
+fn isa() -> Isa {
+    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| {
+        if std::is_x86_feature_detected!("avxvnni") {
+            Isa::AvxVnni
+        } else {
+            Isa::Avx512VlVnni
+        }
+    })
 }
 
-#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-unsafe fn dot6k_avx_vnni<const R: usize>(w: &[Packed6K], a: [&[BlockQ8K]; R]) -> [[f32; GROUP]; R] {
-    dot6k_body::<AvxVnni, R>(w, a)
+/// Whether two groups can go through 512-bit registers at once (AVX-512 F, BW and VNNI).
+pub fn pairs_available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vnni")
+    })
 }
 
-#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-unsafe fn dot6k_avx512_vnni<const R: usize>(
-    w: &[Packed6K],
-    a: [&[BlockQ8K]; R],
-) -> [[f32; GROUP]; R] {
-    dot6k_body::<Avx512Vnni, R>(w, a)
+/// Declares a kernel's three entry points (one per instruction set) and its dispatcher.
+macro_rules! kernel {
+    ($(#[$doc:meta])* $name:ident, $body:ident, $block:ty, $act:ty) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// [`super::vnni_available`] holds, and [`pairs_available`] too when `pair` is set;
+        /// every activation row has at least as many blocks as each weight group.
+        pub unsafe fn $name<const R: usize>(
+            w: [&[$block]; 2],
+            pair: bool,
+            a: [&[$act]; R],
+            k: Small,
+        ) -> [[f32; PAIR]; R] {
+            #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+            unsafe fn avx_vnni<const R: usize>(
+                w: [&[$block]; 2],
+                a: [&[$act]; R],
+                k: Small,
+            ) -> [[f32; PAIR]; R] {
+                $body::<Ymm<AvxVnni>, R>(w, a, k)
+            }
+            #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+            unsafe fn avx512_vl<const R: usize>(
+                w: [&[$block]; 2],
+                a: [&[$act]; R],
+                k: Small,
+            ) -> [[f32; PAIR]; R] {
+                $body::<Ymm<Avx512VlVnni>, R>(w, a, k)
+            }
+            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+            unsafe fn avx512<const R: usize>(
+                w: [&[$block]; 2],
+                a: [&[$act]; R],
+                k: Small,
+            ) -> [[f32; PAIR]; R] {
+                $body::<Zmm, R>(w, a, k)
+            }
+            if pair {
+                avx512::<R>(w, a, k)
+            } else if isa() == Isa::AvxVnni {
+                avx_vnni::<R>(w, a, k)
+            } else {
+                avx512_vl::<R>(w, a, k)
+            }
+        }
+    };
 }
 
-/// Sums of eight interleaved Q4_K rows with each of `R` activation rows: `[r][lane]`.
-///
-/// # Safety
-/// [`super::vnni_available`] holds; every activation row has at least `w.len()` blocks.
-pub unsafe fn dot4k<const R: usize>(w: &[Packed4K], a: [&[BlockQ8K]; R]) -> [[f32; GROUP]; R] {
-    if has_avx_vnni() {
-        dot4k_avx_vnni::<R>(w, a)
-    } else {
-        dot4k_avx512_vnni::<R>(w, a)
-    }
-}
-
-/// As [`dot4k`], for Q6_K rows.
-///
-/// # Safety
-/// As [`dot4k`].
-pub unsafe fn dot6k<const R: usize>(w: &[Packed6K], a: [&[BlockQ8K]; R]) -> [[f32; GROUP]; R] {
-    if has_avx_vnni() {
-        dot6k_avx_vnni::<R>(w, a)
-    } else {
-        dot6k_avx512_vnni::<R>(w, a)
-    }
-}
-
-#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-unsafe fn dot4_avx_vnni<const R: usize>(
-    w: &[Packed4],
-    a: [&[ActQ8]; R],
-    z: u8,
-    min: bool,
-) -> [[f32; GROUP]; R] {
-    dot4_body::<AvxVnni, R>(w, a, z, min)
-}
-
-#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-unsafe fn dot4_avx512_vnni<const R: usize>(
-    w: &[Packed4],
-    a: [&[ActQ8]; R],
-    z: u8,
-    min: bool,
-) -> [[f32; GROUP]; R] {
-    dot4_body::<Avx512Vnni, R>(w, a, z, min)
-}
-
-#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-unsafe fn dot8_avx_vnni<const R: usize>(
-    w: &[Packed8],
-    a: [&[ActQ8]; R],
-    z: u8,
-    min: bool,
-) -> [[f32; GROUP]; R] {
-    dot8_body::<AvxVnni, R>(w, a, z, min)
-}
-
-#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-unsafe fn dot8_avx512_vnni<const R: usize>(
-    w: &[Packed8],
-    a: [&[ActQ8]; R],
-    z: u8,
-    min: bool,
-) -> [[f32; GROUP]; R] {
-    dot8_body::<Avx512Vnni, R>(w, a, z, min)
-}
-
-/// Sums of eight interleaved four-bit weight rows (`w`, one group's blocks) with each of
-/// `R` activation rows: `[r][lane]`.
-///
-/// # Safety
-/// [`super::vnni_available`] holds; every activation row has at least `w.len()` blocks.
-pub unsafe fn dot4<const R: usize>(
-    w: &[Packed4],
-    a: [&[ActQ8]; R],
-    zero_point: u8,
-    has_min: bool,
-) -> [[f32; GROUP]; R] {
-    if has_avx_vnni() {
-        dot4_avx_vnni::<R>(w, a, zero_point, has_min)
-    } else {
-        dot4_avx512_vnni::<R>(w, a, zero_point, has_min)
-    }
-}
-
-/// As [`dot4`], for one-byte weights.
-///
-/// # Safety
-/// As [`dot4`].
-pub unsafe fn dot8<const R: usize>(
-    w: &[Packed8],
-    a: [&[ActQ8]; R],
-    zero_point: u8,
-    has_min: bool,
-) -> [[f32; GROUP]; R] {
-    if has_avx_vnni() {
-        dot8_avx_vnni::<R>(w, a, zero_point, has_min)
-    } else {
-        dot8_avx512_vnni::<R>(w, a, zero_point, has_min)
-    }
-}
+kernel!(
+    /// Sums of interleaved four-bit groups with each of `R` activation rows: `[r][lane]`,
+    /// lanes 8..16 from the second group when `pair` is set.
+    dot4, dot4_body, Packed4, ActQ8
+);
+kernel!(
+    /// As [`dot4`], for one-byte weights.
+    dot8, dot8_body, Packed8, ActQ8
+);
+kernel!(
+    /// As [`dot4`], for Q4_K groups.
+    dot4k, dot4k_body, Packed4K, BlockQ8K
+);
+kernel!(
+    /// As [`dot4`], for Q6_K groups.
+    dot6k, dot6k_body, Packed6K, BlockQ8K
+);
