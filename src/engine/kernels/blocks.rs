@@ -6,6 +6,31 @@
 
 use half::f16;
 
+/// Defines a public function whose body is compiled twice: for AVX2/FMA/F16C, chosen at run
+/// time where the CPU has them (so that its loops vectorise 8 wide), and for the baseline.
+macro_rules! multiversion {
+    ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+        $(#[$doc])*
+        pub fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma,f16c")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                if super::simd_available() {
+                    // SAFETY: the features were detected at run time.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+pub(crate) use multiversion;
+
 /// Elements per block for every format in this module.
 pub const BLOCK: usize = 32;
 
@@ -89,32 +114,40 @@ impl BlockQ8_1 {
 }
 
 /// Symmetric 8-bit quantisation of one block: the scale and the rounded values.
+///
+/// Rounds half to even (one vector instruction) where GGML rounds half away from zero; the
+/// two differ only on exact ties.
+#[inline(always)]
 pub(crate) fn quantize_block(xs: &[f32], qs: &mut [i8; BLOCK]) -> f32 {
     let amax = xs.iter().fold(0f32, |a, &x| a.max(x.abs()));
     let d = amax / 127.0;
     let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
     for (q, &x) in qs.iter_mut().zip(xs) {
-        *q = (x * inv).round() as i8;
+        *q = (x * inv).round_ties_even() as i8;
     }
     d
 }
 
-/// Quantizes `xs` (a multiple of 32 long) into Q8_0 blocks.
-pub fn quantize_q8_0(xs: &[f32], out: &mut [BlockQ8_0]) {
-    debug_assert_eq!(xs.len(), out.len() * BLOCK);
-    for (block, xs) in out.iter_mut().zip(xs.chunks_exact(BLOCK)) {
-        block.d = f16::from_f32(quantize_block(xs, &mut block.qs));
+multiversion! {
+    /// Quantizes `xs` (a multiple of 32 long) into Q8_0 blocks.
+    pub fn quantize_q8_0(xs: &[f32], out: &mut [BlockQ8_0]) {
+        debug_assert_eq!(xs.len(), out.len() * BLOCK);
+        for (block, xs) in out.iter_mut().zip(xs.chunks_exact(BLOCK)) {
+            block.d = f16::from_f32(quantize_block(xs, &mut block.qs));
+        }
     }
 }
 
-/// Quantizes `xs` (a multiple of 32 long) into Q8_1 blocks.
-pub fn quantize_q8_1(xs: &[f32], out: &mut [BlockQ8_1]) {
-    debug_assert_eq!(xs.len(), out.len() * BLOCK);
-    for (block, xs) in out.iter_mut().zip(xs.chunks_exact(BLOCK)) {
-        let d = quantize_block(xs, &mut block.qs);
-        let sum: i32 = block.qs.iter().map(|&q| q as i32).sum();
-        block.d = f16::from_f32(d);
-        block.s = f16::from_f32(d * sum as f32);
+multiversion! {
+    /// Quantizes `xs` (a multiple of 32 long) into Q8_1 blocks.
+    pub fn quantize_q8_1(xs: &[f32], out: &mut [BlockQ8_1]) {
+        debug_assert_eq!(xs.len(), out.len() * BLOCK);
+        for (block, xs) in out.iter_mut().zip(xs.chunks_exact(BLOCK)) {
+            let d = quantize_block(xs, &mut block.qs);
+            let sum: i32 = block.qs.iter().map(|&q| q as i32).sum();
+            block.d = f16::from_f32(d);
+            block.s = f16::from_f32(d * sum as f32);
+        }
     }
 }
 
@@ -333,20 +366,22 @@ impl BlockQ8K {
     };
 }
 
-/// Quantizes `xs` (a multiple of 256 long) into Q8_K blocks.
-pub fn quantize_q8k(xs: &[f32], out: &mut [BlockQ8K]) {
-    debug_assert_eq!(xs.len(), out.len() * SUPER_BLOCK);
-    for (block, xs) in out.iter_mut().zip(xs.chunks_exact(SUPER_BLOCK)) {
-        let amax = xs.iter().fold(0f32, |a, &x| a.max(x.abs()));
-        let d = amax / 127.0;
-        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-        for (q, &x) in block.qs.iter_mut().zip(xs) {
-            *q = (x * inv).round() as i8;
+multiversion! {
+    /// Quantizes `xs` (a multiple of 256 long) into Q8_K blocks.
+    pub fn quantize_q8k(xs: &[f32], out: &mut [BlockQ8K]) {
+        debug_assert_eq!(xs.len(), out.len() * SUPER_BLOCK);
+        for (block, xs) in out.iter_mut().zip(xs.chunks_exact(SUPER_BLOCK)) {
+            let amax = xs.iter().fold(0f32, |a, &x| a.max(x.abs()));
+            let d = amax / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            for (q, &x) in block.qs.iter_mut().zip(xs) {
+                *q = (x * inv).round_ties_even() as i8;
+            }
+            for (sum, qs) in block.bsums.iter_mut().zip(block.qs.chunks_exact(16)) {
+                *sum = qs.iter().map(|&q| q as i16).sum();
+            }
+            block.d = d;
         }
-        for (sum, qs) in block.bsums.iter_mut().zip(block.qs.chunks_exact(16)) {
-            *sum = qs.iter().map(|&q| q as i16).sum();
-        }
-        block.d = d;
     }
 }
 

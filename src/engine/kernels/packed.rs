@@ -100,15 +100,17 @@ impl ActQ8 {
     };
 }
 
-/// Quantizes `xs` (a multiple of 32 long) into activation blocks.
-pub fn quantize_act(xs: &[f32], out: &mut [ActQ8]) {
-    debug_assert_eq!(xs.len(), out.len() * BLOCK);
-    for (block, xs) in out.iter_mut().zip(xs.chunks_exact(BLOCK)) {
-        let d = blocks::quantize_block(xs, &mut block.qs);
-        let sum: i32 = block.qs.iter().map(|&q| q as i32).sum();
-        block.d = d;
-        block.s = d * sum as f32;
-        block.sum = sum;
+blocks::multiversion! {
+    /// Quantizes `xs` (a multiple of 32 long) into activation blocks.
+    pub fn quantize_act(xs: &[f32], out: &mut [ActQ8]) {
+        debug_assert_eq!(xs.len(), out.len() * BLOCK);
+        for (block, xs) in out.iter_mut().zip(xs.chunks_exact(BLOCK)) {
+            let d = blocks::quantize_block(xs, &mut block.qs);
+            let sum: i32 = block.qs.iter().map(|&q| q as i32).sum();
+            block.d = d;
+            block.s = d * sum as f32;
+            block.sum = sum;
+        }
     }
 }
 
@@ -455,7 +457,7 @@ impl PackedMatrix {
     }
 
     /// The driver: activations quantized once per row, then groups of output columns split
-    /// over the team, each group swept over all rows four at a time while its blocks stay
+    /// over the team, each group swept over all rows a tile at a time while its blocks stay
     /// in cache.
     fn run<L: Layout>(&self, weights: &[L::Block], x: &[f32], out: &mut [f32]) {
         let (n, k) = (self.rows, self.cols);
@@ -490,6 +492,9 @@ impl PackedMatrix {
         // Work units: pairs of groups for the 512-bit kernels, else single groups.
         let pairs = super::vnni::pairs_available();
         let per_unit = if pairs { 2 } else { 1 };
+        // Activation rows per pass over a group's weights: as many as the registers hold
+        // (32 vector registers with AVX-512, 16 without).
+        let tile = if pairs { MAX_TILE } else { 4 };
         let units = groups.div_ceil(per_unit);
         let tasks = (team.threads() * 4).min(units).max(1);
         let per_task = units.div_ceil(tasks);
@@ -505,27 +510,28 @@ impl PackedMatrix {
                 let row_acts = |r: usize| &acts[r * k_blocks..(r + 1) * k_blocks];
                 let mut row = 0;
                 while row < m {
-                    let take = (m - row).min(4);
+                    let take = (m - row).min(tile);
                     let a = |i: usize| row_acts(row + i);
                     // SAFETY: VNNI (and AVX-512 for pairs) was checked; every activation
                     // row and each group have `k_blocks` blocks.
-                    let sums: [[f32; PAIR]; 4] = unsafe {
+                    let sums: [[f32; PAIR]; MAX_TILE] = unsafe {
                         match take {
                             1 => pad(L::dot::<1>(w, pair, [a(0)], params)),
-                            2 => pad(L::dot::<2>(w, pair, [a(0), a(1)], params)),
-                            3 => pad(L::dot::<3>(w, pair, [a(0), a(1), a(2)], params)),
-                            _ => L::dot::<4>(w, pair, std::array::from_fn(a), params),
+                            2 => pad(L::dot::<2>(w, pair, std::array::from_fn(a), params)),
+                            3 => pad(L::dot::<3>(w, pair, std::array::from_fn(a), params)),
+                            4 => pad(L::dot::<4>(w, pair, std::array::from_fn(a), params)),
+                            5 => pad(L::dot::<5>(w, pair, std::array::from_fn(a), params)),
+                            6 => pad(L::dot::<6>(w, pair, std::array::from_fn(a), params)),
+                            7 => pad(L::dot::<7>(w, pair, std::array::from_fn(a), params)),
+                            _ => L::dot::<8>(w, pair, std::array::from_fn(a), params),
                         }
                     };
-                    let lanes = if pair { PAIR } else { GROUP };
+                    // The lanes that are real columns: the groups' rows, less padding.
+                    let lanes = (if pair { PAIR } else { GROUP }).min(n - g * GROUP);
                     for (r, sums) in sums.iter().enumerate().take(take) {
-                        for (lane, &value) in sums.iter().enumerate().take(lanes) {
-                            let col = g * GROUP + lane;
-                            if col < n {
-                                // SAFETY: in bounds; only this task owns these groups.
-                                unsafe { shared.write((row + r) * n + col, value) };
-                            }
-                        }
+                        // SAFETY: in bounds; only this task owns these groups' columns.
+                        let out = unsafe { shared.slice((row + r) * n + g * GROUP, lanes) };
+                        out.copy_from_slice(&sums[..lanes]);
                     }
                     row += take;
                 }
@@ -534,8 +540,11 @@ impl PackedMatrix {
     }
 }
 
-/// `R` rows of sums widened to four (the rest zero).
-fn pad<const R: usize>(sums: [[f32; PAIR]; R]) -> [[f32; PAIR]; 4] {
+/// The most activation rows one kernel call takes.
+const MAX_TILE: usize = 8;
+
+/// `R` rows of sums widened to [`MAX_TILE`] (the rest zero).
+fn pad<const R: usize>(sums: [[f32; PAIR]; R]) -> [[f32; PAIR]; MAX_TILE] {
     std::array::from_fn(|r| if r < R { sums[r] } else { [0.0; PAIR] })
 }
 
