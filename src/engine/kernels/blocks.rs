@@ -20,7 +20,7 @@ macro_rules! multiversion {
                 unsafe fn avx2($($arg: $ty),*) {
                     body($($arg),*)
                 }
-                if super::simd_available() {
+                if $crate::engine::kernels::simd_available() {
                     // SAFETY: the features were detected at run time.
                     return unsafe { avx2($($arg),*) };
                 }

@@ -7,6 +7,7 @@
 //! the weights are read once per step), and attention reads each sequence's keys and values
 //! from its blocks. The store lives with the caller; the model holds only weights.
 
+mod activation;
 pub mod attention;
 pub mod config;
 pub mod paged_attention;
@@ -68,6 +69,28 @@ struct Layer {
     up: Linear,
     down: Linear,
     post_ffn_norm: Option<Tensor>,
+}
+
+/// `act(gate(h)) * up(h)`: on host buffers in one fused pass where both projections run on
+/// the CPU kernels, else through candle's operations.
+fn gated_ffn(layer: &Layer, h: &Tensor, kind: Activation) -> Result<Tensor> {
+    if layer.gate.on_host() && layer.up.on_host() {
+        let (tokens, _) = h.dims2()?;
+        let x = h.flatten_all()?.to_vec1::<f32>()?;
+        if let (Some(mut gate), Some(up)) =
+            (layer.gate.forward_host(&x)?, layer.up.forward_host(&x)?)
+        {
+            activation::gated(kind, &mut gate, &up);
+            let width = gate.len() / tokens;
+            return Ok(Tensor::from_vec(gate, (tokens, width), h.device())?);
+        }
+    }
+    let gate = layer.gate.forward(h)?;
+    let gate = match kind {
+        Activation::Silu => candle_nn::ops::silu(&gate)?,
+        Activation::GeluTanh => gate.gelu()?,
+    };
+    Ok((gate * layer.up.forward(h)?)?)
 }
 
 /// A loaded model: weights on one device and the configuration to run them.
@@ -295,12 +318,7 @@ impl Model {
             }
             x = (x + attn)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-            let gate = layer.gate.forward(&h)?;
-            let gate = match c.activation {
-                Activation::Silu => candle_nn::ops::silu(&gate)?,
-                Activation::GeluTanh => gate.gelu()?,
-            };
-            let mut ffn = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
+            let mut ffn = layer.down.forward(&gated_ffn(layer, &h, c.activation)?)?;
             if let Some(norm) = &layer.post_ffn_norm {
                 ffn = candle_nn::ops::rms_norm(&ffn, norm, eps)?;
             }

@@ -64,6 +64,31 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// Whether the weight runs on the engine's CPU kernels ([`forward_host`] applies).
+    ///
+    /// [`forward_host`]: Self::forward_host
+    pub fn on_host(&self) -> bool {
+        matches!(self.weight, Weight::Kernels(_))
+    }
+
+    /// The projection on host buffers (`x` holding whole rows) where the weight runs on the
+    /// engine's CPU kernels; `None` where it goes through candle (GPUs, float weights).
+    pub fn forward_host(&self, x: &[f32]) -> Result<Option<Vec<f32>>> {
+        let Weight::Kernels(w) = &self.weight else {
+            return Ok(None);
+        };
+        let mut y = w.forward(x)?;
+        if let Some(bias) = &self.bias {
+            let bias = bias.to_vec1::<f32>()?;
+            for row in y.chunks_mut(bias.len()) {
+                row.iter_mut().zip(&bias).for_each(|(v, b)| *v += b);
+            }
+        }
+        Ok(Some(y))
+    }
+}
+
 /// Reads tensors from one GGUF file onto one device, checking names, shapes and types.
 pub struct WeightLoader<'a> {
     file: &'a mut GgufFile,
