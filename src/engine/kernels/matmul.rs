@@ -347,6 +347,50 @@ impl QuantMatrix {
         Ok(out)
     }
 
+    /// `x W_i^T` for each matrix, with one input: matrices repacked into the same layout
+    /// share the quantized input and one parallel region (q, k and v; gate and up), the
+    /// others run one by one.
+    pub fn forward_many(mats: &[&QuantMatrix], x: &[f32]) -> Result<Vec<Vec<f32>>> {
+        let mut outs: Vec<Option<Vec<f32>>> = vec![None; mats.len()];
+        let mut done = vec![false; mats.len()];
+        for i in 0..mats.len() {
+            if done[i] {
+                continue;
+            }
+            let Weights::Packed(first) = &mats[i].weights else {
+                outs[i] = Some(mats[i].forward(x)?);
+                done[i] = true;
+                continue;
+            };
+            if x.len() % first.kind().1 != 0 {
+                outs[i] = Some(mats[i].forward(x)?); // reports the shape error
+                continue;
+            }
+            let rows = x.len() / first.kind().1;
+            // This matrix and every later one of the same layout and width.
+            let members: Vec<(usize, &PackedMatrix)> = (i..mats.len())
+                .filter_map(|j| match &mats[j].weights {
+                    Weights::Packed(p) if !done[j] && p.kind() == first.kind() => Some((j, &**p)),
+                    _ => None,
+                })
+                .collect();
+            let mut buffers: Vec<Vec<f32>> = members
+                .iter()
+                .map(|&(j, _)| vec![0f32; rows * mats[j].rows])
+                .collect();
+            let packed: Vec<&PackedMatrix> = members.iter().map(|&(_, p)| p).collect();
+            let mut slices: Vec<&mut [f32]> =
+                buffers.iter_mut().map(|b| b.as_mut_slice()).collect();
+            let fused = PackedMatrix::forward_many(&packed, x, &mut slices);
+            debug_assert!(fused, "members share a layout");
+            for (&(j, _), buffer) in members.iter().zip(buffers) {
+                outs[j] = Some(buffer);
+                done[j] = true;
+            }
+        }
+        Ok(outs.into_iter().map(|o| o.unwrap_or_default()).collect())
+    }
+
     /// [`forward`](Self::forward) into a caller's buffer of `rows(x) * self.rows()` values.
     pub fn forward_into(&self, x: &[f32], out: &mut [f32]) -> Result<()> {
         let (n, k) = (self.rows, self.cols);

@@ -181,6 +181,8 @@ trait Layout {
     const ELEMS: usize;
     const ZERO_ACT: Self::Act;
     fn quantize(xs: &[f32], out: &mut [Self::Act]);
+    /// A matrix's blocks, if they are of this layout.
+    fn blocks(blocks: &PackedBlocks) -> Option<&[Self::Block]>;
     /// Sums of one group's blocks `w[0]` (and a second group's `w[1]` if `pair`) with `R`
     /// activation rows, `[r][lane]`.
     ///
@@ -204,6 +206,12 @@ impl Layout for FourBit {
     type Act = ActQ8;
     const ELEMS: usize = BLOCK;
     const ZERO_ACT: ActQ8 = ActQ8::ZERO;
+    fn blocks(blocks: &PackedBlocks) -> Option<&[Self::Block]> {
+        match blocks {
+            PackedBlocks::Four(b) => Some(b),
+            _ => None,
+        }
+    }
     fn quantize(xs: &[f32], out: &mut [ActQ8]) {
         quantize_act(xs, out)
     }
@@ -222,6 +230,12 @@ impl Layout for EightBit {
     type Act = ActQ8;
     const ELEMS: usize = BLOCK;
     const ZERO_ACT: ActQ8 = ActQ8::ZERO;
+    fn blocks(blocks: &PackedBlocks) -> Option<&[Self::Block]> {
+        match blocks {
+            PackedBlocks::Eight(b) => Some(b),
+            _ => None,
+        }
+    }
     fn quantize(xs: &[f32], out: &mut [ActQ8]) {
         quantize_act(xs, out)
     }
@@ -240,6 +254,12 @@ impl Layout for FourBitK {
     type Act = BlockQ8K;
     const ELEMS: usize = SUPER_BLOCK;
     const ZERO_ACT: BlockQ8K = BlockQ8K::ZERO;
+    fn blocks(blocks: &PackedBlocks) -> Option<&[Self::Block]> {
+        match blocks {
+            PackedBlocks::Q4K(b) => Some(b),
+            _ => None,
+        }
+    }
     fn quantize(xs: &[f32], out: &mut [BlockQ8K]) {
         blocks::quantize_q8k(xs, out)
     }
@@ -258,6 +278,12 @@ impl Layout for SixBitK {
     type Act = BlockQ8K;
     const ELEMS: usize = SUPER_BLOCK;
     const ZERO_ACT: BlockQ8K = BlockQ8K::ZERO;
+    fn blocks(blocks: &PackedBlocks) -> Option<&[Self::Block]> {
+        match blocks {
+            PackedBlocks::Q6K(b) => Some(b),
+            _ => None,
+        }
+    }
     fn quantize(xs: &[f32], out: &mut [BlockQ8K]) {
         blocks::quantize_q8k(xs, out)
     }
@@ -435,6 +461,18 @@ impl PackedMatrix {
         }
     }
 
+    /// Which layout the matrix has and its input width: matrices that agree on both can
+    /// share one [`forward_many`](Self::forward_many).
+    pub fn kind(&self) -> (u8, usize) {
+        let layout = match &self.blocks {
+            PackedBlocks::Four(_) => 0,
+            PackedBlocks::Eight(_) => 1,
+            PackedBlocks::Q4K(_) => 2,
+            PackedBlocks::Q6K(_) => 3,
+        };
+        (layout, self.cols)
+    }
+
     /// Bytes held by the repacked weights.
     pub fn bytes(&self) -> usize {
         match &self.blocks {
@@ -447,97 +485,129 @@ impl PackedMatrix {
 
     /// `out = x W^T` for `m` rows of `x` (`m * cols` values) into `out` (`m * rows`).
     pub fn forward_into(&self, x: &[f32], out: &mut [f32]) {
+        let done = Self::forward_many(&[self], x, &mut [out]);
+        debug_assert!(done);
+    }
+
+    /// `outs[i] = x W_i^T` for matrices of one layout and input width, with the input
+    /// quantized once and all products in one parallel region (q, k and v; gate and up).
+    /// Returns false, computing nothing, where the matrices' layouts or widths differ.
+    pub fn forward_many(mats: &[&PackedMatrix], x: &[f32], outs: &mut [&mut [f32]]) -> bool {
         assert!(super::vnni_available(), "packed weights need VNNI");
-        match &self.blocks {
-            PackedBlocks::Four(b) => self.run::<FourBit>(b, x, out),
-            PackedBlocks::Eight(b) => self.run::<EightBit>(b, x, out),
-            PackedBlocks::Q4K(b) => self.run::<FourBitK>(b, x, out),
-            PackedBlocks::Q6K(b) => self.run::<SixBitK>(b, x, out),
+        assert_eq!(mats.len(), outs.len(), "one output per matrix");
+        let Some(first) = mats.first() else {
+            return true;
+        };
+        if mats.iter().any(|m| m.cols != first.cols) {
+            return false;
+        }
+        match &first.blocks {
+            PackedBlocks::Four(_) => run::<FourBit>(mats, x, outs),
+            PackedBlocks::Eight(_) => run::<EightBit>(mats, x, outs),
+            PackedBlocks::Q4K(_) => run::<FourBitK>(mats, x, outs),
+            PackedBlocks::Q6K(_) => run::<SixBitK>(mats, x, outs),
         }
     }
+}
 
-    /// The driver: activations quantized once per row, then groups of output columns split
-    /// over the team, each group swept over all rows a tile at a time while its blocks stay
-    /// in cache.
-    fn run<L: Layout>(&self, weights: &[L::Block], x: &[f32], out: &mut [f32]) {
-        let (n, k) = (self.rows, self.cols);
-        let k_blocks = k / L::ELEMS;
-        let m = x.len() / k;
-        assert!(
-            x.len() == m * k && out.len() == m * n,
-            "packed matmul shapes"
-        );
-        let groups = n.div_ceil(GROUP);
+/// The driver: activations quantized once per row, then groups of output columns of every
+/// matrix split over the team, each group swept over all rows a tile at a time while its
+/// blocks stay in cache. False if a matrix is not of layout `L`.
+fn run<L: Layout>(mats: &[&PackedMatrix], x: &[f32], outs: &mut [&mut [f32]]) -> bool {
+    let Some(weights) = mats
+        .iter()
+        .map(|mat| L::blocks(&mat.blocks))
+        .collect::<Option<Vec<&[L::Block]>>>()
+    else {
+        return false;
+    };
+    let k = mats[0].cols;
+    let k_blocks = k / L::ELEMS;
+    let m = x.len() / k;
+    assert_eq!(x.len(), m * k, "packed matmul input");
+    for ((mat, w), out) in mats.iter().zip(&weights).zip(outs.iter()) {
+        assert_eq!(out.len(), m * mat.rows, "packed matmul output");
         assert_eq!(
-            weights.len(),
-            groups * k_blocks,
-            "packed blocks of the matrix"
+            w.len(),
+            mat.rows.div_ceil(GROUP) * k_blocks,
+            "packed blocks"
         );
+    }
 
-        let team = team();
-        let mut acts = vec![L::ZERO_ACT; m * k_blocks];
-        if m >= 8 {
-            let shared = Disjoint::new(&mut acts);
-            team.run(m, &|row| {
-                // SAFETY: each task writes only its own row's blocks.
-                let a = unsafe { shared.slice(row * k_blocks, k_blocks) };
-                L::quantize(&x[row * k..(row + 1) * k], a);
-            });
-        } else {
-            for (a, x) in acts.chunks_mut(k_blocks).zip(x.chunks(k)) {
-                L::quantize(x, a);
+    let team = team();
+    let mut acts = vec![L::ZERO_ACT; m * k_blocks];
+    if m >= 8 {
+        let shared = Disjoint::new(&mut acts);
+        team.run(m, &|row| {
+            // SAFETY: each task writes only its own row's blocks.
+            let a = unsafe { shared.slice(row * k_blocks, k_blocks) };
+            L::quantize(&x[row * k..(row + 1) * k], a);
+        });
+    } else {
+        for (a, x) in acts.chunks_mut(k_blocks).zip(x.chunks(k)) {
+            L::quantize(x, a);
+        }
+    }
+
+    // Work units: pairs of groups for the 512-bit kernels, else single groups, numbered
+    // across the matrices one after another.
+    let pairs = super::vnni::pairs_available();
+    let per_unit = if pairs { 2 } else { 1 };
+    // Activation rows per pass over a group's weights: as many as the registers hold (32
+    // vector registers with AVX-512, 16 without).
+    let tile = if pairs { MAX_TILE } else { 4 };
+    let mut first_unit = Vec::with_capacity(mats.len() + 1);
+    first_unit.push(0);
+    for mat in mats {
+        let units = mat.rows.div_ceil(GROUP).div_ceil(per_unit);
+        first_unit.push(first_unit.last().copied().unwrap_or(0) + units);
+    }
+    let units = first_unit[mats.len()];
+    let tasks = (team.threads() * 4).min(units).max(1);
+    let per_task = units.div_ceil(tasks);
+    let shared: Vec<Disjoint<f32>> = outs.iter_mut().map(|o| Disjoint::new(o)).collect();
+    let acts = &acts;
+    team.run(tasks, &|task| {
+        for unit in task * per_task..((task + 1) * per_task).min(units) {
+            let i = first_unit.partition_point(|&f| f <= unit) - 1;
+            let (mat, weights, out) = (mats[i], weights[i], shared[i]);
+            let (n, groups) = (mat.rows, mat.rows.div_ceil(GROUP));
+            let g = (unit - first_unit[i]) * per_unit;
+            let pair = pairs && g + 1 < groups;
+            let group = |g: usize| &weights[g * k_blocks..(g + 1) * k_blocks];
+            let w = [group(g), group(if pair { g + 1 } else { g })];
+            let row_acts = |r: usize| &acts[r * k_blocks..(r + 1) * k_blocks];
+            let params = mat.params;
+            let mut row = 0;
+            while row < m {
+                let take = (m - row).min(tile);
+                let a = |i: usize| row_acts(row + i);
+                // SAFETY: VNNI (and AVX-512 for pairs) was checked; every activation row
+                // and each group have `k_blocks` blocks.
+                let sums: [[f32; PAIR]; MAX_TILE] = unsafe {
+                    match take {
+                        1 => pad(L::dot::<1>(w, pair, [a(0)], params)),
+                        2 => pad(L::dot::<2>(w, pair, std::array::from_fn(a), params)),
+                        3 => pad(L::dot::<3>(w, pair, std::array::from_fn(a), params)),
+                        4 => pad(L::dot::<4>(w, pair, std::array::from_fn(a), params)),
+                        5 => pad(L::dot::<5>(w, pair, std::array::from_fn(a), params)),
+                        6 => pad(L::dot::<6>(w, pair, std::array::from_fn(a), params)),
+                        7 => pad(L::dot::<7>(w, pair, std::array::from_fn(a), params)),
+                        _ => L::dot::<8>(w, pair, std::array::from_fn(a), params),
+                    }
+                };
+                // The lanes that are real columns: the groups' rows, less padding.
+                let lanes = (if pair { PAIR } else { GROUP }).min(n - g * GROUP);
+                for (r, sums) in sums.iter().enumerate().take(take) {
+                    // SAFETY: in bounds; only this task owns these groups' columns.
+                    let out = unsafe { out.slice((row + r) * n + g * GROUP, lanes) };
+                    out.copy_from_slice(&sums[..lanes]);
+                }
+                row += take;
             }
         }
-
-        // Work units: pairs of groups for the 512-bit kernels, else single groups.
-        let pairs = super::vnni::pairs_available();
-        let per_unit = if pairs { 2 } else { 1 };
-        // Activation rows per pass over a group's weights: as many as the registers hold
-        // (32 vector registers with AVX-512, 16 without).
-        let tile = if pairs { MAX_TILE } else { 4 };
-        let units = groups.div_ceil(per_unit);
-        let tasks = (team.threads() * 4).min(units).max(1);
-        let per_task = units.div_ceil(tasks);
-        let shared = Disjoint::new(out);
-        let acts = &acts;
-        let params = self.params;
-        team.run(tasks, &|task| {
-            for unit in task * per_task..((task + 1) * per_task).min(units) {
-                let g = unit * per_unit;
-                let pair = pairs && g + 1 < groups;
-                let group = |g: usize| &weights[g * k_blocks..(g + 1) * k_blocks];
-                let w = [group(g), group(if pair { g + 1 } else { g })];
-                let row_acts = |r: usize| &acts[r * k_blocks..(r + 1) * k_blocks];
-                let mut row = 0;
-                while row < m {
-                    let take = (m - row).min(tile);
-                    let a = |i: usize| row_acts(row + i);
-                    // SAFETY: VNNI (and AVX-512 for pairs) was checked; every activation
-                    // row and each group have `k_blocks` blocks.
-                    let sums: [[f32; PAIR]; MAX_TILE] = unsafe {
-                        match take {
-                            1 => pad(L::dot::<1>(w, pair, [a(0)], params)),
-                            2 => pad(L::dot::<2>(w, pair, std::array::from_fn(a), params)),
-                            3 => pad(L::dot::<3>(w, pair, std::array::from_fn(a), params)),
-                            4 => pad(L::dot::<4>(w, pair, std::array::from_fn(a), params)),
-                            5 => pad(L::dot::<5>(w, pair, std::array::from_fn(a), params)),
-                            6 => pad(L::dot::<6>(w, pair, std::array::from_fn(a), params)),
-                            7 => pad(L::dot::<7>(w, pair, std::array::from_fn(a), params)),
-                            _ => L::dot::<8>(w, pair, std::array::from_fn(a), params),
-                        }
-                    };
-                    // The lanes that are real columns: the groups' rows, less padding.
-                    let lanes = (if pair { PAIR } else { GROUP }).min(n - g * GROUP);
-                    for (r, sums) in sums.iter().enumerate().take(take) {
-                        // SAFETY: in bounds; only this task owns these groups' columns.
-                        let out = unsafe { shared.slice((row + r) * n + g * GROUP, lanes) };
-                        out.copy_from_slice(&sums[..lanes]);
-                    }
-                    row += take;
-                }
-            }
-        });
-    }
+    });
+    true
 }
 
 /// The most activation rows one kernel call takes.

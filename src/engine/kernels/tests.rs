@@ -328,3 +328,32 @@ fn bad_shapes_are_errors_not_panics() {
     let err = matrix.forward_into(&[0.0; 64], &mut out).unwrap_err();
     assert!(err.to_string().contains("do not fit"), "{err}");
 }
+
+/// Several matrices of one input, some sharing a layout (fused into one region) and some
+/// not, give exactly what each gives alone.
+#[test]
+fn forward_many_equals_one_by_one() {
+    let mut rng = StdRng::seed_from_u64(99);
+    let k = 512;
+    let cpu = Device::Cpu;
+    let make = |dtype: GgmlDType, n: usize, rng: &mut StdRng| {
+        let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let w = Tensor::from_vec(w, (n, k), &cpu).unwrap();
+        QuantMatrix::new(Arc::new(QTensor::quantize(&w, dtype).unwrap())).unwrap()
+    };
+    let mats = [
+        make(GgmlDType::Q4K, 24, &mut rng),
+        make(GgmlDType::Q6K, 9, &mut rng),
+        make(GgmlDType::Q4K, 40, &mut rng),
+        make(GgmlDType::Q8_0, 17, &mut rng),
+        make(GgmlDType::Q4K, 8, &mut rng),
+    ];
+    for m in [1, 5, 16] {
+        let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+        let refs: Vec<&QuantMatrix> = mats.iter().collect();
+        let many = QuantMatrix::forward_many(&refs, &x).unwrap();
+        for (i, mat) in mats.iter().enumerate() {
+            assert_eq!(many[i], mat.forward(&x).unwrap(), "matrix {i}, {m} rows");
+        }
+    }
+}

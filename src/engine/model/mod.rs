@@ -77,9 +77,10 @@ fn gated_ffn(layer: &Layer, h: &Tensor, kind: Activation) -> Result<Tensor> {
     if layer.gate.on_host() && layer.up.on_host() {
         let (tokens, _) = h.dims2()?;
         let x = h.flatten_all()?.to_vec1::<f32>()?;
-        if let (Some(mut gate), Some(up)) =
-            (layer.gate.forward_host(&x)?, layer.up.forward_host(&x)?)
-        {
+        if let Some(outs) = Linear::forward_host_many(&[&layer.gate, &layer.up], &x)? {
+            let [mut gate, up]: [Vec<f32>; 2] = outs
+                .try_into()
+                .map_err(|_| Error::Request("two projections expected".into()))?;
             activation::gated(kind, &mut gate, &up);
             let width = gate.len() / tokens;
             return Ok(Tensor::from_vec(gate, (tokens, width), h.device())?);
@@ -91,6 +92,34 @@ fn gated_ffn(layer: &Layer, h: &Tensor, kind: Activation) -> Result<Tensor> {
         Activation::GeluTanh => gate.gelu()?,
     };
     Ok((gate * layer.up.forward(h)?)?)
+}
+
+/// Several projections of one input `h` (`(tokens, in)`), each `(tokens, out_i)`: on the
+/// CPU kernels with the input quantized once where their layouts agree, else one by one.
+fn project<const N: usize>(linears: &[&Linear; N], h: &Tensor) -> Result<[Tensor; N]> {
+    let (tokens, _) = h.dims2()?;
+    if linears.iter().all(|l| l.on_host()) {
+        let x = h.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(outs) = Linear::forward_host_many(linears, &x)? {
+            let tensors = outs
+                .into_iter()
+                .map(|y| {
+                    let width = y.len() / tokens;
+                    Tensor::from_vec(y, (tokens, width), h.device())
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            return tensors
+                .try_into()
+                .map_err(|_| Error::Request("projection count".into()));
+        }
+    }
+    let tensors = linears
+        .iter()
+        .map(|l| l.forward(h))
+        .collect::<Result<Vec<_>>>()?;
+    tensors
+        .try_into()
+        .map_err(|_| Error::Request("projection count".into()))
 }
 
 /// A loaded model: weights on one device and the configuration to run them.
@@ -284,18 +313,10 @@ impl Model {
         for (index, layer) in self.layers.iter().enumerate() {
             let sliding = c.is_sliding(index);
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            let mut q = layer
-                .q
-                .forward(&h)?
-                .reshape((1, n_tokens, c.n_heads, c.head_dim))?;
-            let mut k = layer
-                .k
-                .forward(&h)?
-                .reshape((1, n_tokens, c.n_kv_heads, c.head_dim))?;
-            let v = layer
-                .v
-                .forward(&h)?
-                .reshape((n_tokens, c.n_kv_heads, c.head_dim))?;
+            let [q, k, v] = project(&[&layer.q, &layer.k, &layer.v], &h)?;
+            let mut q = q.reshape((1, n_tokens, c.n_heads, c.head_dim))?;
+            let mut k = k.reshape((1, n_tokens, c.n_kv_heads, c.head_dim))?;
+            let v = v.reshape((n_tokens, c.n_kv_heads, c.head_dim))?;
             if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
                 q = candle_nn::ops::rms_norm(&q.contiguous()?, qn, eps)?;
                 k = candle_nn::ops::rms_norm(&k.contiguous()?, kn, eps)?;

@@ -65,27 +65,32 @@ impl Linear {
 }
 
 impl Linear {
-    /// Whether the weight runs on the engine's CPU kernels ([`forward_host`] applies).
-    ///
-    /// [`forward_host`]: Self::forward_host
+    /// Whether the weight runs on the engine's CPU kernels ([`Self::forward_host_many`]
+    /// applies).
     pub fn on_host(&self) -> bool {
         matches!(self.weight, Weight::Kernels(_))
     }
 
-    /// The projection on host buffers (`x` holding whole rows) where the weight runs on the
-    /// engine's CPU kernels; `None` where it goes through candle (GPUs, float weights).
-    pub fn forward_host(&self, x: &[f32]) -> Result<Option<Vec<f32>>> {
-        let Weight::Kernels(w) = &self.weight else {
-            return Ok(None);
-        };
-        let mut y = w.forward(x)?;
-        if let Some(bias) = &self.bias {
-            let bias = bias.to_vec1::<f32>()?;
-            for row in y.chunks_mut(bias.len()) {
-                row.iter_mut().zip(&bias).for_each(|(v, b)| *v += b);
+    /// Several projections of one input on host buffers, sharing the quantized input where
+    /// their layouts agree; `None` unless every one runs on the CPU kernels.
+    pub fn forward_host_many(linears: &[&Linear], x: &[f32]) -> Result<Option<Vec<Vec<f32>>>> {
+        let mut mats = Vec::with_capacity(linears.len());
+        for linear in linears {
+            match &linear.weight {
+                Weight::Kernels(w) => mats.push(w),
+                Weight::Dispatch(_) => return Ok(None),
             }
         }
-        Ok(Some(y))
+        let mut outs = QuantMatrix::forward_many(&mats, x)?;
+        for (linear, y) in linears.iter().zip(&mut outs) {
+            if let Some(bias) = &linear.bias {
+                let bias = bias.to_vec1::<f32>()?;
+                for row in y.chunks_mut(bias.len()) {
+                    row.iter_mut().zip(&bias).for_each(|(v, b)| *v += b);
+                }
+            }
+        }
+        Ok(Some(outs))
     }
 }
 
