@@ -362,7 +362,7 @@ impl QuantMatrix {
                 done[i] = true;
                 continue;
             };
-            if x.len() % first.kind().1 != 0 {
+            if !x.len().is_multiple_of(first.kind().1) {
                 outs[i] = Some(mats[i].forward(x)?); // reports the shape error
                 continue;
             }
