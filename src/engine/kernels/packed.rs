@@ -15,10 +15,12 @@
 //! in the stored layout. Nothing is re-quantized: the repacking is lossless.
 //!
 //! The K-quants keep their super-blocks of 256: Q4_K as eight 32-element sub-blocks of
-//! nibbles with the rows' 6-bit scales and mins unpacked to bytes (148 bytes per row and
-//! super-block against 144 stored), Q6_K as sixteen groups of 16 one-byte values with zero
-//! point 32 and the rows' signed scales (274 bytes against 210). Their integer sums are
-//! scaled per sub-block in integers, as GGML's definition does.
+//! nibbles with the rows' 6-bit scales unpacked to bytes and their mins to 16-bit pairs
+//! for `vpmaddwd` (156 bytes per row and super-block against 144 stored); Q6_K as sixteen
+//! groups of 16 signed bytes `u - 32` with the rows' scales and a precomputed correction
+//! (278 bytes against 210). For Q6_K the activations are the unsigned side of `vpdpbusd`,
+//! biased by 128, and `128 * sum(scale * w)` per row, known at load, removes the bias.
+//! The integer sums are scaled per sub-block in integers, as GGML's definition does.
 
 use half::f16;
 
@@ -53,32 +55,65 @@ pub struct Packed8 {
 }
 
 /// Super-block `b` of eight Q4_K rows: `x = d * scale[s] * u - dmin * min[s]` for
-/// sub-block `s`; `scales[8s + lane]`, `mins[8s + lane]`; `qs[128s..]` holds sub-block `s`
-/// as [`Packed4::qs`] holds a block.
+/// sub-block `s`; `scales[8s + lane]`; `mins[16p + 2 lane + j]` is the min of sub-block
+/// `2p + j`; `qs[128s..]` holds sub-block `s` as [`Packed4::qs`] holds a block.
 #[derive(Debug, Clone, Copy)]
 #[repr(C)]
 pub struct Packed4K {
     pub d: [f16; GROUP],
     pub dmin: [f16; GROUP],
     pub scales: [u8; GROUP * 8],
-    pub mins: [u8; GROUP * 8],
+    pub mins: [i16; GROUP * 8],
     pub qs: [u8; GROUP * SUPER_BLOCK / 2],
 }
 
-/// Super-block `b` of eight Q6_K rows: `x = d * scale[g] * (u - 32)` for group `g` of 16;
-/// `scales[8g + lane]`; chunk `c` (of 64) lane `r` byte `j` holds `u[r][4c + j]`.
+/// Super-block `b` of eight Q6_K rows: `x = d * scale[g] * w` for group `g` of 16, `w` in
+/// -32..32; `scales[8g + lane]`; chunk `c` (of 64) lane `r` byte `j` holds `w[r][4c + j]`;
+/// `correction[lane]` is `128 * sum over g of scale[g] * sum(w)` of the group.
 #[derive(Debug, Clone, Copy)]
 #[repr(C)]
 pub struct Packed6K {
     pub d: [f16; GROUP],
+    pub correction: [i32; GROUP],
     pub scales: [i8; GROUP * 16],
-    pub qs: [u8; GROUP * SUPER_BLOCK],
+    pub qs: [i8; GROUP * SUPER_BLOCK],
+}
+
+/// Q8_K activations biased to unsigned bytes (`q + 128`), for the Q6_K kernel.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct ActQ8KBiased {
+    pub d: f32,
+    pub qs: [u8; SUPER_BLOCK],
+}
+
+impl ActQ8KBiased {
+    const ZERO: Self = Self {
+        d: 0.0,
+        qs: [128; SUPER_BLOCK],
+    };
+}
+
+blocks::multiversion! {
+    /// Quantizes `xs` (a multiple of 256 long) into biased Q8_K activation blocks.
+    pub fn quantize_q8k_biased(xs: &[f32], out: &mut [ActQ8KBiased]) {
+        debug_assert_eq!(xs.len(), out.len() * SUPER_BLOCK);
+        for (block, xs) in out.iter_mut().zip(xs.chunks_exact(SUPER_BLOCK)) {
+            let amax = xs.iter().fold(0f32, |a, &x| a.max(x.abs()));
+            let d = amax / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            for (q, &x) in block.qs.iter_mut().zip(xs) {
+                *q = ((x * inv).round_ties_even() as i32 + 128) as u8;
+            }
+            block.d = d;
+        }
+    }
 }
 
 const _: () = assert!(std::mem::size_of::<Packed4>() == 8 * 20);
 const _: () = assert!(std::mem::size_of::<Packed8>() == 8 * 36);
-const _: () = assert!(std::mem::size_of::<Packed4K>() == 8 * 148);
-const _: () = assert!(std::mem::size_of::<Packed6K>() == 8 * 274);
+const _: () = assert!(std::mem::size_of::<Packed4K>() == 8 * 156);
+const _: () = assert!(std::mem::size_of::<Packed6K>() == 8 * 278);
 
 /// An activation block for the packed kernels: `a = d * q`, with `s = d * sum(q)` for the
 /// offset term and `sum(q)` for the zero point.
@@ -275,22 +310,22 @@ impl Layout for FourBitK {
 
 impl Layout for SixBitK {
     type Block = Packed6K;
-    type Act = BlockQ8K;
+    type Act = ActQ8KBiased;
     const ELEMS: usize = SUPER_BLOCK;
-    const ZERO_ACT: BlockQ8K = BlockQ8K::ZERO;
+    const ZERO_ACT: ActQ8KBiased = ActQ8KBiased::ZERO;
     fn blocks(blocks: &PackedBlocks) -> Option<&[Self::Block]> {
         match blocks {
             PackedBlocks::Q6K(b) => Some(b),
             _ => None,
         }
     }
-    fn quantize(xs: &[f32], out: &mut [BlockQ8K]) {
-        blocks::quantize_q8k(xs, out)
+    fn quantize(xs: &[f32], out: &mut [ActQ8KBiased]) {
+        quantize_q8k_biased(xs, out)
     }
     unsafe fn dot<const R: usize>(
         w: [&[Packed6K]; 2],
         pair: bool,
-        a: [&[BlockQ8K]; R],
+        a: [&[ActQ8KBiased]; R],
         p: Small,
     ) -> [[f32; PAIR]; R] {
         super::vnni::dot6k::<R>(w, pair, a, p)
@@ -399,7 +434,7 @@ impl PackedMatrix {
                 p.dmin[lane] = x.dmin;
                 for sub in 0..8 {
                     p.scales[8 * sub + lane] = scales[sub];
-                    p.mins[8 * sub + lane] = mins[sub];
+                    p.mins[16 * (sub / 2) + 2 * lane + sub % 2] = mins[sub] as i16;
                     let (pair, high) = (sub / 2, sub % 2 == 1);
                     let u: [u8; BLOCK] = std::array::from_fn(|l| {
                         let byte = x.qs[pair * 32 + l];
@@ -432,8 +467,9 @@ impl PackedMatrix {
         let blocks = interleave(rows.div_ceil(GROUP), k_blocks, |g, b| {
             let mut p = Packed6K {
                 d: [f16::ZERO; GROUP],
+                correction: [0; GROUP],
                 scales: [0; GROUP * 16],
-                qs: [32; GROUP * SUPER_BLOCK],
+                qs: [0; GROUP * SUPER_BLOCK],
             };
             for lane in 0..GROUP {
                 let r = g * GROUP + lane;
@@ -442,11 +478,16 @@ impl PackedMatrix {
                 }
                 let x = &stored[r * k_blocks + b];
                 p.d[lane] = x.d;
+                let w: [i8; SUPER_BLOCK] = std::array::from_fn(|i| q6k_value(x, i) as i8 - 32);
                 for group in 0..16 {
                     p.scales[8 * group + lane] = x.scales[group];
+                    let sum: i32 = w[16 * group..16 * (group + 1)]
+                        .iter()
+                        .map(|&v| v as i32)
+                        .sum();
+                    p.correction[lane] += 128 * x.scales[group] as i32 * sum;
                 }
-                let u: [u8; SUPER_BLOCK] = std::array::from_fn(|i| q6k_value(x, i));
-                interleave_bytes(&mut p.qs, lane, &u);
+                interleave_bytes(&mut p.qs, lane, &w);
             }
             p
         });
@@ -628,7 +669,7 @@ fn interleave_nibbles(qs: &mut [u8], lane: usize, u: &[u8; BLOCK]) {
 }
 
 /// Writes row `lane`'s values (a multiple of four) as one byte each, four per chunk.
-fn interleave_bytes(qs: &mut [u8], lane: usize, u: &[u8]) {
+fn interleave_bytes<T: Copy>(qs: &mut [T], lane: usize, u: &[T]) {
     for (c, four) in u.chunks_exact(4).enumerate() {
         qs[32 * c + 4 * lane..32 * c + 4 * lane + 4].copy_from_slice(four);
     }

@@ -357,3 +357,55 @@ fn forward_many_equals_one_by_one() {
         }
     }
 }
+
+/// The repacked kernels against the stored-layout kernels on the same matrices: the same
+/// integer sums of the same quantized activations, so they agree to float rounding for
+/// the K-quants (identical Q8_K activations), and to the f16 rounding of the activation
+/// scale that the stored 32-element formats carry (2^-11 relative per block).
+#[test]
+fn packed_equals_stored_up_to_rounding() {
+    if !super::vnni_available() {
+        eprintln!("no VNNI on this CPU: nothing is repacked here");
+        return;
+    }
+    let cpu = Device::Cpu;
+    let mut rng = StdRng::seed_from_u64(5);
+    let cases = [
+        (GgmlDType::Q4_0, 1e-3),
+        (GgmlDType::Q4_1, 1e-3),
+        (GgmlDType::Q5_0, 1e-3),
+        (GgmlDType::Q5_1, 1e-3),
+        (GgmlDType::Q8_0, 1e-3),
+        (GgmlDType::Q4K, 1e-5),
+        (GgmlDType::Q6K, 1e-5),
+    ];
+    for (dtype, relative) in cases {
+        for &(m, n, k) in &[(1, 9, 512), (5, 17, 768), (16, 33, 256)] {
+            let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+            let q = QTensor::quantize(&Tensor::from_vec(w, (n, k), &cpu).unwrap(), dtype).unwrap();
+            let dequantized: Vec<f32> = q
+                .dequantize(&cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let q = Arc::new(q);
+            let stored = QuantMatrix::stored(q.clone()).unwrap().forward(&x).unwrap();
+            let packed = QuantMatrix::new(q).unwrap().forward(&x).unwrap();
+            for row in 0..m {
+                for col in 0..n {
+                    let magnitude: f32 = (0..k)
+                        .map(|i| (dequantized[col * k + i] * x[row * k + i]).abs())
+                        .sum();
+                    let (s, p) = (stored[row * n + col], packed[row * n + col]);
+                    assert!(
+                        (s - p).abs() <= relative * magnitude,
+                        "{dtype:?} {m}x{n}x{k} [{row}][{col}]: stored {s}, packed {p}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -16,7 +16,7 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use super::blocks::BlockQ8K;
-use super::packed::{ActQ8, Packed4, Packed4K, Packed6K, Packed8, GROUP};
+use super::packed::{ActQ8, ActQ8KBiased, Packed4, Packed4K, Packed6K, Packed8, GROUP};
 
 /// Output lanes of one call: two groups (the second unused by 256-bit kernels).
 pub const PAIR: usize = 2 * GROUP;
@@ -37,6 +37,10 @@ trait Lanes {
     unsafe fn add(a: Self::I, b: Self::I) -> Self::I;
     unsafe fn sub(a: Self::I, b: Self::I) -> Self::I;
     unsafe fn mullo(a: Self::I, b: Self::I) -> Self::I;
+    /// `vpmaddwd`: i16 pairs multiplied and summed into i32 lanes.
+    unsafe fn madd16(a: Self::I, b: Self::I) -> Self::I;
+    /// Eight i32 from each group.
+    unsafe fn load_i32(p: [*const i32; 2]) -> Self::I;
     /// Eight bytes from each group, as i32 lanes.
     unsafe fn widen_u8(p: [*const u8; 2]) -> Self::I;
     unsafe fn widen_i8(p: [*const i8; 2]) -> Self::I;
@@ -121,6 +125,14 @@ impl<V: YmmDpbusd> Lanes for Ymm<V> {
         _mm256_mullo_epi32(a, b)
     }
     #[inline(always)]
+    unsafe fn madd16(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_madd_epi16(a, b)
+    }
+    #[inline(always)]
+    unsafe fn load_i32(p: [*const i32; 2]) -> __m256i {
+        _mm256_loadu_si256(p[0].cast())
+    }
+    #[inline(always)]
     unsafe fn widen_u8(p: [*const u8; 2]) -> __m256i {
         _mm256_cvtepu8_epi32(_mm_loadl_epi64(p[0].cast()))
     }
@@ -201,6 +213,14 @@ impl Lanes for Zmm {
     #[inline(always)]
     unsafe fn mullo(a: __m512i, b: __m512i) -> __m512i {
         _mm512_mullo_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn madd16(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_madd_epi16(a, b)
+    }
+    #[inline(always)]
+    unsafe fn load_i32(p: [*const i32; 2]) -> __m512i {
+        Self::load(p.map(|p| p.cast::<u8>()))
     }
     #[inline(always)]
     unsafe fn widen_u8(p: [*const u8; 2]) -> __m512i {
@@ -369,11 +389,14 @@ unsafe fn dot4k_body<V: Lanes, const R: usize>(
         let dmin = V::scales(p.map(|p| p.dmin.as_ptr()));
         for r in 0..R {
             let y = a[r].get_unchecked(b);
+            // The min terms: pairs of sub-blocks' mins times their activation sums.
             let mut sum_m = V::zero_i();
-            for sub in 0..8 {
-                let bsum = y.bsums[2 * sub] as i32 + y.bsums[2 * sub + 1] as i32;
-                let min = V::widen_u8(p.map(|p| p.mins.as_ptr().add(8 * sub)));
-                sum_m = V::add(sum_m, V::mullo(min, V::splat(bsum)));
+            for pair in 0..4 {
+                let sum = |sub: usize| y.bsums[2 * sub] + y.bsums[2 * sub + 1];
+                let sums =
+                    (sum(2 * pair) as u16 as u32) | ((sum(2 * pair + 1) as u16 as u32) << 16);
+                let mins = V::load(p.map(|p| p.mins.as_ptr().add(16 * pair).cast::<u8>()));
+                sum_m = V::add(sum_m, V::madd16(mins, V::splat(sums as i32)));
             }
             let yd = V::splat_f(y.d);
             acc[r] = V::fmadd(V::to_f(sum_q[r]), V::mul(d, yd), acc[r]);
@@ -386,7 +409,7 @@ unsafe fn dot4k_body<V: Lanes, const R: usize>(
 #[inline(always)]
 unsafe fn dot6k_body<V: Lanes, const R: usize>(
     w: [&[Packed6K]; 2],
-    a: [&[BlockQ8K]; R],
+    a: [&[ActQ8KBiased]; R],
     _: Small,
 ) -> [[f32; PAIR]; R] {
     let mut acc = [V::zero_f(); R];
@@ -396,23 +419,25 @@ unsafe fn dot6k_body<V: Lanes, const R: usize>(
         for g in 0..16 {
             let mut isum = [V::zero_i(); R];
             for c in 0..4 {
-                let u = V::load(p.map(|p| p.qs.as_ptr().add(32 * (4 * g + c))));
+                let w = V::load(p.map(|p| p.qs.as_ptr().add(32 * (4 * g + c)).cast::<u8>()));
                 for r in 0..R {
                     let qs = &a[r].get_unchecked(b).qs;
-                    isum[r] = V::dpbusd(isum[r], u, V::splat(four(qs, 16 * g + 4 * c)));
+                    let y = std::ptr::read_unaligned(qs.as_ptr().add(16 * g + 4 * c).cast::<i32>());
+                    // Unsigned (biased) activations, signed weights.
+                    isum[r] = V::dpbusd(isum[r], V::splat(y), w);
                 }
             }
             let scale = V::widen_i8(p.map(|p| p.scales.as_ptr().add(8 * g)));
             for r in 0..R {
-                // The zero point 32, subtracted in integers: 32 * sum(q) over the group.
-                let zero = V::splat(32 * a[r].get_unchecked(b).bsums[g] as i32);
-                sum[r] = V::add(sum[r], V::mullo(V::sub(isum[r], zero), scale));
+                sum[r] = V::add(sum[r], V::mullo(isum[r], scale));
             }
         }
         let d = V::scales(p.map(|p| p.d.as_ptr()));
+        let correction = V::load_i32(p.map(|p| p.correction.as_ptr()));
         for r in 0..R {
             let yd = V::splat_f(a[r].get_unchecked(b).d);
-            acc[r] = V::fmadd(V::to_f(sum[r]), V::mul(d, yd), acc[r]);
+            let exact = V::sub(sum[r], correction);
+            acc[r] = V::fmadd(V::to_f(exact), V::mul(d, yd), acc[r]);
         }
     }
     finish::<V, R>(acc)
@@ -510,5 +535,5 @@ kernel!(
 );
 kernel!(
     /// As [`dot4`], for Q6_K groups.
-    dot6k, dot6k_body, Packed6K, BlockQ8K
+    dot6k, dot6k_body, Packed6K, ActQ8KBiased
 );
