@@ -6,7 +6,9 @@
 //! caller until a worker wakes: measured here, a one-thread `install` around a 1536 x 576
 //! Q4_1 product took 196 µs against 107 µs for the product alone. The team's helpers
 //! instead spin on a shared word for a while after each region, so the next region starts
-//! at once; after a quiet spell they park and cost nothing.
+//! at once; past 50 µs they yield their core to any other runnable thread between checks
+//! (candle's and rayon's pools still run some operations between regions), and after 2 ms
+//! they park and cost nothing.
 //!
 //! The calling thread always works too and never waits for a parked helper to wake: it
 //! claims tasks itself, so a late helper only finds less to do. A team of N threads has
@@ -19,6 +21,9 @@ use std::time::{Duration, Instant};
 
 /// How long an idle helper spins before it parks.
 const SPIN: Duration = Duration::from_millis(2);
+
+/// How long an idle helper spins without yielding its core to other threads.
+const SPIN_ALONE: Duration = Duration::from_micros(50);
 
 /// The most tasks one region may have (the task index and count share one atomic word).
 pub const MAX_TASKS: usize = u16::MAX as usize;
@@ -102,8 +107,15 @@ impl Shared {
                 }
                 std::hint::spin_loop();
                 spins = spins.wrapping_add(1);
-                if spins.is_multiple_of(256) && started.elapsed() > SPIN {
-                    self.park_until_changed(seen);
+                if spins.is_multiple_of(256) {
+                    let idle = started.elapsed();
+                    if idle > SPIN {
+                        self.park_until_changed(seen);
+                    } else if idle > SPIN_ALONE {
+                        // Other threads may want this core (candle's and rayon's pools run
+                        // between regions): keep watching, but let them run first.
+                        std::thread::yield_now();
+                    }
                 }
             };
             seen = generation;
