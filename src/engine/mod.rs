@@ -3,6 +3,7 @@
 //! The engine knows nothing of the optimizer. It loads a model (weights, tokenizer and chat
 //! template all from one GGUF file), and turns chat requests into completions with usage.
 
+pub mod alloc;
 pub mod bench;
 pub mod chat;
 pub mod device;

@@ -204,6 +204,9 @@ impl Model {
             factors.as_deref(),
         );
         let rotary_local = Rotary::new(c.rope_dim, c.rope_base_local, 1.0, factors.as_deref());
+        // After the weights, which stay in their own mappings, so that freed load-time
+        // copies do not linger in the heap.
+        crate::engine::alloc::keep_large_buffers();
         Ok(Self {
             config,
             embedding,
