@@ -368,7 +368,10 @@ unsafe fn dot4k_body<V: Lanes, const R: usize>(
     let mut acc = [V::zero_f(); R];
     for b in 0..w[0].len() {
         let p = [w[0].get_unchecked(b), w[1].get_unchecked(b)];
-        let mut sum_q = [V::zero_i(); R];
+        // Sub-block sums scaled in floats: a conversion and a fused multiply-add, which
+        // can share the ports, instead of `vpmulld`'s two uops on the port `vpdpbusd` needs.
+        // Each product is exact in f32 (under 2^22), so only the additions round.
+        let mut sum_q = [V::zero_f(); R];
         for sub in 0..8 {
             let mut isum = [V::zero_i(); R];
             for c in 0..4 {
@@ -380,9 +383,9 @@ unsafe fn dot4k_body<V: Lanes, const R: usize>(
                     isum[r] = V::dpbusd(isum[r], hi, V::splat(four(qs, 32 * sub + 16 + 4 * c)));
                 }
             }
-            let scale = V::widen_u8(p.map(|p| p.scales.as_ptr().add(8 * sub)));
+            let scale = V::to_f(V::widen_u8(p.map(|p| p.scales.as_ptr().add(8 * sub))));
             for r in 0..R {
-                sum_q[r] = V::add(sum_q[r], V::mullo(isum[r], scale));
+                sum_q[r] = V::fmadd(V::to_f(isum[r]), scale, sum_q[r]);
             }
         }
         let d = V::scales(p.map(|p| p.d.as_ptr()));
@@ -399,7 +402,7 @@ unsafe fn dot4k_body<V: Lanes, const R: usize>(
                 sum_m = V::add(sum_m, V::madd16(mins, V::splat(sums as i32)));
             }
             let yd = V::splat_f(y.d);
-            acc[r] = V::fmadd(V::to_f(sum_q[r]), V::mul(d, yd), acc[r]);
+            acc[r] = V::fmadd(sum_q[r], V::mul(d, yd), acc[r]);
             acc[r] = V::fnmadd(V::to_f(sum_m), V::mul(dmin, yd), acc[r]);
         }
     }
