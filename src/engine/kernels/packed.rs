@@ -20,7 +20,9 @@
 //! groups of 16 signed bytes `u - 32` with the rows' scales and a precomputed correction
 //! (278 bytes against 210). For Q6_K the activations are the unsigned side of `vpdpbusd`,
 //! biased by 128, and `128 * sum(scale * w)` per row, known at load, removes the bias.
-//! The integer sums are scaled per sub-block in integers, as GGML's definition does.
+//! Each sub-block's integer sum is exact; Q6_K scales it in integers as GGML does, Q4_K in
+//! f32 (each product exact, only the eight additions round) to spare the port that
+//! `vpdpbusd` needs.
 
 use half::f16;
 
