@@ -113,12 +113,13 @@ impl BlockQ8_1 {
     };
 }
 
-/// Symmetric 8-bit quantisation of one block: the scale and the rounded values.
+/// Symmetric 8-bit quantisation of a run of values (a block or super-block): writes the
+/// rounded values and returns the scale.
 ///
 /// Rounds half to even (one vector instruction) where GGML rounds half away from zero; the
 /// two differ only on exact ties.
 #[inline(always)]
-pub(crate) fn quantize_block(xs: &[f32], qs: &mut [i8; BLOCK]) -> f32 {
+pub(crate) fn quantize_symmetric(xs: &[f32], qs: &mut [i8]) -> f32 {
     let amax = xs.iter().fold(0f32, |a, &x| a.max(x.abs()));
     let d = amax / 127.0;
     let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
@@ -126,6 +127,12 @@ pub(crate) fn quantize_block(xs: &[f32], qs: &mut [i8; BLOCK]) -> f32 {
         *q = (x * inv).round_ties_even() as i8;
     }
     d
+}
+
+/// [`quantize_symmetric`] of one 32-value block.
+#[inline(always)]
+pub(crate) fn quantize_block(xs: &[f32], qs: &mut [i8; BLOCK]) -> f32 {
+    quantize_symmetric(xs, qs)
 }
 
 multiversion! {
@@ -371,16 +378,10 @@ multiversion! {
     pub fn quantize_q8k(xs: &[f32], out: &mut [BlockQ8K]) {
         debug_assert_eq!(xs.len(), out.len() * SUPER_BLOCK);
         for (block, xs) in out.iter_mut().zip(xs.chunks_exact(SUPER_BLOCK)) {
-            let amax = xs.iter().fold(0f32, |a, &x| a.max(x.abs()));
-            let d = amax / 127.0;
-            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            for (q, &x) in block.qs.iter_mut().zip(xs) {
-                *q = (x * inv).round_ties_even() as i8;
-            }
+            block.d = quantize_symmetric(xs, &mut block.qs);
             for (sum, qs) in block.bsums.iter_mut().zip(block.qs.chunks_exact(16)) {
                 *sum = qs.iter().map(|&q| q as i16).sum();
             }
-            block.d = d;
         }
     }
 }

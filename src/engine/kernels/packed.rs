@@ -101,13 +101,9 @@ blocks::multiversion! {
     pub fn quantize_q8k_biased(xs: &[f32], out: &mut [ActQ8KBiased]) {
         debug_assert_eq!(xs.len(), out.len() * SUPER_BLOCK);
         for (block, xs) in out.iter_mut().zip(xs.chunks_exact(SUPER_BLOCK)) {
-            let amax = xs.iter().fold(0f32, |a, &x| a.max(x.abs()));
-            let d = amax / 127.0;
-            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            for (q, &x) in block.qs.iter_mut().zip(xs) {
-                *q = ((x * inv).round_ties_even() as i32 + 128) as u8;
-            }
-            block.d = d;
+            let mut qs = [0i8; SUPER_BLOCK];
+            block.d = blocks::quantize_symmetric(xs, &mut qs);
+            block.qs = qs.map(|q| (q as i16 + 128) as u8);
         }
     }
 }
