@@ -148,6 +148,32 @@ fn dot_block<K: Kernel, const R: usize>(
     R
 }
 
+/// The rows of `x` (`k` values each) quantized into `k_blocks` activation blocks each,
+/// over the team when there are enough rows to share.
+pub(super) fn quantize_rows<A: Clone + Send>(
+    x: &[f32],
+    k: usize,
+    k_blocks: usize,
+    zero: A,
+    quantize: fn(&[f32], &mut [A]),
+) -> Vec<A> {
+    let m = x.len() / k;
+    let mut acts = vec![zero; m * k_blocks];
+    if m >= 8 {
+        let shared = Disjoint::new(&mut acts);
+        team().run(m, &|row| {
+            // SAFETY: each task writes only its own row's blocks.
+            let a = unsafe { shared.slice(row * k_blocks, k_blocks) };
+            quantize(&x[row * k..(row + 1) * k], a);
+        });
+    } else {
+        for (a, x) in acts.chunks_mut(k_blocks).zip(x.chunks(k)) {
+            quantize(x, a);
+        }
+    }
+    acts
+}
+
 /// `out = x W^T` with `x` of `m` rows of `k`, `W` of `n` rows of `k` blocks, `out` `m x n`.
 pub fn run<K: Kernel>(weights: &[K::Weight], n: usize, k: usize, x: &[f32], out: &mut [f32]) {
     let k_blocks = k / K::BLOCK;
@@ -157,19 +183,7 @@ pub fn run<K: Kernel>(weights: &[K::Weight], n: usize, k: usize, x: &[f32], out:
     assert!(x.len() == m * k && out.len() == m * n);
 
     let team = team();
-    let mut acts = vec![K::zero_act(); m * k_blocks];
-    if m >= 8 {
-        let shared = Disjoint::new(&mut acts);
-        team.run(m, &|row| {
-            // SAFETY: each task writes only its own row's blocks.
-            let a = unsafe { shared.slice(row * k_blocks, k_blocks) };
-            K::quantize(&x[row * k..(row + 1) * k], a);
-        });
-    } else {
-        for (a, x) in acts.chunks_mut(k_blocks).zip(x.chunks(k)) {
-            K::quantize(x, a);
-        }
-    }
+    let acts = quantize_rows(x, k, k_blocks, K::zero_act(), K::quantize);
 
     let threads = team.threads();
     // Enough ranges to balance, few enough that each covers some weight rows.
@@ -260,11 +274,11 @@ impl QuantMatrix {
         let data = self.storage()?;
         let (n, k) = (self.rows, self.cols);
         Ok(Some(match self.dtype {
-            GgmlDType::Q4_0 => PackedMatrix::pack::<BlockQ4_0>(cast(&data)?, n, k, false),
-            GgmlDType::Q4_1 => PackedMatrix::pack::<BlockQ4_1>(cast(&data)?, n, k, true),
-            GgmlDType::Q5_0 => PackedMatrix::pack::<BlockQ5_0>(cast(&data)?, n, k, false),
-            GgmlDType::Q5_1 => PackedMatrix::pack::<BlockQ5_1>(cast(&data)?, n, k, true),
-            GgmlDType::Q8_0 => PackedMatrix::pack::<BlockQ8_0>(cast(&data)?, n, k, false),
+            GgmlDType::Q4_0 => PackedMatrix::pack::<BlockQ4_0>(cast(&data)?, n, k),
+            GgmlDType::Q4_1 => PackedMatrix::pack::<BlockQ4_1>(cast(&data)?, n, k),
+            GgmlDType::Q5_0 => PackedMatrix::pack::<BlockQ5_0>(cast(&data)?, n, k),
+            GgmlDType::Q5_1 => PackedMatrix::pack::<BlockQ5_1>(cast(&data)?, n, k),
+            GgmlDType::Q8_0 => PackedMatrix::pack::<BlockQ8_0>(cast(&data)?, n, k),
             GgmlDType::Q4K => PackedMatrix::pack_q4k(cast(&data)?, n, k),
             GgmlDType::Q6K => PackedMatrix::pack_q6k(cast(&data)?, n, k),
             _ => return Ok(None),
@@ -352,25 +366,24 @@ impl QuantMatrix {
     /// others run one by one.
     pub fn forward_many(mats: &[&QuantMatrix], x: &[f32]) -> Result<Vec<Vec<f32>>> {
         let mut outs: Vec<Option<Vec<f32>>> = vec![None; mats.len()];
-        let mut done = vec![false; mats.len()];
         for i in 0..mats.len() {
-            if done[i] {
+            if outs[i].is_some() {
                 continue;
             }
             let Weights::Packed(first) = &mats[i].weights else {
                 outs[i] = Some(mats[i].forward(x)?);
-                done[i] = true;
                 continue;
             };
-            if !x.len().is_multiple_of(first.kind().1) {
-                outs[i] = Some(mats[i].forward(x)?); // reports the shape error
-                continue;
+            if !x.len().is_multiple_of(mats[i].cols) {
+                return mats[i].forward(x).map(|_| Vec::new()); // the shape error
             }
-            let rows = x.len() / first.kind().1;
-            // This matrix and every later one of the same layout and width.
+            let rows = x.len() / mats[i].cols;
+            // This matrix and every later one not yet computed that shares its input.
             let members: Vec<(usize, &PackedMatrix)> = (i..mats.len())
                 .filter_map(|j| match &mats[j].weights {
-                    Weights::Packed(p) if !done[j] && p.kind() == first.kind() => Some((j, &**p)),
+                    Weights::Packed(p) if outs[j].is_none() && p.shares_input_with(first) => {
+                        Some((j, &**p))
+                    }
                     _ => None,
                 })
                 .collect();
@@ -381,14 +394,12 @@ impl QuantMatrix {
             let packed: Vec<&PackedMatrix> = members.iter().map(|&(_, p)| p).collect();
             let mut slices: Vec<&mut [f32]> =
                 buffers.iter_mut().map(|b| b.as_mut_slice()).collect();
-            let fused = PackedMatrix::forward_many(&packed, x, &mut slices);
-            debug_assert!(fused, "members share a layout");
+            PackedMatrix::forward_many(&packed, x, &mut slices);
             for (&(j, _), buffer) in members.iter().zip(buffers) {
                 outs[j] = Some(buffer);
-                done[j] = true;
             }
         }
-        Ok(outs.into_iter().map(|o| o.unwrap_or_default()).collect())
+        Ok(outs.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     /// [`forward`](Self::forward) into a caller's buffer of `rows(x) * self.rows()` values.

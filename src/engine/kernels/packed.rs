@@ -30,6 +30,7 @@ use super::blocks::{
     self, five_bit, nibbles, q4k_scales_mins, q6k_value, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0,
     BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BLOCK, SUPER_BLOCK,
 };
+use super::matmul::quantize_rows;
 use super::vnni::{Small, PAIR};
 use crate::engine::team::{team, Disjoint};
 
@@ -153,6 +154,8 @@ pub trait Unpack: Copy {
     const ZERO_POINT: u8;
     /// Whether `u` fits four bits (packs into [`Packed4`]).
     const FOUR_BITS: bool;
+    /// Whether blocks carry an offset `m` (Q4_1, Q5_1).
+    const HAS_MIN: bool;
     /// `(d, m, u)` of the block.
     fn unpack(&self) -> (f16, f16, [u8; BLOCK]);
 }
@@ -160,6 +163,7 @@ pub trait Unpack: Copy {
 impl Unpack for BlockQ4_0 {
     const ZERO_POINT: u8 = 8;
     const FOUR_BITS: bool = true;
+    const HAS_MIN: bool = false;
     fn unpack(&self) -> (f16, f16, [u8; BLOCK]) {
         (self.d, f16::ZERO, nibbles(&self.qs))
     }
@@ -168,6 +172,7 @@ impl Unpack for BlockQ4_0 {
 impl Unpack for BlockQ4_1 {
     const ZERO_POINT: u8 = 0;
     const FOUR_BITS: bool = true;
+    const HAS_MIN: bool = true;
     fn unpack(&self) -> (f16, f16, [u8; BLOCK]) {
         (self.d, self.m, nibbles(&self.qs))
     }
@@ -176,6 +181,7 @@ impl Unpack for BlockQ4_1 {
 impl Unpack for BlockQ5_0 {
     const ZERO_POINT: u8 = 16;
     const FOUR_BITS: bool = false;
+    const HAS_MIN: bool = false;
     fn unpack(&self) -> (f16, f16, [u8; BLOCK]) {
         (self.d, f16::ZERO, five_bit(self.qh, &self.qs))
     }
@@ -184,6 +190,7 @@ impl Unpack for BlockQ5_0 {
 impl Unpack for BlockQ5_1 {
     const ZERO_POINT: u8 = 0;
     const FOUR_BITS: bool = false;
+    const HAS_MIN: bool = true;
     fn unpack(&self) -> (f16, f16, [u8; BLOCK]) {
         (self.d, self.m, five_bit(self.qh, &self.qs))
     }
@@ -192,6 +199,7 @@ impl Unpack for BlockQ5_1 {
 impl Unpack for BlockQ8_0 {
     const ZERO_POINT: u8 = 128;
     const FOUR_BITS: bool = false;
+    const HAS_MIN: bool = false;
     fn unpack(&self) -> (f16, f16, [u8; BLOCK]) {
         (self.d, f16::ZERO, self.qs.map(|q| (q as i16 + 128) as u8))
     }
@@ -229,106 +237,42 @@ trait Layout {
     ) -> [[f32; PAIR]; R];
 }
 
-struct FourBit;
-struct EightBit;
-struct FourBitK;
-struct SixBitK;
+/// Declares a layout: its marker type, blocks, activation format and kernel.
+macro_rules! layout {
+    ($name:ident: $block:ty, $variant:ident, $act:ty, $elems:expr, $zero:expr,
+     $quantize:path, $dot:ident) => {
+        struct $name;
 
-impl Layout for FourBit {
-    type Block = Packed4;
-    type Act = ActQ8;
-    const ELEMS: usize = BLOCK;
-    const ZERO_ACT: ActQ8 = ActQ8::ZERO;
-    fn blocks(blocks: &PackedBlocks) -> Option<&[Self::Block]> {
-        match blocks {
-            PackedBlocks::Four(b) => Some(b),
-            _ => None,
+        impl Layout for $name {
+            type Block = $block;
+            type Act = $act;
+            const ELEMS: usize = $elems;
+            const ZERO_ACT: $act = $zero;
+            fn blocks(blocks: &PackedBlocks) -> Option<&[$block]> {
+                match blocks {
+                    PackedBlocks::$variant(b) => Some(b),
+                    _ => None,
+                }
+            }
+            fn quantize(xs: &[f32], out: &mut [$act]) {
+                $quantize(xs, out)
+            }
+            unsafe fn dot<const R: usize>(
+                w: [&[$block]; 2],
+                pair: bool,
+                a: [&[$act]; R],
+                p: Small,
+            ) -> [[f32; PAIR]; R] {
+                super::vnni::$dot::<R>(w, pair, a, p)
+            }
         }
-    }
-    fn quantize(xs: &[f32], out: &mut [ActQ8]) {
-        quantize_act(xs, out)
-    }
-    unsafe fn dot<const R: usize>(
-        w: [&[Packed4]; 2],
-        pair: bool,
-        a: [&[ActQ8]; R],
-        p: Small,
-    ) -> [[f32; PAIR]; R] {
-        super::vnni::dot4::<R>(w, pair, a, p)
-    }
+    };
 }
 
-impl Layout for EightBit {
-    type Block = Packed8;
-    type Act = ActQ8;
-    const ELEMS: usize = BLOCK;
-    const ZERO_ACT: ActQ8 = ActQ8::ZERO;
-    fn blocks(blocks: &PackedBlocks) -> Option<&[Self::Block]> {
-        match blocks {
-            PackedBlocks::Eight(b) => Some(b),
-            _ => None,
-        }
-    }
-    fn quantize(xs: &[f32], out: &mut [ActQ8]) {
-        quantize_act(xs, out)
-    }
-    unsafe fn dot<const R: usize>(
-        w: [&[Packed8]; 2],
-        pair: bool,
-        a: [&[ActQ8]; R],
-        p: Small,
-    ) -> [[f32; PAIR]; R] {
-        super::vnni::dot8::<R>(w, pair, a, p)
-    }
-}
-
-impl Layout for FourBitK {
-    type Block = Packed4K;
-    type Act = BlockQ8K;
-    const ELEMS: usize = SUPER_BLOCK;
-    const ZERO_ACT: BlockQ8K = BlockQ8K::ZERO;
-    fn blocks(blocks: &PackedBlocks) -> Option<&[Self::Block]> {
-        match blocks {
-            PackedBlocks::Q4K(b) => Some(b),
-            _ => None,
-        }
-    }
-    fn quantize(xs: &[f32], out: &mut [BlockQ8K]) {
-        blocks::quantize_q8k(xs, out)
-    }
-    unsafe fn dot<const R: usize>(
-        w: [&[Packed4K]; 2],
-        pair: bool,
-        a: [&[BlockQ8K]; R],
-        p: Small,
-    ) -> [[f32; PAIR]; R] {
-        super::vnni::dot4k::<R>(w, pair, a, p)
-    }
-}
-
-impl Layout for SixBitK {
-    type Block = Packed6K;
-    type Act = ActQ8KBiased;
-    const ELEMS: usize = SUPER_BLOCK;
-    const ZERO_ACT: ActQ8KBiased = ActQ8KBiased::ZERO;
-    fn blocks(blocks: &PackedBlocks) -> Option<&[Self::Block]> {
-        match blocks {
-            PackedBlocks::Q6K(b) => Some(b),
-            _ => None,
-        }
-    }
-    fn quantize(xs: &[f32], out: &mut [ActQ8KBiased]) {
-        quantize_q8k_biased(xs, out)
-    }
-    unsafe fn dot<const R: usize>(
-        w: [&[Packed6K]; 2],
-        pair: bool,
-        a: [&[ActQ8KBiased]; R],
-        p: Small,
-    ) -> [[f32; PAIR]; R] {
-        super::vnni::dot6k::<R>(w, pair, a, p)
-    }
-}
+layout!(FourBit: Packed4, Four, ActQ8, BLOCK, ActQ8::ZERO, quantize_act, dot4);
+layout!(EightBit: Packed8, Eight, ActQ8, BLOCK, ActQ8::ZERO, quantize_act, dot8);
+layout!(FourBitK: Packed4K, Q4K, BlockQ8K, SUPER_BLOCK, BlockQ8K::ZERO, blocks::quantize_q8k, dot4k);
+layout!(SixBitK: Packed6K, Q6K, ActQ8KBiased, SUPER_BLOCK, ActQ8KBiased::ZERO, quantize_q8k_biased, dot6k);
 
 /// A matrix of `rows x cols` in interleaved groups of [`GROUP`] rows (the last group padded
 /// with zero rows), block-major within a group.
@@ -355,7 +299,7 @@ fn interleave<P: Send>(
 
 impl PackedMatrix {
     /// Repacks `rows x cols` stored blocks of a 32-element type `T` (row-major).
-    pub fn pack<T: Unpack + Sync>(stored: &[T], rows: usize, cols: usize, has_min: bool) -> Self {
+    pub fn pack<T: Unpack + Sync>(stored: &[T], rows: usize, cols: usize) -> Self {
         let k_blocks = cols / BLOCK;
         assert_eq!(stored.len(), rows * k_blocks, "stored blocks of the matrix");
         // (d, m, u) of row `r`, block `b`; zero for the padding rows.
@@ -404,7 +348,7 @@ impl PackedMatrix {
             cols,
             params: Small {
                 zero_point: T::ZERO_POINT,
-                has_min,
+                has_min: T::HAS_MIN,
             },
         }
     }
@@ -451,10 +395,7 @@ impl PackedMatrix {
             blocks: PackedBlocks::Q4K(blocks),
             rows,
             cols,
-            params: Small {
-                zero_point: 0,
-                has_min: true,
-            },
+            params: Small::UNUSED,
         }
     }
 
@@ -493,53 +434,35 @@ impl PackedMatrix {
             blocks: PackedBlocks::Q6K(blocks),
             rows,
             cols,
-            params: Small {
-                zero_point: 32,
-                has_min: false,
-            },
+            params: Small::UNUSED,
         }
     }
 
-    /// Which layout the matrix has and its input width: matrices that agree on both can
-    /// share one [`forward_many`](Self::forward_many).
-    pub fn kind(&self) -> (u8, usize) {
-        let layout = match &self.blocks {
-            PackedBlocks::Four(_) => 0,
-            PackedBlocks::Eight(_) => 1,
-            PackedBlocks::Q4K(_) => 2,
-            PackedBlocks::Q6K(_) => 3,
-        };
-        (layout, self.cols)
-    }
-
-    /// Bytes held by the repacked weights.
-    pub fn bytes(&self) -> usize {
-        match &self.blocks {
-            PackedBlocks::Four(b) => std::mem::size_of_val(b.as_slice()),
-            PackedBlocks::Eight(b) => std::mem::size_of_val(b.as_slice()),
-            PackedBlocks::Q4K(b) => std::mem::size_of_val(b.as_slice()),
-            PackedBlocks::Q6K(b) => std::mem::size_of_val(b.as_slice()),
-        }
+    /// Whether `other` has this matrix's layout and input width, so that the two can share
+    /// one [`forward_many`](Self::forward_many).
+    pub fn shares_input_with(&self, other: &PackedMatrix) -> bool {
+        std::mem::discriminant(&self.blocks) == std::mem::discriminant(&other.blocks)
+            && self.cols == other.cols
     }
 
     /// `out = x W^T` for `m` rows of `x` (`m * cols` values) into `out` (`m * rows`).
     pub fn forward_into(&self, x: &[f32], out: &mut [f32]) {
-        let done = Self::forward_many(&[self], x, &mut [out]);
-        debug_assert!(done);
+        Self::forward_many(&[self], x, &mut [out]);
     }
 
-    /// `outs[i] = x W_i^T` for matrices of one layout and input width, with the input
-    /// quantized once and all products in one parallel region (q, k and v; gate and up).
-    /// Returns false, computing nothing, where the matrices' layouts or widths differ.
-    pub fn forward_many(mats: &[&PackedMatrix], x: &[f32], outs: &mut [&mut [f32]]) -> bool {
+    /// `outs[i] = x W_i^T` for matrices that [share an input](Self::shares_input_with),
+    /// with the input quantized once and all products in one parallel region (q, k and v;
+    /// gate and up).
+    pub fn forward_many(mats: &[&PackedMatrix], x: &[f32], outs: &mut [&mut [f32]]) {
         assert!(super::vnni_available(), "packed weights need VNNI");
         assert_eq!(mats.len(), outs.len(), "one output per matrix");
         let Some(first) = mats.first() else {
-            return true;
+            return;
         };
-        if mats.iter().any(|m| m.cols != first.cols) {
-            return false;
-        }
+        assert!(
+            mats.iter().all(|m| m.shares_input_with(first)),
+            "matrices of one layout and input width"
+        );
         match &first.blocks {
             PackedBlocks::Four(_) => run::<FourBit>(mats, x, outs),
             PackedBlocks::Eight(_) => run::<EightBit>(mats, x, outs),
@@ -551,15 +474,12 @@ impl PackedMatrix {
 
 /// The driver: activations quantized once per row, then groups of output columns of every
 /// matrix split over the team, each group swept over all rows a tile at a time while its
-/// blocks stay in cache. False if a matrix is not of layout `L`.
-fn run<L: Layout>(mats: &[&PackedMatrix], x: &[f32], outs: &mut [&mut [f32]]) -> bool {
-    let Some(weights) = mats
+/// blocks stay in cache. Every matrix is of layout `L`.
+fn run<L: Layout>(mats: &[&PackedMatrix], x: &[f32], outs: &mut [&mut [f32]]) {
+    let weights: Vec<&[L::Block]> = mats
         .iter()
-        .map(|mat| L::blocks(&mat.blocks))
-        .collect::<Option<Vec<&[L::Block]>>>()
-    else {
-        return false;
-    };
+        .map(|mat| L::blocks(&mat.blocks).expect("matrices of layout L"))
+        .collect();
     let k = mats[0].cols;
     let k_blocks = k / L::ELEMS;
     let m = x.len() / k;
@@ -574,19 +494,7 @@ fn run<L: Layout>(mats: &[&PackedMatrix], x: &[f32], outs: &mut [&mut [f32]]) ->
     }
 
     let team = team();
-    let mut acts = vec![L::ZERO_ACT; m * k_blocks];
-    if m >= 8 {
-        let shared = Disjoint::new(&mut acts);
-        team.run(m, &|row| {
-            // SAFETY: each task writes only its own row's blocks.
-            let a = unsafe { shared.slice(row * k_blocks, k_blocks) };
-            L::quantize(&x[row * k..(row + 1) * k], a);
-        });
-    } else {
-        for (a, x) in acts.chunks_mut(k_blocks).zip(x.chunks(k)) {
-            L::quantize(x, a);
-        }
-    }
+    let acts = quantize_rows(x, k, k_blocks, L::ZERO_ACT, L::quantize);
 
     // Work units: pairs of groups for the 512-bit kernels, else single groups, numbered
     // across the matrices one after another.
@@ -646,7 +554,6 @@ fn run<L: Layout>(mats: &[&PackedMatrix], x: &[f32], outs: &mut [&mut [f32]]) ->
             }
         }
     });
-    true
 }
 
 /// The most activation rows one kernel call takes.

@@ -278,11 +278,19 @@ unsafe fn finish<V: Lanes, const R: usize>(acc: [V::F; R]) -> [[f32; PAIR]; R] {
     out
 }
 
-/// Per-matrix constants of the 32-element layouts (unused by the K-quants).
+/// Per-matrix constants of the 32-element layouts.
 #[derive(Debug, Clone, Copy)]
 pub struct Small {
     pub zero_point: u8,
     pub has_min: bool,
+}
+
+impl Small {
+    /// For the K-quants, whose kernels take no per-matrix constants.
+    pub const UNUSED: Small = Small {
+        zero_point: 0,
+        has_min: false,
+    };
 }
 
 /// Scales one 32-element block's integer sums into the running float sums.

@@ -74,17 +74,9 @@ struct Layer {
 /// `act(gate(h)) * up(h)`: on host buffers in one fused pass where both projections run on
 /// the CPU kernels, else through candle's operations.
 fn gated_ffn(layer: &Layer, h: &Tensor, kind: Activation) -> Result<Tensor> {
-    if layer.gate.on_host() && layer.up.on_host() {
-        let (tokens, _) = h.dims2()?;
-        let x = h.flatten_all()?.to_vec1::<f32>()?;
-        if let Some(outs) = Linear::forward_host_many(&[&layer.gate, &layer.up], &x)? {
-            let [mut gate, up]: [Vec<f32>; 2] = outs
-                .try_into()
-                .map_err(|_| Error::Request("two projections expected".into()))?;
-            activation::gated(kind, &mut gate, &up);
-            let width = gate.len() / tokens;
-            return Ok(Tensor::from_vec(gate, (tokens, width), h.device())?);
-        }
+    if let Some([mut gate, up]) = project_host(&[&layer.gate, &layer.up], h)? {
+        activation::gated(kind, &mut gate, &up);
+        return host_tensor(gate, h);
     }
     let gate = layer.gate.forward(h)?;
     let gate = match kind {
@@ -97,29 +89,40 @@ fn gated_ffn(layer: &Layer, h: &Tensor, kind: Activation) -> Result<Tensor> {
 /// Several projections of one input `h` (`(tokens, in)`), each `(tokens, out_i)`: on the
 /// CPU kernels with the input quantized once where their layouts agree, else one by one.
 fn project<const N: usize>(linears: &[&Linear; N], h: &Tensor) -> Result<[Tensor; N]> {
-    let (tokens, _) = h.dims2()?;
-    if linears.iter().all(|l| l.on_host()) {
-        let x = h.flatten_all()?.to_vec1::<f32>()?;
-        if let Some(outs) = Linear::forward_host_many(linears, &x)? {
-            let tensors = outs
-                .into_iter()
-                .map(|y| {
-                    let width = y.len() / tokens;
-                    Tensor::from_vec(y, (tokens, width), h.device())
-                })
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            return tensors
-                .try_into()
-                .map_err(|_| Error::Request("projection count".into()));
-        }
-    }
-    let tensors = linears
-        .iter()
-        .map(|l| l.forward(h))
-        .collect::<Result<Vec<_>>>()?;
+    let tensors = match project_host(linears, h)? {
+        Some(outs) => outs
+            .into_iter()
+            .map(|y| host_tensor(y, h))
+            .collect::<Result<Vec<_>>>()?,
+        None => linears
+            .iter()
+            .map(|l| l.forward(h))
+            .collect::<Result<Vec<_>>>()?,
+    };
     tensors
         .try_into()
         .map_err(|_| Error::Request("projection count".into()))
+}
+
+/// [`Linear::forward_host_many`] with one buffer per projection.
+fn project_host<const N: usize>(
+    linears: &[&Linear; N],
+    h: &Tensor,
+) -> Result<Option<[Vec<f32>; N]>> {
+    let Some(outs) = Linear::forward_host_many(linears, h)? else {
+        return Ok(None);
+    };
+    let outs = outs
+        .try_into()
+        .map_err(|_| Error::Request("projection count".into()))?;
+    Ok(Some(outs))
+}
+
+/// Rows of host values as a `(tokens, width)` tensor beside `h` (`(tokens, _)`).
+fn host_tensor(values: Vec<f32>, h: &Tensor) -> Result<Tensor> {
+    let (tokens, _) = h.dims2()?;
+    let width = values.len() / tokens;
+    Ok(Tensor::from_vec(values, (tokens, width), h.device())?)
 }
 
 /// A loaded model: weights on one device and the configuration to run them.

@@ -65,15 +65,10 @@ impl Linear {
 }
 
 impl Linear {
-    /// Whether the weight runs on the engine's CPU kernels ([`Self::forward_host_many`]
-    /// applies).
-    pub fn on_host(&self) -> bool {
-        matches!(self.weight, Weight::Kernels(_))
-    }
-
-    /// Several projections of one input on host buffers, sharing the quantized input where
-    /// their layouts agree; `None` unless every one runs on the CPU kernels.
-    pub fn forward_host_many(linears: &[&Linear], x: &[f32]) -> Result<Option<Vec<Vec<f32>>>> {
+    /// Several projections of one input `h` (`(tokens, in)`) on host buffers, sharing the
+    /// quantized input where their layouts agree; `None` (and no copy of `h`) unless every
+    /// one runs on the CPU kernels.
+    pub fn forward_host_many(linears: &[&Linear], h: &Tensor) -> Result<Option<Vec<Vec<f32>>>> {
         let mut mats = Vec::with_capacity(linears.len());
         for linear in linears {
             match &linear.weight {
@@ -81,7 +76,8 @@ impl Linear {
                 Weight::Dispatch(_) => return Ok(None),
             }
         }
-        let mut outs = QuantMatrix::forward_many(&mats, x)?;
+        let x = h.flatten_all()?.to_vec1::<f32>()?;
+        let mut outs = QuantMatrix::forward_many(&mats, &x)?;
         for (linear, y) in linears.iter().zip(&mut outs) {
             if let Some(bias) = &linear.bias {
                 let bias = bias.to_vec1::<f32>()?;
