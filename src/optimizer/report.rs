@@ -65,6 +65,24 @@ pub struct RunReport {
     pub steps: Vec<StepPoint>,
     pub accounting: Accounting,
     pub elapsed_s: f64,
+    /// Ids of the val and test examples, in the order of every [`ExampleScores`].
+    #[serde(default)]
+    pub example_ids: ExampleIds,
+}
+
+/// Ids of the val and test examples, in data order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExampleIds {
+    pub val: Vec<String>,
+    pub test: Vec<String>,
+}
+
+/// One component's score on every val and test example, in the order of
+/// [`RunReport::example_ids`] (empty where that split was not evaluated).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExampleScores {
+    pub val: Vec<f64>,
+    pub test: Vec<f64>,
 }
 
 /// The initial components and their scores.
@@ -74,6 +92,9 @@ pub struct InitialScores {
     pub train: f64,
     pub val: Option<f64>,
     pub test: Option<f64>,
+    /// Per-example val and test scores.
+    #[serde(default)]
+    pub per_example: ExampleScores,
 }
 
 /// Totals of one (method, stage, role).

@@ -26,7 +26,7 @@ use crate::optimizer::env::{mean_score, Counters, Env, Progress, StepPoint};
 use crate::optimizer::guard::Guard;
 use crate::optimizer::merge::{merge_all, MergeRecord, Node};
 use crate::optimizer::optimize::{optimize, Showing, Slot};
-use crate::optimizer::report::{Accounting, InitialScores, RunReport};
+use crate::optimizer::report::{Accounting, ExampleIds, ExampleScores, InitialScores, RunReport};
 use crate::optimizer::task::Task;
 
 /// Which optimization to run.
@@ -87,6 +87,9 @@ pub struct MethodReport {
     pub merges: Vec<MergeRecord>,
     pub counters: Counters,
     pub budget_hit: Option<BudgetHit>,
+    /// Per-example val and test scores of the final component.
+    #[serde(default)]
+    pub per_example: ExampleScores,
 }
 
 /// Runs `task` on `data` with `method`; every call goes through `calls`.
@@ -192,6 +195,10 @@ pub fn execute(
             .budget_hit(&task.spec.budget)
             .is_some_and(|h| h.budget != "optimizer_tokens");
     let mut initial_test = None;
+    let mut initial_per_example = ExampleScores {
+        val: initial_val.iter().map(|o| o.score).collect(),
+        test: Vec::new(),
+    };
     if !stopped_hard {
         progress.update(
             "final",
@@ -205,11 +212,9 @@ pub fn execute(
         );
         let ctx = Ctx::new("shared", "final_eval");
         let all_test: Vec<usize> = (0..data.test.len()).collect();
-        initial_test = Some(mean_score(&agent.evaluate(
-            calls,
-            &ctx,
-            &jobs(&initial, &data.test, &all_test),
-        )));
+        let test_out = agent.evaluate(calls, &ctx, &jobs(&initial, &data.test, &all_test));
+        initial_test = Some(mean_score(&test_out));
+        initial_per_example.test = test_out.iter().map(|o| o.score).collect();
         for m in &mut methods {
             let ctx = Ctx::new(&m.method, "final_eval");
             let mut both = jobs(&m.final_components, &data.val, &all_val);
@@ -218,6 +223,10 @@ pub fn execute(
             let out = agent.evaluate(calls, &ctx, &both);
             m.val_score = (nv > 0).then(|| mean_score(&out[..nv]));
             m.test_score = (!data.test.is_empty()).then(|| mean_score(&out[nv..]));
+            m.per_example = ExampleScores {
+                val: out[..nv].iter().map(|o| o.score).collect(),
+                test: out[nv..].iter().map(|o| o.score).collect(),
+            };
         }
     }
     let budget_hit = methods.iter().find_map(|m| m.budget_hit.clone());
@@ -238,6 +247,7 @@ pub fn execute(
             train: mean_score(&initial_train),
             val: (!data.val.is_empty()).then(|| mean_score(&initial_val)),
             test: initial_test.filter(|_| !data.test.is_empty()),
+            per_example: initial_per_example,
         },
         status: match &budget_hit {
             Some(h) => format!("stopped by budget {}", h.budget),
@@ -247,6 +257,10 @@ pub fn execute(
         steps,
         accounting: Accounting::from_ledger(&calls.ledger()),
         elapsed_s: calls.elapsed_s(),
+        example_ids: ExampleIds {
+            val: data.val.iter().map(|e| e.id.clone()).collect(),
+            test: data.test.iter().map(|e| e.id.clone()).collect(),
+        },
     })
 }
 
@@ -329,6 +343,7 @@ fn run_fgo(
         merges,
         counters: env.counters.borrow().clone(),
         budget_hit: hit,
+        per_example: ExampleScores::default(),
     }
 }
 
@@ -367,6 +382,7 @@ fn run_all_at_once(
         merges: Vec::new(),
         counters: env.counters.borrow().clone(),
         budget_hit: hit,
+        per_example: ExampleScores::default(),
     }
 }
 
