@@ -49,6 +49,10 @@ pub struct Outcome {
     pub trajectory: String,
     /// Why the run of this example failed, when it did.
     pub error: Option<String>,
+    /// Why the answer is wrong, when a command agent or a command metric said so (shown
+    /// to the optimizer beside the trajectory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<String>,
 }
 
 impl Outcome {
@@ -64,6 +68,8 @@ struct Raw {
     trajectory: String,
     /// A command agent may score itself; its score then replaces the metric's.
     own_score: Option<f64>,
+    /// A command agent's own feedback on the answer.
+    feedback: Option<String>,
 }
 
 /// How examples are executed.
@@ -167,6 +173,7 @@ impl Agent {
                                 answer: extract_answer(extract, &c.text),
                                 trajectory: c.text,
                                 own_score: None,
+                                feedback: None,
                             })
                             .map_err(|e| e.to_string());
                         (input, r)
@@ -202,6 +209,7 @@ impl Agent {
             answer,
             trajectory,
             own_score,
+            feedback,
         } = match r {
             Ok(v) => v,
             Err(e) => {
@@ -213,14 +221,15 @@ impl Agent {
                     input,
                     trajectory: String::new(),
                     error: Some(e),
+                    feedback: None,
                 }
             }
         };
-        let (score, error) = match own_score {
-            Some(s) => (s.clamp(0.0, 1.0), None),
-            None => match metric::score(&self.metric, &answer, ex) {
-                Ok(s) => (s, None),
-                Err(e) => (0.0, Some(format!("metric: {e}"))),
+        let (score, error, feedback) = match own_score {
+            Some(s) => (s.clamp(0.0, 1.0), None, feedback),
+            None => match metric::score_with_feedback(&self.metric, &answer, ex) {
+                Ok((s, metric_feedback)) => (s, None, metric_feedback.or(feedback)),
+                Err(e) => (0.0, Some(format!("metric: {e}")), feedback),
             },
         };
         Outcome {
@@ -231,6 +240,7 @@ impl Agent {
             input,
             trajectory,
             error,
+            feedback,
         }
     }
 }
@@ -294,10 +304,15 @@ fn command_raw(out: Value) -> Result<Raw, String> {
                 .ok_or_else(|| "`score` is not a number".to_string())?,
         ),
     };
+    let feedback = out
+        .get("feedback")
+        .map(value_text)
+        .filter(|f| !f.trim().is_empty());
     Ok(Raw {
         answer,
         trajectory,
         own_score,
+        feedback,
     })
 }
 

@@ -22,6 +22,31 @@ pub fn subset_count(n: usize, subset_size: Option<usize>, subset_count: Option<u
     k.clamp(1, n.max(1))
 }
 
+/// The fewest subsets whose trajectories fit `budget` tokens each (`tokens[i]` is the size
+/// of trajectory `i` as shown), for the division `strategy` and `seed` would make; one
+/// subset per example when even that does not fit.
+pub fn sized_count(
+    outcomes: &[Outcome],
+    tokens: &[usize],
+    budget: usize,
+    strategy: DivideStrategy,
+    seed: u64,
+) -> usize {
+    let n = outcomes.len();
+    let total: usize = tokens.iter().sum();
+    let first = total.div_ceil(budget.max(1)).clamp(1, n.max(1));
+    (first..=n.max(1))
+        .find(|&k| {
+            divide(outcomes, k, strategy, seed).iter().all(|part| {
+                part.iter()
+                    .map(|&i| tokens.get(i).copied().unwrap_or(0))
+                    .sum::<usize>()
+                    <= budget
+            })
+        })
+        .unwrap_or(n.max(1))
+}
+
 /// Divides the indices `0..outcomes.len()` into `k` non-empty subsets (each sorted).
 pub fn divide(
     outcomes: &[Outcome],
@@ -115,6 +140,7 @@ mod tests {
                 input: String::new(),
                 trajectory: String::new(),
                 error: None,
+                feedback: None,
             })
             .collect()
     }
@@ -143,5 +169,25 @@ mod tests {
         }
         assert_eq!(subset_count(10, Some(3), None), 4);
         assert_eq!(subset_count(2, None, Some(5)), 2);
+    }
+
+    #[test]
+    fn division_is_sized_to_the_prompt_budget() {
+        let o = outcomes(&[0.0; 12]);
+        let tokens = vec![100; 12];
+        // Everything fits one prompt: one subset (FGO is then all-at-once).
+        assert_eq!(sized_count(&o, &tokens, 1200, DivideStrategy::Random, 0), 1);
+        assert_eq!(sized_count(&o, &tokens, 5000, DivideStrategy::Random, 0), 1);
+        // 1200 tokens in prompts of 500: three subsets of four.
+        assert_eq!(sized_count(&o, &tokens, 500, DivideStrategy::Random, 0), 3);
+        // Uneven sizes: the division must really fit, not just on average.
+        let mut uneven = vec![10; 12];
+        uneven[0] = 400;
+        let k = sized_count(&o, &uneven, 420, DivideStrategy::Random, 3);
+        for part in divide(&o, k, DivideStrategy::Random, 3) {
+            assert!(part.iter().map(|&i| uneven[i]).sum::<usize>() <= 420);
+        }
+        // Nothing fits: one example per subset.
+        assert_eq!(sized_count(&o, &tokens, 50, DivideStrategy::Random, 0), 12);
     }
 }

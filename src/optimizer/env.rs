@@ -11,11 +11,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::chat::ChatMessage;
 use crate::engine::sampling::SamplingParams;
+use crate::llm::FinishReason;
 use crate::llm::{ChatRequest, Llm};
 use crate::optimizer::agent::{Agent, Components, Outcome};
 use crate::optimizer::calls::{Calls, Ctx, Role};
 use crate::optimizer::dataset::Example;
-use crate::optimizer::guard::Guard;
+use crate::optimizer::guard::{Guard, Rejection};
+use crate::optimizer::operators;
 use crate::optimizer::parse::parse_components;
 use crate::optimizer::prompts;
 use crate::optimizer::task::OptimizerSpec;
@@ -43,6 +45,26 @@ pub struct Counters {
     pub rolled_back: usize,
     /// Agent executions that failed (recorded as failures).
     pub agent_failures: usize,
+    /// Optimizer replies cut off at the token limit after every re-ask.
+    #[serde(default)]
+    pub cut_off: usize,
+    /// Candidates rejected for naming content of the training inputs.
+    #[serde(default)]
+    pub content_rejections: usize,
+    /// Candidates rejected as degenerate (repetition loops, far too long).
+    #[serde(default)]
+    pub degenerate_rejections: usize,
+    /// Candidates proposed, evaluated and accepted, by the operator that made them.
+    #[serde(default)]
+    pub by_operator: std::collections::BTreeMap<String, OperatorCount>,
+}
+
+/// What one operator's candidates became.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OperatorCount {
+    pub proposed: usize,
+    pub evaluated: usize,
+    pub accepted: usize,
 }
 
 /// One point of the score-per-step chart.
@@ -91,6 +113,10 @@ pub struct Env<'a> {
     pub progress: &'a dyn Progress,
     pub counters: RefCell<Counters>,
     pub steps: RefCell<Vec<StepPoint>>,
+    /// Worked-example blocks this method put into components (exempt from the guard).
+    pub exempt: RefCell<Vec<String>>,
+    /// Every component this method accepted or merged, for the final selection.
+    pub pool: RefCell<Vec<crate::optimizer::select::PoolEntry>>,
 }
 
 impl Env<'_> {
@@ -122,6 +148,26 @@ impl Env<'_> {
             .collect()
     }
 
+    /// The guard's verdict on a candidate (the run's own worked examples exempt), counted.
+    pub fn screen(&self, c: &Components) -> Option<Rejection> {
+        let text: String = self
+            .names
+            .iter()
+            .filter_map(|n| c.get(n))
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n");
+        let r = self.guard.check_with_exempt(&text, &self.exempt.borrow())?;
+        let mut counters = self.counters.borrow_mut();
+        match r.status() {
+            "leak" => counters.leak_rejections += 1,
+            "copy" => counters.copy_rejections += 1,
+            "content" => counters.content_rejections += 1,
+            _ => counters.degenerate_rejections += 1,
+        }
+        Some(r)
+    }
+
     /// Records a scored step.
     pub fn step(&self, stage: &str, label: &str, outcomes: &[Outcome]) {
         self.point(stage, label, outcomes.len(), mean_score(outcomes));
@@ -140,20 +186,18 @@ impl Env<'_> {
         });
     }
 
-    /// Sends `conversations` (one batch) and parses a component set out of each reply,
-    /// re-asking unparsable ones up to `max_reasks` times. `None` where nothing usable came
-    /// back; the parsed components are completed from `base[i]` for names not returned.
-    pub fn ask_components(
-        &self,
-        stage: &str,
-        conversations: Vec<Vec<ChatMessage>>,
-        params: Vec<SamplingParams>,
-        base: &[&Components],
-    ) -> Vec<Option<Components>> {
+    /// Sends every proposal's conversation (one batch) and parses what each expects out of
+    /// its reply, re-asking unusable ones (all together) up to `max_reasks` times with the
+    /// reason. A reply cut off at the token limit before its closing tag is unusable.
+    /// `None` where nothing usable came back.
+    pub fn ask(&self, stage: &str, proposals: Vec<Ask<'_>>) -> Vec<Option<Components>> {
         let ctx = self.ctx(stage);
-        let mut results: Vec<Option<Components>> = vec![None; conversations.len()];
-        let mut pending: Vec<(usize, Vec<ChatMessage>)> =
-            conversations.into_iter().enumerate().collect();
+        let mut results: Vec<Option<Components>> = vec![None; proposals.len()];
+        let mut pending: Vec<(usize, Vec<ChatMessage>)> = proposals
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i, p.messages.clone()))
+            .collect();
         for round in 0..=self.spec.max_reasks {
             if pending.is_empty() {
                 break;
@@ -162,7 +206,7 @@ impl Env<'_> {
                 .iter()
                 .map(|(i, m)| ChatRequest {
                     messages: m.clone(),
-                    params: params[*i].clone(),
+                    params: proposals[*i].params.clone(),
                 })
                 .collect();
             let replies = self
@@ -170,24 +214,39 @@ impl Env<'_> {
                 .complete(self.optimizer, &ctx, Role::Optimizer, &requests);
             let mut next = Vec::new();
             for ((i, messages), reply) in pending.into_iter().zip(replies) {
-                let text = match reply {
-                    Ok(c) => c.text,
+                let completion = match reply {
+                    Ok(c) => c,
                     Err(_) => {
                         self.counters.borrow_mut().call_errors += 1;
                         continue;
                     }
                 };
-                match parse_components(&text, &self.names) {
-                    Ok(parsed) => {
-                        let mut full = base[i].clone();
-                        full.extend(parsed);
-                        results[i] = Some(full);
-                    }
+                let p = &proposals[i];
+                match p
+                    .expect
+                    .parse(&completion.text, completion.finish_reason, &self.names)
+                {
+                    Ok(parsed) => results[i] = Some(parsed),
                     Err(reason) if round < self.spec.max_reasks => {
                         self.counters.borrow_mut().reasks += 1;
-                        next.push((i, prompts::reask(&messages, &text, &reason, &self.names)));
+                        next.push((
+                            i,
+                            prompts::reask(
+                                &messages,
+                                &completion.text,
+                                &reason,
+                                &p.expect.format(&self.names),
+                            ),
+                        ));
                     }
-                    Err(_) => self.counters.borrow_mut().parse_failures += 1,
+                    Err(reason) => {
+                        let mut c = self.counters.borrow_mut();
+                        if reason == CUT_OFF {
+                            c.cut_off += 1;
+                        } else {
+                            c.parse_failures += 1;
+                        }
+                    }
                 }
             }
             pending = next;
@@ -201,6 +260,69 @@ impl Env<'_> {
         p.seed = crate::optimizer::rng::Rng::derived(self.seed, label).next_u64() >> 11;
         p
     }
+}
+
+/// The reason given back for a reply cut off before its closing tag.
+pub const CUT_OFF: &str =
+    "your reply was cut off at the length limit before the closing tag; write a shorter version";
+
+/// What an optimizer conversation is expected to return.
+pub enum Expect<'a> {
+    /// New component texts in tags; names not returned keep their text in the base.
+    Components(&'a Components),
+    /// A numbered procedure, appended as a section to component `name` of the base.
+    Procedure(&'a Components, String),
+}
+
+impl Expect<'_> {
+    /// The output format sent again in a re-ask.
+    fn format(&self, names: &[String]) -> String {
+        match self {
+            Expect::Components(_) => prompts::output_format(names),
+            Expect::Procedure(..) => prompts::procedure_format(),
+        }
+    }
+
+    /// Parses `reply`; `Err` carries the reason sent back in a re-ask.
+    fn parse(
+        &self,
+        reply: &str,
+        finish: FinishReason,
+        names: &[String],
+    ) -> Result<Components, String> {
+        let cut = matches!(finish, FinishReason::Length | FinishReason::ContextFull);
+        let closed = |tag: &str| {
+            reply
+                .to_lowercase()
+                .contains(&format!("</{}>", tag.to_lowercase()))
+        };
+        match self {
+            Expect::Components(base) => {
+                if cut && !names.iter().all(|n| closed(n)) {
+                    return Err(CUT_OFF.into());
+                }
+                let parsed = parse_components(reply, names)?;
+                let mut full = (*base).clone();
+                full.extend(parsed);
+                Ok(full)
+            }
+            Expect::Procedure(base, name) => {
+                if cut && !closed("procedure") {
+                    return Err(CUT_OFF.into());
+                }
+                operators::parse_procedure(reply)
+                    .map(|p| operators::append_section(base, name, &p))
+                    .ok_or_else(|| "I found no numbered procedure of at least two steps".into())
+            }
+        }
+    }
+}
+
+/// One optimizer conversation to send, with its sampling parameters and what it returns.
+pub struct Ask<'a> {
+    pub messages: Vec<ChatMessage>,
+    pub params: SamplingParams,
+    pub expect: Expect<'a>,
 }
 
 /// Mean score (0 for no outcomes).

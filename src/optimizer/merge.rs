@@ -1,18 +1,25 @@
 //! Progressive merging of optimized components, `fan_in` at a time, until one remains.
 //!
 //! At each level the frontier is cut into groups of `fan_in` (a last group of one goes up
-//! unchanged). For every group, all in one batch: the optimizer writes `candidates` merged
-//! versions from the children's components and lessons; the candidates and the children are
-//! evaluated on the union of the children's subsets; the best candidate goes up unless it
-//! scores below the best child, in which case that child goes up. Every subset is consumed
-//! exactly once; the root covers all of train.
+//! unchanged). For every group, each step one batch over all groups: the children are
+//! evaluated on the union of their subsets; the optimizer writes `candidates` merged
+//! versions (rotated merge hints) from each child's change to the initial component, its
+//! score on its own and on the other children's examples and the examples only it solves;
+//! a section crossover (the best child's text plus the sections the others added) is made
+//! without a model call; the screened candidates are evaluated on the union. The best on the
+//! union goes up, children included, ties to the shorter text. Every subset is consumed
+//! exactly once; the root covers all of train. Children and winning merges enter the pool
+//! of the final selection.
 
 use serde::{Deserialize, Serialize};
 
 use crate::optimizer::agent::Components;
 use crate::optimizer::calls::BudgetHit;
-use crate::optimizer::env::{mean_score, Env};
+use crate::optimizer::diff::line_diff;
+use crate::optimizer::env::{mean_score, Ask, Env, Expect};
+use crate::optimizer::operators::{self, Operator};
 use crate::optimizer::prompts;
+use crate::optimizer::select::{self, PoolEntry};
 use crate::optimizer::task::BudgetSpec;
 
 /// A component on the merge frontier.
@@ -41,6 +48,9 @@ pub struct MergeRecord {
     pub n: usize,
     pub child_scores: Vec<f64>,
     pub candidate_scores: Vec<f64>,
+    /// The move that made each candidate (`merge`, `crossover`), beside its score.
+    #[serde(default)]
+    pub candidate_operators: Vec<String>,
     /// The id that went up: this merge's id, or the winning child's.
     pub chosen: String,
     pub score: f64,
@@ -50,10 +60,13 @@ pub struct MergeRecord {
 const MAX_LESSONS: usize = 6;
 
 /// Merges until one node remains (or a budget stops it); returns the final frontier, the
-/// records, and the budget hit if any.
+/// records, and the budget hit if any. `initial_scores` are the initial component's scores
+/// on every training example (for the pool's gains).
 pub fn merge_all(
     env: &Env,
     mut frontier: Vec<Node>,
+    initial: &Components,
+    initial_scores: &[f64],
     stage: &str,
     budget: &BudgetSpec,
 ) -> (Vec<Node>, Vec<MergeRecord>, Option<BudgetHit>) {
@@ -61,6 +74,7 @@ pub fn merge_all(
     let mut records = Vec::new();
     let levels = merge_levels(frontier.len(), fan_in);
     let mut level = 0;
+    let initial_text = joined(initial, &env.names);
     while frontier.len() > 1 {
         level += 1;
         if let Some(hit) = env.calls.budget_hit(budget) {
@@ -73,26 +87,6 @@ pub fn merge_all(
             levels,
             &format!("level {level} of {levels}: {} groups", groups.len()),
         );
-        let mergeable: Vec<usize> = (0..groups.len()).filter(|&g| groups[g].len() > 1).collect();
-
-        let mut conversations = Vec::new();
-        let mut params = Vec::new();
-        let mut bases = Vec::new();
-        for &g in &mergeable {
-            let versions: Vec<(Components, Vec<String>)> = groups[g]
-                .iter()
-                .map(|n| (n.components.clone(), n.lessons.clone()))
-                .collect();
-            for j in 0..env.spec.candidates {
-                conversations.push(prompts::merge(&versions, &env.names));
-                params
-                    .push(env.params(&env.spec.params, &format!("{stage}/merge/{level}/{g}/{j}")));
-                bases.push(&groups[g][0].components);
-            }
-        }
-        let parsed = env.ask_components(stage, conversations, params, &bases);
-
-        // Evaluate children and candidates on each union, one batch.
         let unions: Vec<Vec<usize>> = groups
             .iter()
             .map(|grp| {
@@ -104,31 +98,120 @@ pub fn merge_all(
                 u
             })
             .collect();
-        let mut jobs: Vec<(&Components, &[usize])> = Vec::new();
-        let mut owners: Vec<(usize, Option<usize>)> = Vec::new();
-        for (m, &g) in mergeable.iter().enumerate() {
-            for (c, child) in groups[g].iter().enumerate() {
-                jobs.push((&child.components, &unions[g]));
-                owners.push((g, Some(c)));
-            }
-            for j in 0..env.spec.candidates {
-                if let Some(cand) = &parsed[m * env.spec.candidates + j] {
-                    let text: String = env
-                        .names
-                        .iter()
-                        .filter_map(|n| cand.get(n))
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join("\n");
-                    if env.guard.check(&text).is_none() {
-                        jobs.push((cand, &unions[g]));
-                        owners.push((g, None));
-                    }
-                }
+        let mergeable: Vec<usize> = (0..groups.len()).filter(|&g| groups[g].len() > 1).collect();
+
+        // 1. Every child on its union, one batch (its own examples are memo hits).
+        let child_jobs: Vec<(&Components, &[usize])> = mergeable
+            .iter()
+            .flat_map(|&g| groups[g].iter().map(move |c| (&c.components, g)))
+            .map(|(c, g)| (c, unions[g].as_slice()))
+            .collect();
+        let child_out = env.evaluate(stage, env.train, &child_jobs);
+        let mut child_solved: Vec<Vec<Vec<bool>>> = vec![Vec::new(); groups.len()];
+        let mut child_scores: Vec<Vec<f64>> = vec![Vec::new(); groups.len()];
+        let mut it = child_out.iter();
+        for &g in &mergeable {
+            for _ in &groups[g] {
+                let out = it.next().map(Vec::as_slice).unwrap_or(&[]);
+                child_solved[g].push(out.iter().map(|o| o.solved()).collect());
+                child_scores[g].push(mean_score(out));
             }
         }
-        let outcomes = env.evaluate(stage, env.train, &jobs);
 
+        // 2. Merge candidates: the optimizer's (one batch, rotated hints) and crossover.
+        let mut asks = Vec::new();
+        let mut cand_of: Vec<(usize, Operator)> = Vec::new();
+        for &g in &mergeable {
+            let children: Vec<prompts::MergeChild> = groups[g]
+                .iter()
+                .enumerate()
+                .map(|(c, node)| {
+                    let own: Vec<usize> = (0..unions[g].len())
+                        .filter(|&k| node.examples.binary_search(&unions[g][k]).is_ok())
+                        .collect();
+                    let solved = &child_solved[g][c];
+                    let rate = |idx: &mut dyn Iterator<Item = usize>| {
+                        let v: Vec<bool> = idx.filter_map(|k| solved.get(k).copied()).collect();
+                        if v.is_empty() {
+                            0.0
+                        } else {
+                            v.iter().filter(|&&b| b).count() as f64 / v.len() as f64
+                        }
+                    };
+                    let own_score = rate(&mut own.iter().copied());
+                    let other_score = rate(&mut (0..unions[g].len()).filter(|k| !own.contains(k)));
+                    let wins = (0..unions[g].len())
+                        .filter(|&k| {
+                            solved.get(k).copied().unwrap_or(false)
+                                && (0..groups[g].len()).all(|o| {
+                                    o == c || !child_solved[g][o].get(k).copied().unwrap_or(false)
+                                })
+                        })
+                        .count();
+                    prompts::MergeChild {
+                        components: node.components.clone(),
+                        change: line_diff(&initial_text, &joined(&node.components, &env.names)),
+                        own_score,
+                        other_score,
+                        wins,
+                    }
+                })
+                .collect();
+            for j in 0..env.spec.candidates {
+                asks.push(Ask {
+                    messages: prompts::merge(&children, &env.names, j),
+                    params: env.params(&env.spec.params, &format!("{stage}/merge/{level}/{g}/{j}")),
+                    expect: Expect::Components(&groups[g][0].components),
+                });
+                cand_of.push((g, Operator::Merge));
+            }
+        }
+        let mut candidates: Vec<Option<Components>> = env.ask(stage, asks);
+        for &g in &mergeable {
+            // The best-scoring child first, so its text leads.
+            let mut order: Vec<usize> = (0..groups[g].len()).collect();
+            order.sort_by(|&a, &b| {
+                child_scores[g][b]
+                    .total_cmp(&child_scores[g][a])
+                    .then(a.cmp(&b))
+            });
+            let kids: Vec<&Components> = order.iter().map(|&c| &groups[g][c].components).collect();
+            candidates.push(Some(operators::crossover(&kids, initial, &env.names)));
+            cand_of.push((g, Operator::Crossover));
+        }
+
+        // 3. Screen and evaluate the candidates on their union, one batch.
+        let mut jobs: Vec<(&Components, &[usize])> = Vec::new();
+        let mut job_of: Vec<(usize, Operator)> = Vec::new();
+        for (k, c) in candidates.iter().enumerate() {
+            let (g, op) = cand_of[k];
+            let mut counters = env.counters.borrow_mut();
+            counters
+                .by_operator
+                .entry(op.name().into())
+                .or_default()
+                .proposed += 1;
+            drop(counters);
+            let Some(c) = c else { continue };
+            if groups[g].iter().any(|n| n.components == *c)
+                || jobs
+                    .iter()
+                    .zip(&job_of)
+                    .any(|((d, _), (h, _))| *h == g && *d == c)
+            {
+                env.counters.borrow_mut().unchanged_candidates += 1;
+                continue;
+            }
+            if env.screen(c).is_some() {
+                continue;
+            }
+            jobs.push((c, &unions[g]));
+            job_of.push((g, op));
+        }
+        let outcomes = env.evaluate(stage, env.train, &jobs);
+        env.counters.borrow_mut().candidates_evaluated += jobs.len();
+
+        // 4. The best on the union goes up (children included), ties to the shorter.
         let mut next = Vec::new();
         for (g, grp) in groups.iter().enumerate() {
             if grp.len() == 1 {
@@ -136,53 +219,101 @@ pub fn merge_all(
                 continue;
             }
             let id = format!("m{level}.{g}");
-            let mut child_scores = vec![0.0; grp.len()];
-            let mut cands: Vec<(f64, usize)> = Vec::new();
-            for (k, (owner, child)) in owners.iter().enumerate() {
-                if *owner != g {
+            let n = unions[g].len();
+            let base: f64 = unions[g]
+                .iter()
+                .filter_map(|&i| initial_scores.get(i))
+                .sum();
+            // (score, text length, components, source id, operator)
+            let mut entries: Vec<(f64, &Components, String, &str)> = grp
+                .iter()
+                .enumerate()
+                .map(|(c, node)| {
+                    (
+                        child_scores[g][c],
+                        &node.components,
+                        node.id.clone(),
+                        "child",
+                    )
+                })
+                .collect();
+            let mut cand_ops = Vec::new();
+            let mut cand_scores = Vec::new();
+            for (k, (h, op)) in job_of.iter().enumerate() {
+                if *h != g {
                     continue;
                 }
                 let s = mean_score(&outcomes[k]);
-                match child {
-                    Some(c) => child_scores[*c] = s,
-                    None => cands.push((s, k)),
-                }
+                env.counters
+                    .borrow_mut()
+                    .by_operator
+                    .entry(op.name().into())
+                    .or_default()
+                    .evaluated += 1;
+                cand_ops.push(op.name().to_string());
+                cand_scores.push(s);
+                entries.push((s, jobs[k].0, id.clone(), op.name()));
             }
-            let (best_child, best_child_score) =
-                child_scores
-                    .iter()
-                    .enumerate()
-                    .fold(
-                        (0, f64::MIN),
-                        |acc, (i, &s)| if s > acc.1 { (i, s) } else { acc },
-                    );
-            let best_cand =
-                cands
-                    .iter()
-                    .fold(None, |acc: Option<(f64, usize)>, &(s, k)| match acc {
-                        Some((b, _)) if b >= s => acc,
-                        _ => Some((s, k)),
-                    });
-            let mut lessons: Vec<String> =
-                grp.iter().flat_map(|n| n.lessons.iter().cloned()).collect();
+            for (c, node) in grp.iter().enumerate() {
+                env.pool.borrow_mut().push(PoolEntry {
+                    source: format!("merge input {} on the union of {id}", node.id),
+                    components: node.components.clone(),
+                    train_n: n,
+                    train_score: child_scores[g][c],
+                    train_gain: child_scores[g][c] * n as f64 - base,
+                    val_score: None,
+                });
+            }
+            let best = entries
+                .iter()
+                .enumerate()
+                .fold(None::<usize>, |acc, (k, e)| match acc {
+                    Some(b)
+                        if entries[b].0 > e.0 + 1e-12
+                            || ((entries[b].0 - e.0).abs() <= 1e-12
+                                && select::text_len(entries[b].1) <= select::text_len(e.1)) =>
+                    {
+                        Some(b)
+                    }
+                    _ => Some(k),
+                })
+                .unwrap_or(0);
+            let (score, components, chosen, op) = entries[best].clone();
+            let components = components.clone();
+            if op != "child" {
+                env.counters
+                    .borrow_mut()
+                    .by_operator
+                    .entry(op.into())
+                    .or_default()
+                    .accepted += 1;
+                env.pool.borrow_mut().push(PoolEntry {
+                    source: format!("merge {id} ({op})"),
+                    components: components.clone(),
+                    train_n: n,
+                    train_score: score,
+                    train_gain: score * n as f64 - base,
+                    val_score: None,
+                });
+            }
+            let mut lessons: Vec<String> = grp
+                .iter()
+                .flat_map(|node| node.lessons.iter().cloned())
+                .collect();
             lessons.drain(..lessons.len().saturating_sub(MAX_LESSONS));
-            let subsets: Vec<usize> = grp.iter().flat_map(|n| n.subsets.iter().copied()).collect();
-            let (chosen, components, score) = match best_cand {
-                Some((s, k)) if s >= best_child_score - 1e-12 => (id.clone(), jobs[k].0.clone(), s),
-                _ => (
-                    grp[best_child].id.clone(),
-                    grp[best_child].components.clone(),
-                    best_child_score,
-                ),
-            };
-            env.point(stage, &format!("merge {id}"), unions[g].len(), score);
+            let subsets: Vec<usize> = grp
+                .iter()
+                .flat_map(|node| node.subsets.iter().copied())
+                .collect();
+            env.point(stage, &format!("merge {id}"), n, score);
             records.push(MergeRecord {
                 level,
                 id: id.clone(),
-                children: grp.iter().map(|n| n.id.clone()).collect(),
-                n: unions[g].len(),
-                child_scores,
-                candidate_scores: cands.iter().map(|c| c.0).collect(),
+                children: grp.iter().map(|node| node.id.clone()).collect(),
+                n,
+                child_scores: child_scores[g].clone(),
+                candidate_scores: cand_scores,
+                candidate_operators: cand_ops,
                 chosen,
                 score,
             });
@@ -198,6 +329,16 @@ pub fn merge_all(
         frontier = next;
     }
     (frontier, records, None)
+}
+
+/// The texts of `names` in `c`, one after the other.
+fn joined(c: &Components, names: &[String]) -> String {
+    names
+        .iter()
+        .filter_map(|n| c.get(n))
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// How many merge levels take `nodes` nodes down to one, `fan_in` at a time.

@@ -131,6 +131,27 @@ pub fn check_applicable<'a>(
 /// Scores one prediction; a failing metric command is an error the caller records as a
 /// failure of that example.
 pub fn score(spec: &MetricSpec, prediction: &str, ex: &Example) -> Result<f64> {
+    score_with_feedback(spec, prediction, ex).map(|(s, _)| s)
+}
+
+/// Scores one prediction, with the metric's feedback on it where it gives one (a command
+/// metric's optional `feedback` string: why the answer is wrong).
+pub fn score_with_feedback(
+    spec: &MetricSpec,
+    prediction: &str,
+    ex: &Example,
+) -> Result<(f64, Option<String>)> {
+    let mut feedback = None;
+    let score = score_inner(spec, prediction, ex, &mut feedback)?;
+    Ok((score, feedback))
+}
+
+fn score_inner(
+    spec: &MetricSpec,
+    prediction: &str,
+    ex: &Example,
+    feedback: &mut Option<String>,
+) -> Result<f64> {
     let expected = ex.answer_text();
     Ok(match spec {
         MetricSpec::Exact {
@@ -195,6 +216,10 @@ pub fn score(spec: &MetricSpec, prediction: &str, ex: &Example) -> Result<f64> {
                     command: command.join(" "),
                     reason: "output has no numeric `score`".into(),
                 })?;
+            *feedback = out
+                .get("feedback")
+                .map(value_text)
+                .filter(|f| !f.trim().is_empty());
             s.clamp(0.0, 1.0)
         }
     })

@@ -16,6 +16,7 @@ pub mod events;
 pub mod guard;
 pub mod merge;
 pub mod metric;
+pub mod operators;
 pub mod optimize;
 pub mod parse;
 pub mod prompts;
@@ -23,6 +24,7 @@ pub mod report;
 pub mod rng;
 pub mod run;
 pub mod rundir;
+pub mod select;
 pub mod task;
 pub mod template;
 

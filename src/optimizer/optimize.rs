@@ -1,13 +1,18 @@
 //! Optimizing components on subsets: reflect, propose, evaluate, keep or roll back.
 //!
 //! All subsets advance in lockstep so that each step is one batch for the engine: every
-//! subset's diagnosis in one call, every candidate rewrite (and re-ask) in one call, every
-//! candidate evaluation in one agent batch. Per subset and iteration: the optimizer sees the
-//! current component with a seeded sample of the subset's failures and successes and its
-//! remembered failed attempts, writes a diagnosis, then `candidates` rewrites (each with a
-//! different edit hint and seed). Candidates that leak or copy training data or change
-//! nothing are rejected; the best of the rest is kept if the accept rule says so, the others
-//! are remembered as failed attempts. A subset stops when solved or after `iterations`.
+//! subset's diagnosis in one call, every optimizer-written candidate (and re-ask) in one
+//! call, every candidate evaluation in one agent batch. Per subset and iteration, the
+//! `candidates` moves come from the operator rotation ([`operators::schedule`]): some ask
+//! the optimizer (a rewrite from a diagnosis of the whole subset, a procedure induced from
+//! right and wrong attempts, a strategy applied to the component), some need no model call
+//! (a strategy appended verbatim, worked examples from the agent's own solved
+//! trajectories). Candidates that change nothing, leak or copy training data, name its
+//! content or are degenerate are rejected by the guard. The rest are evaluated on the
+//! subset and on a fixed set of check examples from outside it; the one with the largest
+//! gain is kept when it solves at least `min_gain` more examples of the subset and is not
+//! worse on the check examples; the others are remembered as failed attempts (the text of
+//! leaking ones never shown again). A subset stops when solved or after `iterations`.
 //!
 //! The all-at-once baseline is the same loop on one subset holding all of train, with every
 //! trajectory in the prompt, truncated to the optimizer's context window.
@@ -16,21 +21,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::optimizer::agent::{Components, Outcome};
 use crate::optimizer::calls::BudgetHit;
-use crate::optimizer::env::{mean_score, solved, Env};
+use crate::optimizer::env::{mean_score, solved, Ask, Env, Expect};
+use crate::optimizer::operators::{self, Operator, STRATEGIES};
 use crate::optimizer::prompts::{self, FailedAttempt};
 use crate::optimizer::rng::Rng;
+use crate::optimizer::select::{self, PoolEntry};
 use crate::optimizer::task::{AcceptRule, BudgetSpec};
 
-/// How trajectories are chosen for the prompt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Showing {
-    /// A seeded sample of `show_failures` failures and `show_successes` successes.
-    Sample,
-    /// Every trajectory, cut to fit the optimizer's context window.
-    All,
-}
-
-/// What the all-at-once prompt had to leave out.
+/// What an optimizer prompt had to leave out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Truncation {
     pub iteration: usize,
@@ -45,9 +43,17 @@ pub struct Truncation {
 /// One candidate of one iteration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CandidateRecord {
-    /// `accepted`, `rolled_back`, `leak`, `copy`, `unchanged`, `unparsed`.
+    /// The move that made it (`seed`, `rewrite`, `induction`, `demos`, `strategy`).
+    #[serde(default)]
+    pub operator: String,
+    /// `accepted`, `rolled_back`, `leak`, `copy`, `content`, `degenerate`, `unchanged`,
+    /// `unparsed`.
     pub status: String,
+    /// Mean score on the subset.
     pub score: Option<f64>,
+    /// Mean score on the check examples from outside the subset.
+    #[serde(default)]
+    pub check_score: Option<f64>,
     pub detail: String,
 }
 
@@ -70,6 +76,11 @@ pub struct Slot {
     pub current: Components,
     #[serde(skip)]
     pub outcomes: Vec<Outcome>,
+    /// Training examples from outside the subset a candidate must not be worse on.
+    #[serde(default)]
+    pub check: Vec<usize>,
+    #[serde(skip)]
+    pub check_outcomes: Vec<Outcome>,
     pub initial_score: f64,
     pub score: f64,
     /// Diagnoses that led to accepted candidates.
@@ -95,6 +106,8 @@ impl Slot {
             examples,
             current: initial,
             outcomes,
+            check: Vec::new(),
+            check_outcomes: Vec::new(),
             initial_score: score,
             score,
             lessons: Vec::new(),
@@ -110,26 +123,32 @@ impl Slot {
     }
 }
 
-/// Optimizes every slot; returns the budget that stopped it, if one did.
+/// A candidate of one iteration, before evaluation.
+struct Proposal {
+    operator: Operator,
+    components: Option<Components>,
+    /// Why no candidate came out (a move with nothing to work with).
+    missing: Option<String>,
+}
+
+/// Optimizes every slot; returns the budget that stopped it, if one did. The trajectories
+/// of one optimizer prompt are capped at `trajectory_tokens` (and the context window).
 pub fn optimize(
     env: &Env,
     slots: &mut [Slot],
-    showing: Showing,
+    trajectory_tokens: usize,
     stage: &str,
     budget: &BudgetSpec,
 ) -> Option<BudgetHit> {
     let spec = env.spec;
+    let first = env.names.first().cloned().unwrap_or_default();
     for iteration in 0..spec.iterations {
-        let active: Vec<usize> = (0..slots.len())
-            .filter(|&i| slots[i].stopped.is_empty())
-            .collect();
-        for &i in &active {
-            if slots[i].solved() {
-                slots[i].stopped = "solved".into();
+        for s in slots.iter_mut().filter(|s| s.stopped.is_empty()) {
+            if s.solved() {
+                s.stopped = "solved".into();
             }
         }
-        let active: Vec<usize> = active
-            .into_iter()
+        let active: Vec<usize> = (0..slots.len())
             .filter(|&i| slots[i].stopped.is_empty())
             .collect();
         if active.is_empty() {
@@ -147,38 +166,53 @@ pub fn optimize(
             spec.iterations,
             &format!("iteration {} on {} subsets", iteration + 1, active.len()),
         );
+        let plans: Vec<Vec<(Operator, usize)>> = active
+            .iter()
+            .map(|&i| {
+                (0..spec.candidates)
+                    .map(|j| {
+                        operators::schedule(
+                            &spec.operators,
+                            iteration * spec.candidates + j,
+                            slots[i].id,
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
 
-        // 1. Diagnoses, one batch.
-        let mut diag_requests = Vec::new();
+        // 1. Diagnoses (for the slots that rewrite), one batch. The prompt shows the whole
+        // subset, cut to the token budget.
+        let mut shown = Vec::new();
         for &i in &active {
-            let s = &slots[i];
-            let trajectories = match showing {
-                Showing::Sample => sample_trajectories(env, s, iteration),
-                Showing::All => {
-                    let (text, t) = all_trajectories(env, s, iteration);
-                    slots[i].truncations.push(t);
-                    text
-                }
-            };
+            let (text, t) = all_trajectories(env, &slots[i], iteration, trajectory_tokens);
+            slots[i].truncations.push(t);
+            shown.push(text);
+        }
+        let mut diag_requests = Vec::new();
+        let mut diag_of = vec![None; active.len()];
+        for (a, &i) in active.iter().enumerate() {
+            if !plans[a].iter().any(|(op, _)| op.needs_diagnosis()) {
+                continue;
+            }
             let s = &slots[i];
             let failed = prompts::show_failed(&s.failed, &env.names, spec.show_failed_attempts);
+            diag_of[a] = Some(diag_requests.len());
             diag_requests.push(crate::llm::ChatRequest {
-                messages: prompts::diagnose(&s.current, &env.names, &trajectories, &failed),
+                messages: prompts::diagnose(&s.current, &env.names, &shown[a], &failed),
                 params: env.params(
                     &spec.diagnosis_params,
                     &format!("{stage}/diag/{}/{iteration}", s.id),
                 ),
             });
         }
-        let ctx = env.ctx(stage);
-        let diagnoses: Vec<String> = env
-            .calls
-            .complete(
-                env.optimizer,
-                &ctx,
-                crate::optimizer::calls::Role::Optimizer,
-                &diag_requests,
-            )
+        let replies = env.calls.complete(
+            env.optimizer,
+            &env.ctx(stage),
+            crate::optimizer::calls::Role::Optimizer,
+            &diag_requests,
+        );
+        let replies: Vec<String> = replies
             .into_iter()
             .map(|r| match r {
                 Ok(c) => c.text,
@@ -188,136 +222,256 @@ pub fn optimize(
                 }
             })
             .collect();
+        let diagnoses: Vec<String> = diag_of
+            .iter()
+            .map(|d| d.and_then(|k| replies.get(k).cloned()).unwrap_or_default())
+            .collect();
 
-        // 2. Rewrites, one batch (re-asks batched too).
-        let mut conversations = Vec::new();
-        let mut params = Vec::new();
-        let mut bases = Vec::new();
+        // 2. Proposals: the optimizer's moves in one batch (re-asks batched too), the
+        // mechanical moves directly.
+        let mut proposals: Vec<Vec<Proposal>> = Vec::new();
+        let mut asks = Vec::new();
+        let mut asked: Vec<(usize, usize)> = Vec::new();
         for (a, &i) in active.iter().enumerate() {
             let s = &slots[i];
             let failed = prompts::show_failed(&s.failed, &env.names, spec.show_failed_attempts);
-            for j in 0..spec.candidates {
-                conversations.push(prompts::rewrite(
-                    &s.current,
-                    &env.names,
-                    &diagnoses[a],
-                    &failed,
-                    j,
-                ));
-                params.push(env.params(
-                    &spec.params,
-                    &format!("{stage}/rewrite/{}/{iteration}/{j}", s.id),
-                ));
-                bases.push(&s.current);
+            let mut row = Vec::new();
+            for (j, &(op, variant)) in plans[a].iter().enumerate() {
+                let label = format!("{stage}/{}/{}/{iteration}/{j}", op.name(), s.id);
+                let mut p = Proposal {
+                    operator: op,
+                    components: None,
+                    missing: None,
+                };
+                let messages = match op {
+                    Operator::Rewrite => Some((
+                        prompts::rewrite(&s.current, &env.names, &diagnoses[a], &failed, variant),
+                        Expect::Components(&s.current),
+                    )),
+                    Operator::Strategy => Some((
+                        prompts::strategy(
+                            &s.current,
+                            &env.names,
+                            &sample_trajectories(env, s, iteration),
+                            STRATEGIES[variant % STRATEGIES.len()],
+                        ),
+                        Expect::Components(&s.current),
+                    )),
+                    Operator::Induction => {
+                        let mut order: Vec<usize> = (0..s.outcomes.len()).collect();
+                        Rng::derived(env.seed, &label).shuffle(&mut order);
+                        let pairs = prompts::show_pairs(
+                            &s.outcomes,
+                            spec.show_failures.max(1),
+                            spec.trajectory_chars,
+                            &order,
+                        );
+                        Some((
+                            prompts::induction(&s.current, &env.names, &pairs),
+                            Expect::Procedure(&s.current, first.clone()),
+                        ))
+                    }
+                    Operator::Seed => {
+                        p.components = Some(operators::append_section(
+                            &s.current,
+                            &first,
+                            STRATEGIES[variant % STRATEGIES.len()],
+                        ));
+                        None
+                    }
+                    Operator::Demos => {
+                        match operators::demos_block(
+                            &s.outcomes,
+                            spec.demo_count,
+                            spec.trajectory_chars,
+                            env.seed ^ s.id as u64,
+                            variant,
+                        ) {
+                            Some(block) => {
+                                p.components =
+                                    Some(operators::append_section(&s.current, &first, &block));
+                                env.exempt.borrow_mut().push(block);
+                            }
+                            None => p.missing = Some("no solved example to show".into()),
+                        }
+                        None
+                    }
+                    Operator::Crossover | Operator::Merge => {
+                        p.missing = Some("a merge move".into());
+                        None
+                    }
+                };
+                if let Some((messages, expect)) = messages {
+                    asked.push((a, j));
+                    asks.push(Ask {
+                        messages,
+                        params: env.params(&spec.params, &label),
+                        expect,
+                    });
+                }
+                row.push(p);
             }
+            proposals.push(row);
         }
-        let parsed = env.ask_components(stage, conversations, params, &bases);
+        let answers = env.ask(stage, asks);
+        for ((a, j), c) in asked.into_iter().zip(answers) {
+            proposals[a][j].components = c;
+        }
 
-        // 3. Screen candidates, then evaluate the survivors, one batch.
+        // 3. Screen candidates, then evaluate the survivors on the subset and the check
+        // examples, one batch.
         let mut records: Vec<Vec<CandidateRecord>> = vec![Vec::new(); active.len()];
-        let mut survivors: Vec<(usize, Components)> = Vec::new();
+        let mut survivors: Vec<(usize, usize, Components)> = Vec::new();
         for (a, &i) in active.iter().enumerate() {
-            for j in 0..spec.candidates {
+            for p in &proposals[a] {
+                let op = p.operator.name();
+                env.counters
+                    .borrow_mut()
+                    .by_operator
+                    .entry(op.to_string())
+                    .or_default()
+                    .proposed += 1;
                 let rec = |status: &str, detail: String| CandidateRecord {
+                    operator: op.to_string(),
                     status: status.into(),
                     score: None,
+                    check_score: None,
                     detail,
                 };
-                let Some(c) = &parsed[a * spec.candidates + j] else {
-                    records[a].push(rec("unparsed", String::new()));
+                let Some(c) = &p.components else {
+                    let detail = p.missing.clone().unwrap_or_default();
+                    records[a].push(rec("unparsed", detail));
                     continue;
                 };
-                let text: String = env
-                    .names
-                    .iter()
-                    .filter_map(|n| c.get(n))
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                if *c == slots[i].current || survivors.iter().any(|(b, d)| *b == a && d == c) {
+                if *c == slots[i].current || survivors.iter().any(|(b, _, d)| *b == a && d == c) {
                     env.counters.borrow_mut().unchanged_candidates += 1;
                     records[a].push(rec("unchanged", String::new()));
-                } else if let Some(r) = env.guard.check(&text) {
-                    let status = match r {
-                        crate::optimizer::guard::Rejection::Leak { .. } => {
-                            env.counters.borrow_mut().leak_rejections += 1;
-                            "leak"
-                        }
-                        crate::optimizer::guard::Rejection::Copy { .. } => {
-                            env.counters.borrow_mut().copy_rejections += 1;
-                            "copy"
-                        }
-                    };
-                    slots[i].failed.push(FailedAttempt {
-                        components: c.clone(),
-                        reason: format!("rejected: {}", r.describe()),
-                    });
-                    records[a].push(rec(status, r.describe()));
-                } else {
-                    records[a].push(rec("pending", String::new()));
-                    survivors.push((a, c.clone()));
+                    continue;
                 }
+                if let Some(r) = env.screen(c) {
+                    slots[i].failed.push(FailedAttempt {
+                        components: if r.withholds_text() {
+                            Components::new()
+                        } else {
+                            c.clone()
+                        },
+                        reason: r.for_prompt(),
+                        withheld: r.withholds_text(),
+                    });
+                    records[a].push(rec(r.status(), r.describe()));
+                    continue;
+                }
+                records[a].push(rec("pending", String::new()));
+                survivors.push((a, records[a].len() - 1, c.clone()));
             }
         }
+        let eval_sets: Vec<Vec<usize>> = active
+            .iter()
+            .map(|&i| {
+                let s = &slots[i];
+                s.examples.iter().chain(&s.check).copied().collect()
+            })
+            .collect();
         let jobs: Vec<(&Components, &[usize])> = survivors
             .iter()
-            .map(|(a, c)| (c, slots[active[*a]].examples.as_slice()))
+            .map(|(a, _, c)| (c, eval_sets[*a].as_slice()))
             .collect();
         let outcomes = env.evaluate(stage, env.train, &jobs);
         env.counters.borrow_mut().candidates_evaluated += survivors.len();
 
-        // 4. Keep or roll back, per subset.
+        // 4. Keep or roll back, per subset: the candidate with the largest gain on the
+        // subset (ties to the shorter) is accepted when the gain is real and it is not
+        // worse on the check examples.
         for (a, &i) in active.iter().enumerate() {
+            let n = slots[i].examples.len();
+            let current_sum: f64 = slots[i].outcomes.iter().map(|o| o.score).sum();
+            let current_check: f64 = slots[i].check_outcomes.iter().map(|o| o.score).sum();
+            let before = slots[i].score;
             let mut best: Option<(f64, usize)> = None;
-            for (k, (sa, _)) in survivors.iter().enumerate() {
+            for (k, (sa, r, c)) in survivors.iter().enumerate() {
                 if *sa != a {
                     continue;
                 }
-                let score = mean_score(&outcomes[k]);
-                if best.is_none_or(|(b, _)| score > b + 1e-12) {
-                    best = Some((score, k));
+                let (sub, check) = outcomes[k].split_at(n.min(outcomes[k].len()));
+                let sum: f64 = sub.iter().map(|o| o.score).sum();
+                let check_sum: f64 = check.iter().map(|o| o.score).sum();
+                let gain = sum - current_sum;
+                let record = &mut records[a][*r];
+                record.score = Some(mean_score(sub));
+                record.check_score = (!check.is_empty()).then(|| mean_score(check));
+                env.counters
+                    .borrow_mut()
+                    .by_operator
+                    .entry(record.operator.clone())
+                    .or_default()
+                    .evaluated += 1;
+                let acceptable =
+                    accepts(spec.accept, spec.min_gain, gain, check_sum - current_check);
+                record.detail = format!(
+                    "gain {gain:+.0} on the subset{}",
+                    if check.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {:+.0} on the check examples", check_sum - current_check)
+                    }
+                );
+                if !acceptable {
+                    continue;
+                }
+                let better = match best {
+                    None => true,
+                    Some((g, b)) => {
+                        gain > g + 1e-9
+                            || ((gain - g).abs() <= 1e-9
+                                && select::text_len(c) < select::text_len(&survivors[b].2))
+                    }
+                };
+                if better {
+                    best = Some((gain, k));
                 }
             }
-            let before = slots[i].score;
-            let mut pending_iter = records[a].iter_mut().filter(|r| r.status == "pending");
-            for (k, (sa, c)) in survivors.iter().enumerate() {
+            for (k, (sa, r, c)) in survivors.iter().enumerate() {
                 if *sa != a {
                     continue;
                 }
-                let score = mean_score(&outcomes[k]);
-                let accept = best.is_some_and(|(_, b)| b == k)
-                    && match spec.accept {
-                        AcceptRule::Better => score > before + 1e-12,
-                        AcceptRule::NotWorse => score >= before - 1e-12,
-                    };
-                if let Some(r) = pending_iter.next() {
-                    r.score = Some(score);
-                    r.status = if accept { "accepted" } else { "rolled_back" }.into();
-                }
+                let accept = best.is_some_and(|(_, b)| b == k);
+                records[a][*r].status = if accept { "accepted" } else { "rolled_back" }.into();
                 if !accept {
                     slots[i].failed.push(FailedAttempt {
                         components: c.clone(),
                         reason: format!(
                             "scored {:.0}% vs {:.0}% for the current version",
-                            100.0 * score,
+                            100.0 * records[a][*r].score.unwrap_or(0.0),
                             100.0 * before
                         ),
+                        withheld: false,
                     });
                 }
             }
-            let accepted = best.filter(|&(score, _)| match spec.accept {
-                AcceptRule::Better => score > before + 1e-12,
-                AcceptRule::NotWorse => score >= before - 1e-12,
-            });
             let s = &mut slots[i];
-            if let Some((score, k)) = accepted {
-                s.current = survivors[k].1.clone();
-                s.outcomes = outcomes[k].clone();
-                s.score = score;
-                if !diagnoses[a].trim().is_empty() {
+            if let Some((_, k)) = best {
+                let (sub, check) = outcomes[k].split_at(n.min(outcomes[k].len()));
+                s.current = survivors[k].2.clone();
+                s.outcomes = sub.to_vec();
+                s.check_outcomes = check.to_vec();
+                s.score = mean_score(sub);
+                let op = records[a][survivors[k].1].operator.clone();
+                if op == Operator::Rewrite.name() && !diagnoses[a].trim().is_empty() {
                     s.lessons.push(diagnoses[a].trim().to_string());
                 }
-                env.counters.borrow_mut().accepted += 1;
+                let mut c = env.counters.borrow_mut();
+                c.accepted += 1;
+                c.by_operator.entry(op.clone()).or_default().accepted += 1;
+                drop(c);
+                let initial_sum = s.initial_score * n as f64;
+                env.pool.borrow_mut().push(PoolEntry {
+                    source: format!("subset {} iteration {} ({op})", s.id, iteration + 1),
+                    components: s.current.clone(),
+                    train_n: n,
+                    train_score: s.score,
+                    train_gain: s.score * n as f64 - initial_sum,
+                    val_score: None,
+                });
             } else {
                 env.counters.borrow_mut().rolled_back += 1;
             }
@@ -339,6 +493,17 @@ pub fn optimize(
     None
 }
 
+/// The acceptance rule: `gain` more solved examples on the subset (at least `min_gain`, and
+/// more than none, under `Better`; none lost under `NotWorse`) and no fewer solved on the
+/// check examples (`check_delta >= 0`).
+pub fn accepts(rule: AcceptRule, min_gain: f64, gain: f64, check_delta: f64) -> bool {
+    let real_gain = match rule {
+        AcceptRule::Better => gain > 1e-9 && gain >= min_gain - 1e-9,
+        AcceptRule::NotWorse => gain >= -1e-9,
+    };
+    real_gain && check_delta >= -1e-9
+}
+
 /// A seeded sample of the slot's failures and successes, formatted.
 fn sample_trajectories(env: &Env, s: &Slot, iteration: usize) -> String {
     let mut rng = Rng::derived(env.seed, &format!("sample/{}/{iteration}", s.id));
@@ -356,8 +521,14 @@ fn sample_trajectories(env: &Env, s: &Slot, iteration: usize) -> String {
         .join("\n")
 }
 
-/// Every trajectory (failures first), as many as fit the optimizer's context window.
-fn all_trajectories(env: &Env, s: &Slot, iteration: usize) -> (String, Truncation) {
+/// Every trajectory (failures first), as many as fit the optimizer's context window and
+/// `max_tokens`.
+fn all_trajectories(
+    env: &Env,
+    s: &Slot,
+    iteration: usize,
+    max_tokens: usize,
+) -> (String, Truncation) {
     let frame = prompts::diagnose(
         &s.current,
         &env.names,
@@ -377,7 +548,8 @@ fn all_trajectories(env: &Env, s: &Slot, iteration: usize) -> (String, Truncatio
     let token_budget = env
         .optimizer
         .context_length()
-        .saturating_sub(frame_tokens + env.spec.diagnosis_params.max_new_tokens + 64);
+        .saturating_sub(frame_tokens + env.spec.diagnosis_params.max_new_tokens + 64)
+        .min(max_tokens);
     let mut order: Vec<&Outcome> = s.outcomes.iter().filter(|o| !o.solved()).collect();
     order.extend(s.outcomes.iter().filter(|o| o.solved()));
     let mut used = 0;
@@ -398,4 +570,24 @@ fn all_trajectories(env: &Env, s: &Slot, iteration: usize) -> (String, Truncatio
         token_budget,
     };
     (parts.join("\n"), t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acceptance_needs_a_real_gain_and_no_loss_outside() {
+        // A one-example gain is noise at min_gain = 2.
+        assert!(!accepts(AcceptRule::Better, 2.0, 1.0, 0.0));
+        assert!(accepts(AcceptRule::Better, 2.0, 2.0, 0.0));
+        assert!(accepts(AcceptRule::Better, 2.0, 5.0, 1.0));
+        // Worse on the check examples outside the subset: rejected whatever the gain.
+        assert!(!accepts(AcceptRule::Better, 2.0, 5.0, -1.0));
+        // Better always needs some gain, even with min_gain = 0.
+        assert!(!accepts(AcceptRule::Better, 0.0, 0.0, 0.0));
+        assert!(accepts(AcceptRule::Better, 0.0, 0.5, 0.0));
+        assert!(accepts(AcceptRule::NotWorse, 2.0, 0.0, 0.0));
+        assert!(!accepts(AcceptRule::NotWorse, 2.0, -1.0, 0.0));
+    }
 }

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::engine::chat::ChatMessage;
 use crate::optimizer::agent::{Components, Outcome};
+use crate::optimizer::operators::{EDIT_HINTS, MERGE_HINTS};
 use crate::optimizer::template::Template;
 
 const SYSTEM: &str = include_str!("prompts/system.txt");
@@ -16,15 +17,13 @@ const DIAGNOSE: &str = include_str!("prompts/diagnose.txt");
 const REWRITE: &str = include_str!("prompts/rewrite.txt");
 const REASK: &str = include_str!("prompts/reask.txt");
 const MERGE: &str = include_str!("prompts/merge.txt");
+const INDUCTION: &str = include_str!("prompts/induction.txt");
+const STRATEGY: &str = include_str!("prompts/strategy.txt");
 
-/// Edit styles rotated over the candidates of an iteration, so that a weak optimizer
-/// explores different kinds of change instead of sampling one idea several times.
-pub const EDIT_HINTS: [&str; 4] = [
-    "Add a short numbered step-by-step procedure the assistant must follow on every task of this kind.",
-    "Add one or two precise rules that prevent the mistakes found in the review.",
-    "Make the instructions clearer and stricter about how to work and how to format the final answer.",
-    "Add a check the assistant must do before giving its final answer.",
-];
+/// Every prompt text, for the guard's list of the optimizer's own words.
+pub fn own_texts() -> String {
+    [SYSTEM, DIAGNOSE, REWRITE, REASK, MERGE, INDUCTION, STRATEGY].join("\n")
+}
 
 /// A candidate that was tried and not kept.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -32,6 +31,9 @@ pub struct FailedAttempt {
     pub components: Components,
     /// Why it was not kept (a lower score, a leak, ...).
     pub reason: String,
+    /// The text is never shown again (it leaked or copied training data).
+    #[serde(default)]
+    pub withheld: bool,
 }
 
 fn render(template: &str, vars: &[(&str, String)]) -> String {
@@ -121,6 +123,9 @@ pub fn show_outcome(n: usize, o: &Outcome, max_chars: usize) -> String {
     if let Some(e) = &o.error {
         s.push_str(&format!("Error: {}\n", truncate_informative(e, 200)));
     }
+    if let Some(f) = &o.feedback {
+        s.push_str(&format!("Feedback: {}\n", truncate_informative(f, 300)));
+    }
     s.push_str(&format!(
         "Extracted answer: {:?} | Expected: {:?}\n",
         o.answer, o.expected
@@ -138,6 +143,14 @@ pub fn show_failed(attempts: &[FailedAttempt], names: &[String], keep: usize) ->
         "\nThese earlier revisions were tried and did NOT help; do not repeat them:\n",
     );
     for (i, a) in shown.iter().enumerate() {
+        if a.withheld {
+            s.push_str(&format!(
+                "- Revision {}: (text withheld) ({})\n",
+                i + 1,
+                a.reason
+            ));
+            continue;
+        }
         let text: Vec<String> = names
             .iter()
             .map(|n| {
@@ -198,45 +211,141 @@ pub fn rewrite(
     vec![system(), ChatMessage::user(user)]
 }
 
-/// The merge request over several optimized versions with their lessons.
-pub fn merge(versions: &[(Components, Vec<String>)], names: &[String]) -> Vec<ChatMessage> {
+/// One child of a merge as the merge prompt shows it.
+pub struct MergeChild {
+    pub components: Components,
+    /// What it changed from the initial component (a line diff).
+    pub change: String,
+    /// Its score on its own examples and on the other children's.
+    pub own_score: f64,
+    pub other_score: f64,
+    /// Examples of the union it solves and no other child does.
+    pub wins: usize,
+}
+
+/// The merge request over several optimized versions, for merge hint `hint_index`.
+pub fn merge(children: &[MergeChild], names: &[String], hint_index: usize) -> Vec<ChatMessage> {
     let mut shown = String::new();
-    for (i, (c, lessons)) in versions.iter().enumerate() {
+    for (i, c) in children.iter().enumerate() {
         shown.push_str(&format!(
-            "## Version {}\n{}\n",
+            "## Version {}\n{}\nWhat it changed from the original:\n{}\nScore on its own tasks: {:.0}%. Score on the other versions' tasks: {:.0}%. Tasks only this version solves: {}.\n\n",
             i + 1,
-            show_components(c, names)
+            show_components(&c.components, names),
+            truncate_informative(&c.change, 800),
+            100.0 * c.own_score,
+            100.0 * c.other_score,
+            c.wins,
         ));
-        if lessons.is_empty() {
-            shown.push_str("Lessons: (none recorded)\n\n");
-        } else {
-            shown.push_str("Lessons:\n");
-            for l in lessons {
-                shown.push_str(&format!(
-                    "- {}\n",
-                    truncate_informative(l, 300).replace('\n', " ")
-                ));
-            }
-            shown.push('\n');
-        }
     }
     let user = render(
         MERGE,
         &[
             ("component_names", names.join(", ")),
             ("versions", shown),
+            (
+                "merge_hint",
+                MERGE_HINTS[hint_index % MERGE_HINTS.len()].to_string(),
+            ),
             ("output_format", output_format(names)),
         ],
     );
     vec![system(), ChatMessage::user(user)]
 }
 
-/// Extends a conversation with the model's unusable reply and the reason.
+/// The procedure-induction request: pairs of similar right and wrong attempts.
+pub fn induction(components: &Components, names: &[String], pairs: &str) -> Vec<ChatMessage> {
+    let user = render(
+        INDUCTION,
+        &[
+            ("component_names", names.join(", ")),
+            ("components", show_components(components, names)),
+            ("pairs", pairs.to_string()),
+            ("output_format", procedure_format()),
+        ],
+    );
+    vec![system(), ChatMessage::user(user)]
+}
+
+/// Where an induction reply must put its procedure.
+pub fn procedure_format() -> String {
+    "Reply with the procedure between tags, exactly like this:\n<procedure>\n1. ...\n2. ...\n</procedure>".into()
+}
+
+/// The strategy request: rewrite the component so the agent works by `strategy`.
+pub fn strategy(
+    components: &Components,
+    names: &[String],
+    trajectories: &str,
+    strategy: &str,
+) -> Vec<ChatMessage> {
+    let user = render(
+        STRATEGY,
+        &[
+            ("component_names", names.join(", ")),
+            ("components", show_components(components, names)),
+            ("trajectories", trajectories.to_string()),
+            ("strategy", strategy.to_string()),
+            ("output_format", output_format(names)),
+        ],
+    );
+    vec![system(), ChatMessage::user(user)]
+}
+
+/// Up to `max_pairs` failures, each beside the success most similar to it (word overlap
+/// of the inputs), formatted; failures alone when nothing succeeded.
+pub fn show_pairs(
+    outcomes: &[Outcome],
+    max_pairs: usize,
+    max_chars: usize,
+    order: &[usize],
+) -> String {
+    let fails: Vec<&Outcome> = order
+        .iter()
+        .filter_map(|&i| outcomes.get(i))
+        .filter(|o| !o.solved())
+        .take(max_pairs)
+        .collect();
+    let oks: Vec<&Outcome> = outcomes.iter().filter(|o| o.solved()).collect();
+    let words = |s: &str| -> std::collections::HashSet<String> {
+        s.split(|c: char| !c.is_alphanumeric())
+            .filter(|w| w.len() > 1)
+            .map(str::to_lowercase)
+            .collect()
+    };
+    let mut out = String::new();
+    for (n, f) in fails.iter().enumerate() {
+        out.push_str(&format!("## Pair {}\n", n + 1));
+        let fw = words(&f.input);
+        let best = oks.iter().max_by(|a, b| {
+            let sa = overlap(&fw, &words(&a.input));
+            let sb = overlap(&fw, &words(&b.input));
+            sa.total_cmp(&sb)
+        });
+        if let Some(ok) = best {
+            out.push_str(&show_outcome(2 * n + 1, ok, max_chars));
+        }
+        out.push_str(&show_outcome(2 * n + 2, f, max_chars));
+        out.push('\n');
+    }
+    out
+}
+
+fn overlap(a: &std::collections::HashSet<String>, b: &std::collections::HashSet<String>) -> f64 {
+    let union = a.union(b).count();
+    if union == 0 {
+        0.0
+    } else {
+        a.intersection(b).count() as f64 / union as f64
+    }
+}
+
+/// Extends a conversation with the model's unusable reply, the reason, and the output
+/// format expected.
 pub fn reask(
     conversation: &[ChatMessage],
     reply: &str,
     reason: &str,
-    names: &[String],
+    format: &str,
 ) -> Vec<ChatMessage> {
     let mut messages = conversation.to_vec();
     messages.push(ChatMessage::assistant(reply));
@@ -244,7 +353,7 @@ pub fn reask(
         REASK,
         &[
             ("reason", reason.to_string()),
-            ("output_format", output_format(names)),
+            ("output_format", format.to_string()),
         ],
     )));
     messages
@@ -274,8 +383,20 @@ mod tests {
         for msgs in [
             diagnose(&comps, &names, "T", ""),
             rewrite(&comps, &names, "D", "", 5),
-            merge(&[(comps.clone(), vec!["l".into()])], &names),
-            reask(&[], "r", "why", &names),
+            merge(
+                &[MergeChild {
+                    components: comps.clone(),
+                    change: "+ x".into(),
+                    own_score: 0.5,
+                    other_score: 0.25,
+                    wins: 1,
+                }],
+                &names,
+                0,
+            ),
+            induction(&comps, &names, "P"),
+            strategy(&comps, &names, "T", "S"),
+            reask(&[], "r", "why", &output_format(&names)),
         ] {
             let text = msgs.last().map(|m| m.content.clone()).unwrap_or_default();
             assert!(!text.contains("{{"), "{text}");

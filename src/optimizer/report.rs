@@ -232,6 +232,27 @@ impl RunReport {
                 );
             }
         }
+        if !self.methods.is_empty() {
+            let _ = writeln!(s, "\nWhat each method spent (compare scores at equal cost):\n\n| method | candidates evaluated | agent calls | optimizer calls | optimizer prompt tokens | optimizer completion tokens |\n|---|---|---|---|---|---|");
+            for m in &self.methods {
+                let rows = self.accounting.rows.iter().filter(|r| r.method == m.method);
+                let (mut agent, mut opt, mut prompt, mut completion) = (0, 0, 0, 0);
+                for r in rows {
+                    if r.role == "agent" {
+                        agent += r.calls;
+                    } else {
+                        opt += r.calls;
+                        prompt += r.prompt_tokens;
+                        completion += r.completion_tokens;
+                    }
+                }
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {agent} | {opt} | {prompt} | {completion} |",
+                    m.method, m.counters.candidates_evaluated
+                );
+            }
+        }
         let _ = writeln!(s, "\n![score per step](score.svg)\n\n## Tokens and time\n\n![tokens by stage](tokens.svg)\n");
         // Calls of one batch run concurrently: their times add up to more than the wall time.
         let _ = writeln!(s, "Call time is summed over calls, which overlap within a batch; the wall time is above.\n");
@@ -268,11 +289,53 @@ impl RunReport {
                 );
             }
             let c = &m.counters;
+            if !m.subset_sizing.is_empty() {
+                let _ = writeln!(s, "Division: {}.\n", m.subset_sizing);
+            }
             let _ = writeln!(
                 s,
-                "Candidates evaluated {}, accepted {}, iterations rolled back {}; re-asks {}, unparsable replies {}, leak rejections {}, copy rejections {}, unchanged {}, optimizer call errors {}, agent failures {}.\n",
-                c.candidates_evaluated, c.accepted, c.rolled_back, c.reasks, c.parse_failures, c.leak_rejections, c.copy_rejections, c.unchanged_candidates, c.call_errors, c.agent_failures
+                "Final component: `{}` ({}).\n",
+                m.final_source,
+                if m.selection.is_empty() {
+                    "-"
+                } else {
+                    m.selection.as_str()
+                }
             );
+            let _ = writeln!(
+                s,
+                "Candidates evaluated {}, accepted {}, iterations rolled back {}; re-asks {}, unparsable replies {}, replies cut off {}, leak rejections {}, copy rejections {}, content rejections {}, degenerate rejections {}, unchanged {}, optimizer call errors {}, agent failures {}.\n",
+                c.candidates_evaluated, c.accepted, c.rolled_back, c.reasks, c.parse_failures, c.cut_off, c.leak_rejections, c.copy_rejections, c.content_rejections, c.degenerate_rejections, c.unchanged_candidates, c.call_errors, c.agent_failures
+            );
+            if !c.by_operator.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "| operator | proposed | evaluated | accepted |\n|---|---|---|---|"
+                );
+                for (op, n) in &c.by_operator {
+                    let _ = writeln!(
+                        s,
+                        "| {op} | {} | {} | {} |",
+                        n.proposed, n.evaluated, n.accepted
+                    );
+                }
+                let _ = writeln!(s);
+            }
+            if !m.pool.is_empty() {
+                let _ = writeln!(s, "Pool (components accepted or merged; the shortlist re-scored on val):\n\n| source | train n | train | gain over initial | val |\n|---|---|---|---|---|");
+                for e in &m.pool {
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | {} | {:+.0} | {} |",
+                        e.source,
+                        e.train_n,
+                        pct(Some(e.train_score)),
+                        e.train_gain,
+                        pct(e.val_score)
+                    );
+                }
+                let _ = writeln!(s);
+            }
             for sub in &m.subsets {
                 let _ = writeln!(
                     s,

@@ -21,12 +21,16 @@ use crate::llm::Llm;
 use crate::optimizer::agent::{Agent, Components, Outcome};
 use crate::optimizer::calls::{BudgetHit, Calls, Ctx};
 use crate::optimizer::dataset::Dataset;
-use crate::optimizer::divide::{divide, subset_count};
+use crate::optimizer::divide::{divide, sized_count, subset_count};
 use crate::optimizer::env::{mean_score, Counters, Env, Progress, StepPoint};
-use crate::optimizer::guard::Guard;
+use crate::optimizer::guard::{Guard, GuardConfig};
 use crate::optimizer::merge::{merge_all, MergeRecord, Node};
-use crate::optimizer::optimize::{optimize, Showing, Slot};
+use crate::optimizer::optimize::{optimize, Slot};
+use crate::optimizer::prompts;
 use crate::optimizer::report::{Accounting, ExampleIds, ExampleScores, InitialScores, RunReport};
+use crate::optimizer::rng::Rng;
+use crate::optimizer::select::{self, PoolEntry};
+use crate::optimizer::task::Selection;
 use crate::optimizer::task::Task;
 
 /// Which optimization to run.
@@ -90,6 +94,16 @@ pub struct MethodReport {
     /// Per-example val and test scores of the final component.
     #[serde(default)]
     pub per_example: ExampleScores,
+    /// Every component accepted or merged, with its train gain and (when shortlisted) its
+    /// val score.
+    #[serde(default)]
+    pub pool: Vec<PoolEntry>,
+    /// Why the final component won.
+    #[serde(default)]
+    pub selection: String,
+    /// How train was divided, and why.
+    #[serde(default)]
+    pub subset_sizing: String,
 }
 
 /// Runs `task` on `data` with `method`; every call goes through `calls`.
@@ -154,8 +168,13 @@ pub fn execute(
         &data.train,
         &task.spec.data.answer_field,
         &initial_text,
-        spec.leak_min_chars,
-        spec.copy_ngram_words,
+        &allowed_texts(task),
+        GuardConfig {
+            leak_min_chars: spec.leak_min_chars,
+            copy_ngram_words: spec.copy_ngram_words,
+            max_content_words: spec.max_content_words,
+            max_added_chars: spec.max_added_chars,
+        },
     );
     let mut methods = Vec::new();
     for part in method.parts() {
@@ -176,10 +195,18 @@ pub fn execute(
             progress,
             counters: RefCell::new(Counters::default()),
             steps: RefCell::new(Vec::new()),
+            exempt: RefCell::new(Vec::new()),
+            pool: RefCell::new(Vec::new()),
+        };
+        let start = Start {
+            components: &initial,
+            train: &initial_train,
+            val: &initial_val,
+            val_examples: &data.val,
         };
         let report = match part {
-            "fgo" => run_fgo(&env, task, &initial, &initial_train),
-            _ => run_all_at_once(&env, task, &initial, &initial_train),
+            "fgo" => run_fgo(&env, task, &start),
+            _ => run_all_at_once(&env, task, &start),
         };
         progress.best(part, &report.final_components, &report.final_source);
         steps.extend(env.steps.into_inner());
@@ -286,27 +313,64 @@ fn point(method: &str, stage: &str, label: &str, outcomes: &[Outcome], calls: &C
     }
 }
 
-fn run_fgo(
-    env: &Env,
-    task: &Task,
-    initial: &Components,
-    initial_train: &[Outcome],
-) -> MethodReport {
+/// What every method starts from: the initial components and their outcomes.
+struct Start<'a> {
+    components: &'a Components,
+    train: &'a [Outcome],
+    val: &'a [Outcome],
+    val_examples: &'a [crate::optimizer::dataset::Example],
+}
+
+fn run_fgo(env: &Env, task: &Task, start: &Start) -> MethodReport {
     let spec = env.spec;
-    let k = subset_count(initial_train.len(), spec.subset_size, spec.subset_count);
+    let (initial, initial_train) = (start.components, start.train);
+    let budget_tokens = subset_token_budget(env);
+    let (k, sizing) = match (spec.subset_size, spec.subset_count) {
+        (None, None) => {
+            let tokens: Vec<usize> = initial_train
+                .iter()
+                .enumerate()
+                .map(|(n, o)| {
+                    let text = prompts::show_outcome(n + 1, o, spec.trajectory_chars);
+                    env.optimizer.count_tokens(&text).unwrap_or(text.len() / 3) + 1
+                })
+                .collect();
+            let k = sized_count(initial_train, &tokens, budget_tokens, spec.divide, env.seed);
+            let total: usize = tokens.iter().sum();
+            let note = if k == 1 {
+                format!("train's trajectories ({total} tokens) fit one prompt of {budget_tokens} tokens: one subset, so FGO ran as all-at-once")
+            } else {
+                format!("{k} subsets: the fewest whose trajectories ({total} tokens in all) fit prompts of {budget_tokens} tokens")
+            };
+            (k, note)
+        }
+        (size, count) => {
+            let k = subset_count(initial_train.len(), size, count);
+            (k, format!("{k} subsets, as the task file sets"))
+        }
+    };
     let parts = divide(initial_train, k, spec.divide, env.seed);
     let mut slots: Vec<Slot> = parts
         .into_iter()
         .enumerate()
         .map(|(id, idx)| {
             let outcomes = idx.iter().map(|&i| initial_train[i].clone()).collect();
-            Slot::new(id, idx, initial.clone(), outcomes)
+            let mut slot = Slot::new(id, idx, initial.clone(), outcomes);
+            let mut outside: Vec<usize> = (0..initial_train.len())
+                .filter(|i| slot.examples.binary_search(i).is_err())
+                .collect();
+            Rng::derived(env.seed, &format!("check/{id}")).shuffle(&mut outside);
+            outside.truncate(spec.check_examples);
+            outside.sort_unstable();
+            slot.check_outcomes = outside.iter().map(|&i| initial_train[i].clone()).collect();
+            slot.check = outside;
+            slot
         })
         .collect();
     let mut hit = optimize(
         env,
         &mut slots,
-        Showing::Sample,
+        budget_tokens,
         "optimize",
         &task.spec.budget,
     );
@@ -322,44 +386,33 @@ fn run_fgo(
             lessons: s.lessons.clone(),
         })
         .collect();
+    let initial_scores: Vec<f64> = initial_train.iter().map(|o| o.score).collect();
     let frontier = if hit.is_none() {
-        let (f, m, h) = merge_all(env, frontier, "merge", &task.spec.budget);
+        let (f, m, h) = merge_all(
+            env,
+            frontier,
+            initial,
+            &initial_scores,
+            "merge",
+            &task.spec.budget,
+        );
         merges = m;
         hit = h;
         f
     } else {
         frontier
     };
-    let (source, components, score, n) = best_of(&frontier, initial, initial_train);
-    MethodReport {
-        method: env.method.clone(),
-        final_components: components,
-        final_source: source,
-        train_score: score,
-        train_n: n,
-        val_score: None,
-        test_score: None,
-        subsets: slots,
-        merges,
-        counters: env.counters.borrow().clone(),
-        budget_hit: hit,
-        per_example: ExampleScores::default(),
-    }
+    finish(env, start, &frontier, slots, merges, hit, sizing)
 }
 
-fn run_all_at_once(
-    env: &Env,
-    task: &Task,
-    initial: &Components,
-    initial_train: &[Outcome],
-) -> MethodReport {
+fn run_all_at_once(env: &Env, task: &Task, start: &Start) -> MethodReport {
     let mut slots = vec![Slot::new(
         0,
-        (0..initial_train.len()).collect(),
-        initial.clone(),
-        initial_train.to_vec(),
+        (0..start.train.len()).collect(),
+        start.components.clone(),
+        start.train.to_vec(),
     )];
-    let hit = optimize(env, &mut slots, Showing::All, "optimize", &task.spec.budget);
+    let hit = optimize(env, &mut slots, usize::MAX, "optimize", &task.spec.budget);
     let s = &slots[0];
     let node = Node {
         id: "all".into(),
@@ -369,21 +422,146 @@ fn run_all_at_once(
         score: s.score,
         lessons: Vec::new(),
     };
-    let (source, components, score, n) = best_of(&[node], initial, initial_train);
+    let sizing = "one subset holding all of train, every trajectory that fits the context".into();
+    finish(env, start, &[node], slots, Vec::new(), hit, sizing)
+}
+
+/// Chooses the method's final component and assembles its report.
+fn finish(
+    env: &Env,
+    start: &Start,
+    frontier: &[Node],
+    subsets: Vec<Slot>,
+    merges: Vec<MergeRecord>,
+    budget_hit: Option<BudgetHit>,
+    subset_sizing: String,
+) -> MethodReport {
+    let (source, components, train_score, train_n, selection) =
+        if env.spec.selection == Selection::Val && !start.val.is_empty() {
+            select_on_val(env, start, frontier)
+        } else {
+            let (source, components, score, n) = best_of(frontier, start.components, start.train);
+            let why = if start.val.is_empty() {
+                "chosen on train: there is no val split".to_string()
+            } else {
+                "chosen on train (selection = \"train\")".to_string()
+            };
+            (source, components, score, n, why)
+        };
     MethodReport {
         method: env.method.clone(),
         final_components: components,
         final_source: source,
-        train_score: score,
-        train_n: n,
+        train_score,
+        train_n,
         val_score: None,
         test_score: None,
-        subsets: slots,
-        merges: Vec::new(),
+        subsets,
+        merges,
         counters: env.counters.borrow().clone(),
-        budget_hit: hit,
+        budget_hit,
         per_example: ExampleScores::default(),
+        pool: env.pool.borrow().clone(),
+        selection,
+        subset_sizing,
     }
+}
+
+/// The final choice on val: the pool's shortlist re-scored on val (one batch) beside the
+/// initial component; the winner never scores below the initial component on val.
+fn select_on_val(
+    env: &Env,
+    start: &Start,
+    frontier: &[Node],
+) -> (String, Components, f64, usize, String) {
+    // The frontier enters the pool too (a run stopped before merging has no merge outputs).
+    let base: Vec<f64> = start.train.iter().map(|o| o.score).collect();
+    for node in frontier {
+        let n = node.examples.len();
+        let b: f64 = node.examples.iter().filter_map(|&i| base.get(i)).sum();
+        env.pool.borrow_mut().push(PoolEntry {
+            source: format!("node {}", node.id),
+            components: node.components.clone(),
+            train_n: n,
+            train_score: node.score,
+            train_gain: node.score * n as f64 - b,
+            val_score: None,
+        });
+    }
+    let initial_val = mean_score(start.val);
+    let short = select::shortlist(&env.pool.borrow(), start.components, env.spec.select_top);
+    let all_val: Vec<usize> = (0..start.val_examples.len()).collect();
+    let pool = env.pool.borrow().clone();
+    let jobs: Vec<(&Components, &[usize])> = short
+        .iter()
+        .map(|&i| (&pool[i].components, all_val.as_slice()))
+        .collect();
+    let out = env.evaluate("select", start.val_examples, &jobs);
+    let scored: Vec<(usize, f64)> = short
+        .iter()
+        .zip(&out)
+        .map(|(&i, o)| (i, mean_score(o)))
+        .collect();
+    {
+        let mut p = env.pool.borrow_mut();
+        for &(i, v) in &scored {
+            p[i].val_score = Some(v);
+        }
+    }
+    for &(i, v) in &scored {
+        env.point(
+            "select",
+            &format!("val: {}", pool[i].source),
+            all_val.len(),
+            v,
+        );
+    }
+    let (won, why) = select::choose(&pool, &scored, start.components, initial_val);
+    match won {
+        Some(i) => (
+            pool[i].source.clone(),
+            pool[i].components.clone(),
+            pool[i].train_score,
+            pool[i].train_n,
+            why,
+        ),
+        None => (
+            "initial".into(),
+            start.components.clone(),
+            mean_score(start.train),
+            start.train.len(),
+            why,
+        ),
+    }
+}
+
+/// Tokens of trajectories one subset's optimizer prompt may hold: `prompt_tokens`, within
+/// the context window less room for the instructions and the reply.
+fn subset_token_budget(env: &Env) -> usize {
+    let reserve = 1024
+        + env
+            .spec
+            .diagnosis_params
+            .max_new_tokens
+            .max(env.spec.params.max_new_tokens);
+    env.spec
+        .prompt_tokens
+        .min(env.optimizer.context_length().saturating_sub(reserve))
+        .max(1)
+}
+
+/// Texts whose words the guard never counts as content of the training set: the task's
+/// name, description, components and templates, and the optimizer's own texts.
+fn allowed_texts(task: &Task) -> String {
+    let mut parts = vec![task.spec.name.clone(), task.spec.description.clone()];
+    parts.extend(task.initial.values().cloned());
+    if let crate::optimizer::task::AgentSpec::Chat { system, user, .. } = &task.spec.agent {
+        parts.extend(system.clone());
+        parts.push(user.clone());
+    }
+    parts.push(prompts::own_texts());
+    parts.push(crate::optimizer::operators::own_vocabulary());
+    parts.join("\n")
 }
 
 /// The node that solves the most examples beyond the initial component on the same

@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::sampling::SamplingParams;
 use crate::error::{Error, Result};
 use crate::optimizer::metric::MetricSpec;
+use crate::optimizer::operators::{Operator, DEFAULT_OPERATORS};
 
 /// A whole task file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -194,11 +195,25 @@ pub enum DivideStrategy {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AcceptRule {
-    /// Only a strictly higher score on the subset.
+    /// A real gain: at least `min_gain` more solved examples of the subset (and more than
+    /// none).
     #[default]
     Better,
     /// A score at least as high (lets the optimizer drift on plateaus).
     NotWorse,
+}
+
+/// How the final component of a method is chosen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// The best of the pool on val (the pool's best by train gain, re-scored on val; ties
+    /// to the shorter text); never worse than the initial component on val.
+    #[default]
+    Val,
+    /// The node that solves the most training examples beyond the initial component (may
+    /// score below the initial component on val).
+    Train,
 }
 
 /// The optimizer's model and the FGO parameters.
@@ -213,7 +228,7 @@ pub struct OptimizerSpec {
     pub diagnosis_params: SamplingParams,
     /// Examples per subset (exclusive with `subset_count`).
     pub subset_size: Option<usize>,
-    /// Number of subsets (default 4 when `subset_size` is not given).
+    /// Number of subsets (default: sized to `prompt_tokens`).
     pub subset_count: Option<usize>,
     /// How subsets are formed.
     pub divide: DivideStrategy,
@@ -238,8 +253,32 @@ pub struct OptimizerSpec {
     /// A candidate sharing this many consecutive words with a training input (absent from
     /// the initial component) copies an example and is rejected (default 8).
     pub copy_ngram_words: usize,
-    /// Expected answers shorter than this are not checked for verbatim leaks (default 3).
+    /// Expected answers shorter than this are checked for leaks only in an answer-giving
+    /// context such as `= 7` (default 3).
     pub leak_min_chars: usize,
+    /// The proposal moves, rotated over the candidates of a subset's iterations (default
+    /// seed, rewrite, induction, demos, strategy).
+    pub operators: Vec<Operator>,
+    /// Solved examples a candidate must gain on its subset to be accepted (default 2).
+    pub min_gain: f64,
+    /// Training examples from outside the subset on which a candidate must not be worse
+    /// than the current component (default 8; none when train is one subset).
+    pub check_examples: usize,
+    /// Worked examples a `demos` move appends (default 3).
+    pub demo_count: usize,
+    /// Tokens of trajectories one optimizer prompt may hold; when neither `subset_size`
+    /// nor `subset_count` is given, train is divided into the fewest subsets whose
+    /// trajectories fit (default 4096, at most the optimizer's context).
+    pub prompt_tokens: usize,
+    /// How the final component is chosen (default `val`).
+    pub selection: Selection,
+    /// Pool entries (besides the initial component) re-scored on val (default 4).
+    pub select_top: usize,
+    /// Content terms of the training inputs a candidate may introduce (default 2).
+    pub max_content_words: usize,
+    /// Characters a candidate may add to the initial component, worked examples aside
+    /// (default 1500).
+    pub max_added_chars: usize,
 }
 
 impl Default for OptimizerSpec {
@@ -270,6 +309,15 @@ impl Default for OptimizerSpec {
             accept: AcceptRule::Better,
             copy_ngram_words: 8,
             leak_min_chars: 3,
+            operators: DEFAULT_OPERATORS.to_vec(),
+            min_gain: 2.0,
+            check_examples: 8,
+            demo_count: 3,
+            prompt_tokens: 4096,
+            selection: Selection::Val,
+            select_top: 4,
+            max_content_words: 2,
+            max_added_chars: 1500,
         }
     }
 }
@@ -521,6 +569,25 @@ impl Task {
                 "optimizer.show_failures",
                 "show_failures and show_successes are both 0",
             ));
+        }
+        if !(o.min_gain.is_finite() && o.min_gain >= 0.0) {
+            return Err(self.err("optimizer.min_gain", "must be a number >= 0"));
+        }
+        if o.operators.is_empty() {
+            return Err(self.err("optimizer.operators", "give at least one operator"));
+        }
+        if let Some(op) = o
+            .operators
+            .iter()
+            .find(|op| matches!(op, Operator::Crossover | Operator::Merge))
+        {
+            return Err(self.err(
+                "optimizer.operators",
+                format!("`{}` is a merge move, not a proposal operator", op.name()),
+            ));
+        }
+        if o.prompt_tokens < 256 {
+            return Err(self.err("optimizer.prompt_tokens", "must be at least 256"));
         }
         if o.merge_fan_in < 2 {
             return Err(self.err("optimizer.merge_fan_in", "must be at least 2"));

@@ -78,6 +78,8 @@ enum Optimizer {
     Good,
     BadMerge,
     Leaky,
+    /// Proposes a prompt that solves the training examples only.
+    Overfit,
 }
 
 fn world(optimizer: Optimizer) -> ScriptedLlm {
@@ -99,6 +101,7 @@ fn world(optimizer: Optimizer) -> ScriptedLlm {
                 };
             }
             return match optimizer {
+                Optimizer::Overfit => "<system_prompt>Count the items. Memorize them.</system_prompt>".into(),
                 Optimizer::Leaky => "<system_prompt>Count the items; for long lists answer seven.</system_prompt>".into(),
                 // Every other seed forgets the tags, to exercise re-asks.
                 _ if r.params.seed.is_multiple_of(2) && !user.contains("could not use your reply") => "Keep a running total!".into(),
@@ -106,6 +109,10 @@ fn world(optimizer: Optimizer) -> ScriptedLlm {
             };
         }
         let n = user.split(": ").nth(1).map_or(0, |l| l.split(", ").count());
+        if system.contains("Memorize") {
+            let right = if user.contains("of train") { n } else { n + 1 };
+            return format!("I recall it.\n{}", WORDS[right.min(9)]);
+        }
         let said = if system.contains("running total") || n <= 2 {
             n
         } else {
@@ -132,7 +139,19 @@ fn fgo_improves_and_merges_every_subset_once() {
     assert!(r.initial.train < 1.0);
     assert_eq!(m.train_score, 1.0, "{}", r.to_markdown());
     assert!(m.final_components["system_prompt"].contains("running total"));
-    assert_eq!(m.train_n, 16);
+    // Chosen on val from the pool, which holds the subsets' and the merges' components.
+    assert!(m.selection.contains("val"), "{}", m.selection);
+    assert!(
+        m.pool.iter().any(|e| e.source.contains("m2.0")),
+        "{:?}",
+        m.pool
+    );
+    assert!(
+        m.val_score >= r.initial.val,
+        "{:?} vs {:?}",
+        m.val_score,
+        r.initial.val
+    );
     // Every subset id appears exactly once among the leaves of the merge tree.
     let mut leaves: Vec<String> = m
         .merges
@@ -178,12 +197,55 @@ fn leaking_candidates_are_rejected() {
     );
     let m = &r.methods[0];
     assert!(m.counters.leak_rejections > 0, "{:?}", m.counters);
-    assert_eq!(m.counters.candidates_evaluated, 0);
     assert!(m
         .subsets
         .iter()
-        .all(|s| s.current["system_prompt"] == "Count the items."));
+        .all(|s| !s.current["system_prompt"].contains("seven")));
     assert!(!m.final_components["system_prompt"].contains("seven"));
+    // The leaking text is never shown to the optimizer again.
+    for s in &m.subsets {
+        for f in s.failed.iter().filter(|f| f.withheld) {
+            assert!(
+                f.components.is_empty() && !f.reason.contains("seven"),
+                "{f:?}"
+            );
+        }
+        assert!(s.failed.iter().any(|f| f.withheld), "{:?}", s.failed);
+    }
+}
+
+#[test]
+fn a_component_worse_than_the_initial_on_val_is_never_returned() {
+    let r = run(
+        &task(""),
+        Arc::new(world(Optimizer::Overfit)),
+        Method::Fgo,
+        &Calls::in_memory(),
+    );
+    let m = &r.methods[0];
+    // The overfitting prompt was accepted on train and shortlisted, but lost on val.
+    let overfit: Vec<_> = m
+        .pool
+        .iter()
+        .filter(|e| e.components["system_prompt"].contains("Memorize"))
+        .collect();
+    assert!(overfit.iter().any(|e| e.train_gain > 0.0), "{:?}", m.pool);
+    assert!(overfit
+        .iter()
+        .filter_map(|e| e.val_score)
+        .all(|v| Some(v) < r.initial.val));
+    assert_eq!(m.final_source, "initial", "{}", m.selection);
+    assert_eq!(m.val_score, r.initial.val);
+    // Chosen on train instead, the same run ships it.
+    let t = task("selection = \"train\"");
+    let r = run(
+        &t,
+        Arc::new(world(Optimizer::Overfit)),
+        Method::Fgo,
+        &Calls::in_memory(),
+    );
+    assert!(r.methods[0].final_components["system_prompt"].contains("Memorize"));
+    assert!(r.methods[0].val_score < r.initial.val);
 }
 
 #[test]

@@ -1,0 +1,180 @@
+//! The candidate pool and the choice of a method's final component.
+//!
+//! Every component a method accepted on a subset, and every merge input and output, enters
+//! the pool with its gain over the initial component on the training examples it was
+//! scored on. The final choice is made on held-out data: the `top` entries by gain per
+//! example are re-scored on val beside the initial component, and the best on val wins,
+//! ties going to the shorter text. The initial component is always in the running, so the
+//! choice never scores below it on val.
+
+use serde::{Deserialize, Serialize};
+
+use crate::optimizer::agent::Components;
+
+/// One component of the pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolEntry {
+    /// Where it came from: `initial`, `subset 1 iteration 2 (seed)`, `merge m1.0`, ...
+    pub source: String,
+    pub components: Components,
+    /// Training examples it was scored on, and its mean score there.
+    pub train_n: usize,
+    pub train_score: f64,
+    /// Solved examples beyond the initial component on the same examples.
+    pub train_gain: f64,
+    /// Mean val score, when it was re-scored on val.
+    pub val_score: Option<f64>,
+}
+
+impl PoolEntry {
+    /// Gain per training example.
+    pub fn gain_rate(&self) -> f64 {
+        if self.train_n == 0 {
+            0.0
+        } else {
+            self.train_gain / self.train_n as f64
+        }
+    }
+}
+
+/// Characters of all component texts (the tie-breaker: shorter wins).
+pub fn text_len(c: &Components) -> usize {
+    c.values().map(|v| v.chars().count()).sum()
+}
+
+/// Indices of the (at most `top`) distinct pool entries to re-score on val, best first:
+/// by gain per example, then by examples covered, then shorter, then earlier. Entries
+/// identical to `initial` or to a better-ranked entry are left out, as are entries that
+/// gained nothing.
+pub fn shortlist(pool: &[PoolEntry], initial: &Components, top: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..pool.len())
+        .filter(|&i| pool[i].components != *initial && pool[i].train_gain > 1e-9)
+        .collect();
+    order.sort_by(|&a, &b| {
+        let (x, y) = (&pool[a], &pool[b]);
+        y.gain_rate()
+            .total_cmp(&x.gain_rate())
+            .then(y.train_n.cmp(&x.train_n))
+            .then(text_len(&x.components).cmp(&text_len(&y.components)))
+            .then(a.cmp(&b))
+    });
+    let mut out: Vec<usize> = Vec::new();
+    for i in order {
+        if out.len() == top {
+            break;
+        }
+        if !out
+            .iter()
+            .any(|&j| pool[j].components == pool[i].components)
+        {
+            out.push(i);
+        }
+    }
+    out
+}
+
+/// The winner among `scored` (pool index, val score) and the initial component's val
+/// score: the highest val score, ties to the shorter text, then to the initial. Returns
+/// `None` when the initial component wins, with the reason either way.
+pub fn choose(
+    pool: &[PoolEntry],
+    scored: &[(usize, f64)],
+    initial: &Components,
+    initial_val: f64,
+) -> (Option<usize>, String) {
+    let mut best: Option<(usize, f64)> = None;
+    for &(i, v) in scored {
+        let better = match best {
+            None => true,
+            Some((b, bv)) => {
+                v > bv + 1e-12
+                    || ((v - bv).abs() <= 1e-12
+                        && text_len(&pool[i].components) < text_len(&pool[b].components))
+            }
+        };
+        if better {
+            best = Some((i, v));
+        }
+    }
+    match best {
+        Some((i, v))
+            if v > initial_val + 1e-12
+                || ((v - initial_val).abs() <= 1e-12
+                    && text_len(&pool[i].components) < text_len(initial)) =>
+        {
+            (
+                Some(i),
+                format!(
+                    "best of {} shortlisted on val: {:.1}% vs {:.1}% for the initial component",
+                    scored.len(),
+                    100.0 * v,
+                    100.0 * initial_val
+                ),
+            )
+        }
+        Some((_, v)) => (
+            None,
+            format!(
+                "no shortlisted component beat the initial one on val (best {:.1}% vs {:.1}%)",
+                100.0 * v,
+                100.0 * initial_val
+            ),
+        ),
+        None => (
+            None,
+            "no component gained on train over the initial one".to_string(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(source: &str, text: &str, n: usize, gain: f64) -> PoolEntry {
+        PoolEntry {
+            source: source.into(),
+            components: Components::from([("p".to_string(), text.to_string())]),
+            train_n: n,
+            train_score: 0.5,
+            train_gain: gain,
+            val_score: None,
+        }
+    }
+
+    #[test]
+    fn shortlist_ranks_by_gain_rate_and_drops_duplicates() {
+        let initial = Components::from([("p".to_string(), "init".to_string())]);
+        let pool = vec![
+            entry("a", "aaa", 10, 2.0),
+            entry("b", "bbb", 10, 5.0),
+            entry("b again", "bbb", 20, 1.0),
+            entry("init", "init", 10, 3.0),
+            entry("none", "zzz", 10, 0.0),
+            entry("c", "c", 40, 8.0),
+        ];
+        assert_eq!(shortlist(&pool, &initial, 3), vec![1, 5, 0]);
+        assert_eq!(shortlist(&pool, &initial, 1), vec![1]);
+    }
+
+    #[test]
+    fn a_component_worse_than_the_initial_on_val_is_never_chosen() {
+        let initial = Components::from([("p".to_string(), "init".to_string())]);
+        let pool = vec![
+            entry("a", "longer text", 10, 4.0),
+            entry("b", "bb", 10, 3.0),
+        ];
+        // Both below the initial on val: the initial wins.
+        let (won, why) = choose(&pool, &[(0, 0.4), (1, 0.45)], &initial, 0.5);
+        assert_eq!(won, None, "{why}");
+        // A tie with the initial goes to the shorter text: here the initial.
+        let (won, _) = choose(&pool, &[(0, 0.5)], &initial, 0.5);
+        assert_eq!(won, None);
+        // Better on val wins; between equal val scores the shorter wins.
+        let (won, _) = choose(&pool, &[(0, 0.6), (1, 0.6)], &initial, 0.5);
+        assert_eq!(won, Some(1));
+        let (won, _) = choose(&pool, &[(0, 0.7), (1, 0.6)], &initial, 0.5);
+        assert_eq!(won, Some(0));
+        assert_eq!(choose(&pool, &[], &initial, 0.5).0, None);
+    }
+}
