@@ -23,6 +23,8 @@ pub mod report;
 pub mod rng;
 pub mod run;
 pub mod rundir;
+pub mod stats;
+pub mod study;
 pub mod task;
 pub mod template;
 

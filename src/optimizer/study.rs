@@ -1,0 +1,512 @@
+//! A study: one task run over a grid of (training-set size, seed) cells, summarized with
+//! intervals over seeds and paired comparisons over test examples.
+//!
+//! Each cell is an ordinary run directory (`DIR/train{N}-seed{S}`) made and run as
+//! `fgo optimize` makes and runs one; this module holds what does not touch a model: the
+//! cell names, the task text of a training-set size, and the summary of finished cells
+//! (`study.json`, `study.md`, `study.svg`).
+//!
+//! Method names are the report's: `fgo`, `all_at_once`, and `none` for the initial
+//! components, scored in the same runs. The summary is a function of the cells' reports
+//! only (the study's own wall clock is not in it), so a study read back from finished cells
+//! summarizes to the same `study.json`, apart from each cell's `source`.
+
+mod chart;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::optimizer::report::RunReport;
+use crate::optimizer::run::Method;
+use crate::optimizer::stats::{self, Interval, Paired};
+
+pub use chart::study_chart;
+
+/// The version of the `study.json` layout.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Seed of every bootstrap of a study's paired comparisons.
+pub const BOOTSTRAP_SEED: u64 = 0;
+
+/// The report names of the methods a study can compare, in display order.
+pub const METHOD_NAMES: [&str; 3] = ["fgo", "all_at_once", "none"];
+
+/// The run method of a cell that must produce `methods` (report names): both optimizers in
+/// one run when both are asked, so the initial evaluation of a seed is shared.
+pub fn cell_method(methods: &[String]) -> Method {
+    let has = |m: &str| methods.iter().any(|x| x == m);
+    match (has("fgo"), has("all_at_once")) {
+        (true, true) => Method::Both,
+        (true, false) => Method::Fgo,
+        (false, true) => Method::AllAtOnce,
+        (false, false) => Method::None,
+    }
+}
+
+/// The directory name of the cell of `train_size` examples and `seed`.
+pub fn cell_name(train_size: usize, seed: u64) -> String {
+    format!("train{train_size}-seed{seed}")
+}
+
+/// `task_text` with `data.max_train` set to `train_size` (other fields kept; comments and
+/// layout are not). `file` names the task in errors.
+pub fn with_max_train(task_text: &str, file: &Path, train_size: usize) -> Result<String> {
+    let err = |field: &str, reason: String| Error::Task {
+        file: file.to_path_buf(),
+        field: field.into(),
+        reason,
+    };
+    let mut doc: toml::Table = toml::from_str(task_text).map_err(|e| err("", e.to_string()))?;
+    let data = doc
+        .entry("data")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let table = data
+        .as_table_mut()
+        .ok_or_else(|| err("data", "not a table".into()))?;
+    let n = i64::try_from(train_size).map_err(|e| err("data.max_train", e.to_string()))?;
+    table.insert("max_train".into(), toml::Value::Integer(n));
+    toml::to_string(&doc).map_err(|e| err("data", e.to_string()))
+}
+
+/// How a cell's report was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CellSource {
+    /// Run from the start.
+    Run,
+    /// An interrupted run continued from its event log.
+    Resumed,
+    /// A finished run whose report was read.
+    Read,
+}
+
+/// A finished cell.
+#[derive(Debug, Clone)]
+pub struct Cell {
+    /// The training-set size of the grid (the number of training examples run on).
+    pub train_size: usize,
+    pub seed: u64,
+    pub dir: PathBuf,
+    pub source: CellSource,
+    pub report: RunReport,
+}
+
+/// `study.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Study {
+    pub schema_version: u32,
+    pub task: String,
+    pub agent_model: String,
+    pub optimizer_model: Option<String>,
+    /// Report names, in [`METHOD_NAMES`] order.
+    pub methods: Vec<String>,
+    pub seeds: Vec<u64>,
+    pub train_sizes: Vec<usize>,
+    pub bootstrap_seed: u64,
+    pub bootstrap_resamples: usize,
+    /// One per (method, training-set size), sizes in grid order.
+    pub results: Vec<MethodResult>,
+    /// Paired comparisons on test, per training-set size.
+    pub comparisons: Vec<Comparison>,
+    /// Wall time per training-set size.
+    pub timing: Vec<Timing>,
+    pub cells: Vec<CellSummary>,
+}
+
+/// One method at one training-set size, over the seeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodResult {
+    pub method: String,
+    pub train_size: usize,
+    /// Mean test score over the seeds that have one, with its 95% Student-t interval.
+    pub test: Option<Interval>,
+    /// Solved test examples pooled over the seeds, with the Wilson 95% interval.
+    pub solved: Option<Solved>,
+    /// Mean over seeds of the optimizer's prompt tokens spent by this method.
+    pub optimizer_prompt_tokens: f64,
+    /// Mean over seeds of the optimizer's completion tokens spent by this method.
+    pub optimizer_completion_tokens: f64,
+    pub per_seed: Vec<SeedResult>,
+}
+
+/// One seed of a [`MethodResult`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeedResult {
+    pub seed: u64,
+    /// The report's test score (`null` when the run skipped the test evaluation).
+    pub test: Option<f64>,
+    /// Prompt tokens of this method's optimizer calls (the report's accounting rows).
+    pub optimizer_prompt_tokens: usize,
+    /// Completion tokens of this method's optimizer calls.
+    pub optimizer_completion_tokens: usize,
+}
+
+/// A count of solved examples and its Wilson 95% interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Solved {
+    pub solved: usize,
+    pub n: usize,
+    pub interval: Interval,
+}
+
+/// Method `a` against method `b` on the test examples of every cell of one size, pooled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    pub train_size: usize,
+    pub a: String,
+    pub b: String,
+    /// Cells whose per-example test scores entered the pool.
+    pub cells: usize,
+    /// `null` when no cell had per-example test scores of both.
+    pub paired: Option<Paired>,
+}
+
+/// Wall time of the cells of one training-set size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    pub train_size: usize,
+    /// Mean wall time of a cell (one run of every method for one seed), in seconds.
+    pub mean_cell_s: f64,
+    /// Total over the cells, in seconds.
+    pub total_s: f64,
+}
+
+/// A cell in `study.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellSummary {
+    pub train_size: usize,
+    pub seed: u64,
+    pub dir: PathBuf,
+    pub source: CellSource,
+    /// The report's status.
+    pub status: String,
+    /// Examples in train, val, test.
+    pub sizes: [usize; 3],
+    pub elapsed_s: f64,
+}
+
+/// A method's test score and per-example test scores in a report (`none`: the initial
+/// components'); `None` when the report has no such method.
+pub fn test_scores<'a>(report: &'a RunReport, method: &str) -> Option<(Option<f64>, &'a [f64])> {
+    if method == "none" {
+        return Some((report.initial.test, &report.initial.per_example.test));
+    }
+    report
+        .methods
+        .iter()
+        .find(|m| m.method == method)
+        .map(|m| (m.test_score, m.per_example.test.as_slice()))
+}
+
+/// Prompt and completion tokens of `method`'s optimizer calls in a report.
+pub fn optimizer_tokens(report: &RunReport, method: &str) -> (usize, usize) {
+    report
+        .accounting
+        .rows
+        .iter()
+        .filter(|r| r.method == method && r.role == "optimizer")
+        .fold((0, 0), |(p, c), r| {
+            (p + r.prompt_tokens, c + r.completion_tokens)
+        })
+}
+
+/// Per-example test scores of `method` in a cell, when complete.
+fn per_example<'a>(report: &'a RunReport, method: &str) -> Option<&'a [f64]> {
+    let (_, v) = test_scores(report, method)?;
+    (!v.is_empty() && v.len() == report.example_ids.test.len()).then_some(v)
+}
+
+/// Summarizes finished cells. `methods` are report names; `cells` are in grid order
+/// (sizes, then seeds). A cell lacking a requested method is an error.
+pub fn summarize(methods: &[String], cells: &[Cell]) -> Result<Study> {
+    let first = cells.first().ok_or_else(|| Error::InvalidArgument {
+        name: "study".into(),
+        reason: "no cells".into(),
+    })?;
+    let mut methods: Vec<String> = METHOD_NAMES
+        .iter()
+        .filter(|m| methods.iter().any(|x| x == *m))
+        .map(|m| m.to_string())
+        .collect();
+    methods.dedup();
+    for c in cells {
+        for m in &methods {
+            if test_scores(&c.report, m).is_none() {
+                return Err(Error::RunDir {
+                    dir: c.dir.clone(),
+                    reason: format!("the report has no method `{m}`"),
+                });
+            }
+        }
+    }
+    let mut sizes: Vec<usize> = Vec::new();
+    let mut seeds: Vec<u64> = Vec::new();
+    for c in cells {
+        if !sizes.contains(&c.train_size) {
+            sizes.push(c.train_size);
+        }
+        if !seeds.contains(&c.seed) {
+            seeds.push(c.seed);
+        }
+    }
+    let of_size = |n: usize| cells.iter().filter(move |c| c.train_size == n);
+
+    let mut results = Vec::new();
+    for m in &methods {
+        for &n in &sizes {
+            let per_seed: Vec<SeedResult> = of_size(n)
+                .map(|c| {
+                    let (p, q) = optimizer_tokens(&c.report, m);
+                    SeedResult {
+                        seed: c.seed,
+                        test: test_scores(&c.report, m).and_then(|(t, _)| t),
+                        optimizer_prompt_tokens: p,
+                        optimizer_completion_tokens: q,
+                    }
+                })
+                .collect();
+            let tests: Vec<f64> = per_seed.iter().filter_map(|s| s.test).collect();
+            let pooled: Vec<f64> = of_size(n)
+                .filter_map(|c| per_example(&c.report, m))
+                .flatten()
+                .copied()
+                .collect();
+            let k = pooled.iter().filter(|v| **v >= stats::SOLVED).count();
+            let seeds_n = per_seed.len().max(1) as f64;
+            results.push(MethodResult {
+                method: m.clone(),
+                train_size: n,
+                test: stats::mean_t95(&tests),
+                solved: stats::wilson95(k, pooled.len()).map(|interval| Solved {
+                    solved: k,
+                    n: pooled.len(),
+                    interval,
+                }),
+                optimizer_prompt_tokens: per_seed
+                    .iter()
+                    .map(|s| s.optimizer_prompt_tokens as f64)
+                    .sum::<f64>()
+                    / seeds_n,
+                optimizer_completion_tokens: per_seed
+                    .iter()
+                    .map(|s| s.optimizer_completion_tokens as f64)
+                    .sum::<f64>()
+                    / seeds_n,
+                per_seed,
+            });
+        }
+    }
+
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    if methods.iter().any(|m| m == "none") {
+        pairs.extend(
+            methods
+                .iter()
+                .filter(|m| *m != "none")
+                .map(|m| (m.as_str(), "none")),
+        );
+    }
+    if methods.iter().any(|m| m == "fgo") && methods.iter().any(|m| m == "all_at_once") {
+        pairs.push(("fgo", "all_at_once"));
+    }
+    let mut comparisons = Vec::new();
+    for &n in &sizes {
+        for &(a, b) in &pairs {
+            let (mut va, mut vb, mut used) = (Vec::new(), Vec::new(), 0);
+            for c in of_size(n) {
+                if let (Some(x), Some(y)) = (per_example(&c.report, a), per_example(&c.report, b)) {
+                    va.extend_from_slice(x);
+                    vb.extend_from_slice(y);
+                    used += 1;
+                }
+            }
+            comparisons.push(Comparison {
+                train_size: n,
+                a: a.into(),
+                b: b.into(),
+                cells: used,
+                paired: stats::paired(&va, &vb, BOOTSTRAP_SEED),
+            });
+        }
+    }
+
+    let timing = sizes
+        .iter()
+        .map(|&n| {
+            let times: Vec<f64> = of_size(n).map(|c| c.report.elapsed_s).collect();
+            let total: f64 = times.iter().sum();
+            Timing {
+                train_size: n,
+                mean_cell_s: total / times.len().max(1) as f64,
+                total_s: total,
+            }
+        })
+        .collect();
+    let cells_out = cells
+        .iter()
+        .map(|c| CellSummary {
+            train_size: c.train_size,
+            seed: c.seed,
+            dir: c.dir.clone(),
+            source: c.source,
+            status: c.report.status.clone(),
+            sizes: c.report.sizes,
+            elapsed_s: c.report.elapsed_s,
+        })
+        .collect();
+    Ok(Study {
+        schema_version: SCHEMA_VERSION,
+        task: first.report.task.clone(),
+        agent_model: first.report.agent_model.clone(),
+        optimizer_model: cells.iter().find_map(|c| c.report.optimizer_model.clone()),
+        methods,
+        seeds,
+        train_sizes: sizes,
+        bootstrap_seed: BOOTSTRAP_SEED,
+        bootstrap_resamples: stats::BOOTSTRAP_RESAMPLES,
+        results,
+        comparisons,
+        timing,
+        cells: cells_out,
+    })
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.1}%", 100.0 * v)
+}
+
+impl Study {
+    /// The Markdown summary (`study.md`).
+    pub fn to_markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# fgo study: {}\n", self.task);
+        let _ = writeln!(
+            s,
+            "Agent `{}`, optimizer `{}`. Seeds {:?}, training-set sizes {:?}. Scores are on the test split.\n",
+            self.agent_model,
+            self.optimizer_model.as_deref().unwrap_or("-"),
+            self.seeds,
+            self.train_sizes
+        );
+        let _ = writeln!(s, "![test score per method and size](study.svg)\n");
+        let _ = writeln!(s, "## Test score over seeds\n\nMean over seeds with its 95% Student-t interval; solved examples pooled over seeds with the Wilson 95% interval; optimizer tokens are a mean per seed.\n");
+        let _ = writeln!(s, "| method | train | mean test | 95% interval | per seed | solved | 95% interval | optimizer prompt tokens | optimizer completion tokens |\n|---|---|---|---|---|---|---|---|---|");
+        for r in &self.results {
+            let (mean, ci) = r.test.map_or(("-".into(), "-".into()), |i| {
+                (pct(i.mean), format!("[{}, {}]", pct(i.low), pct(i.high)))
+            });
+            let per_seed: Vec<String> = r
+                .per_seed
+                .iter()
+                .map(|p| format!("s{}: {}", p.seed, p.test.map_or("-".into(), pct)))
+                .collect();
+            let (solved, sci) = r.solved.map_or(("-".into(), "-".into()), |v| {
+                (
+                    format!("{}/{}", v.solved, v.n),
+                    format!("[{}, {}]", pct(v.interval.low), pct(v.interval.high)),
+                )
+            });
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} |",
+                r.method,
+                r.train_size,
+                mean,
+                ci,
+                per_seed.join(", "),
+                solved,
+                sci,
+                r.optimizer_prompt_tokens,
+                r.optimizer_completion_tokens
+            );
+        }
+        let _ = writeln!(s, "\n## Paired comparisons on test\n\nPairs are (seed, test example), pooled over the seeds of a size. A win is an example `a` solves and `b` does not; p is the exact two-sided McNemar test on wins against losses; the interval is a {}-resample bootstrap of the mean score difference (seed {}).\n", self.bootstrap_resamples, self.bootstrap_seed);
+        let _ = writeln!(s, "| train | a | b | pairs | wins | losses | ties | McNemar p | mean difference | 95% interval |\n|---|---|---|---|---|---|---|---|---|---|");
+        for c in &self.comparisons {
+            match &c.paired {
+                Some(p) => {
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | {} | {} | {} | {} | {} | {:.3} | {:+.1} pts | [{:+.1}, {:+.1}] |",
+                        c.train_size,
+                        c.a,
+                        c.b,
+                        p.n,
+                        p.wins,
+                        p.losses,
+                        p.ties,
+                        p.mcnemar_p,
+                        100.0 * p.mean_diff,
+                        100.0 * p.diff_low,
+                        100.0 * p.diff_high
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | {} | 0 | - | - | - | - | - | - |",
+                        c.train_size, c.a, c.b
+                    );
+                }
+            }
+        }
+        let _ = writeln!(s, "\n## Cells\n\n| train | seed | run directory | status | examples (train/val/test) | wall time (s) |\n|---|---|---|---|---|---|");
+        for c in &self.cells {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {}/{}/{} | {:.1} |",
+                c.train_size,
+                c.seed,
+                c.dir.display(),
+                c.status,
+                c.sizes[0],
+                c.sizes[1],
+                c.sizes[2],
+                c.elapsed_s
+            );
+        }
+        for t in &self.timing {
+            let _ = writeln!(
+                s,
+                "\nTraining-set size {}: {:.1}s per cell on average, {:.1}s in all.",
+                t.train_size, t.mean_cell_s, t.total_s
+            );
+        }
+        s
+    }
+
+    /// Writes `study.json`, `study.md` and `study.svg` into `dir`, each atomically.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let json = serde_json::to_string_pretty(self).map_err(|e| Error::RunDir {
+            dir: dir.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        for (name, text) in [
+            ("study.json", json),
+            ("study.md", self.to_markdown()),
+            ("study.svg", study_chart(self)),
+        ] {
+            let path = dir.join(name);
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Reads a study.json.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::RunDir {
+            dir: path.to_path_buf(),
+            reason: format!("study.json: {e}"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
