@@ -196,7 +196,7 @@ fn run_cell(
     optimizer_model: &Option<String>,
 ) -> anyhow::Result<Cell> {
     let has_report = dir.join("report.json").is_file();
-    let (report, source) = if has_report || dir.join("events.jsonl").is_file() {
+    let source = if has_report || dir.join("events.jsonl").is_file() {
         let (run_dir, task) = RunDir::open(dir)?;
         check_same(run_dir.meta.method, method, dir)?;
         if run_dir.meta.seed != seed || &run_dir.meta.optimizer_model != optimizer_model {
@@ -209,15 +209,15 @@ fn run_cell(
         }
         if has_report {
             run_dir.check_data(&size.data)?;
-            (RunDir::read_report(dir)?, CellSource::Read)
+            CellSource::Read
         } else {
             let data = Dataset::load(&task)?;
             fgo::optimizer::validate(&task, &data)?;
             run_dir.check_data(&data)?;
             run_dir.check_data(&size.data)?;
             let models = cache.models(&task, method)?;
-            let report = run_in_dir(&run_dir, &task, &data, &models, method, seed)?;
-            (report, CellSource::Resumed)
+            run_in_dir(&run_dir, &task, &data, &models, method, seed)?;
+            CellSource::Resumed
         }
     } else {
         let run_dir = RunDir::create(
@@ -229,15 +229,18 @@ fn run_cell(
             optimizer_model.clone(),
         )?;
         let models = cache.models(&size.task, method)?;
-        let report = run_in_dir(&run_dir, &size.task, &size.data, &models, method, seed)?;
-        (report, CellSource::Run)
+        run_in_dir(&run_dir, &size.task, &size.data, &models, method, seed)?;
+        CellSource::Run
     };
     Ok(Cell {
         train_size: size.train_size,
         seed,
         dir: dir.to_path_buf(),
         source,
-        report,
+        // The summary reads every cell's report.json, even one just written: parsing a
+        // float back may move it by one unit in the last place, and a fresh cell must
+        // summarize exactly as it will when read.
+        report: RunDir::read_report(dir)?,
     })
 }
 

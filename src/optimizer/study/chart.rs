@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use super::Study;
+use super::{Study, METHOD_NAMES};
 
 const W: f64 = 640.0;
 const H: f64 = 360.0;
@@ -14,7 +14,16 @@ const LEFT: f64 = 56.0;
 const RIGHT: f64 = 150.0;
 const TOP: f64 = 36.0;
 const BOTTOM: f64 = 52.0;
+/// Colors of `fgo`, `all_at_once` and `none` ([`METHOD_NAMES`] order), fixed so that a
+/// method has one color in every study.
 const COLORS: [&str; 3] = ["#1f77b4", "#d62728", "#7f7f7f"];
+
+fn color(method: &str) -> &'static str {
+    METHOD_NAMES
+        .iter()
+        .position(|m| *m == method)
+        .map_or("#000000", |i| COLORS[i])
+}
 
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -92,7 +101,7 @@ pub fn study_chart(study: &Study) -> String {
             TOP + plot_h + 16.0
         );
         for (mi, m) in study.methods.iter().enumerate() {
-            let color = COLORS[mi % COLORS.len()];
+            let color = color(m);
             let x = gx + col_w * (mi as f64 + 1.0);
             let Some(r) = study
                 .results
@@ -142,7 +151,7 @@ pub fn study_chart(study: &Study) -> String {
     }
     let legend_x = LEFT + plot_w + 16.0;
     for (mi, m) in study.methods.iter().enumerate() {
-        let color = COLORS[mi % COLORS.len()];
+        let color = color(m);
         let y = TOP + 8.0 + 16.0 * mi as f64;
         let _ = writeln!(
             s,

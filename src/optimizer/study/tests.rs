@@ -203,6 +203,11 @@ fn summary_of_two_seeds() {
     ] {
         assert!(svg.contains(label), "chart lacks {label}");
     }
+    // A method keeps its color whatever else the study compares.
+    let only_none = summarize(&names(&["none"]), &cells).expect("summary");
+    for chart in [svg, study_chart(&only_none)] {
+        assert!(chart.contains("fill=\"#7f7f7f\">none</text>"), "{chart}");
+    }
 }
 
 #[test]
