@@ -362,6 +362,29 @@ fn rerun_reads_finished_cells_and_resumes_an_unfinished_one() {
     for key in ["results", "comparisons"] {
         assert_eq!(resumed[key], fresh.study[key], "{key}");
     }
+
+    // Cells made for other methods are refused, not mixed in.
+    let o = fgo()
+        .args([
+            "study",
+            fresh.task.to_str().expect("utf-8"),
+            "--seeds",
+            "2",
+            "--methods",
+            "fgo,all-at-once,none",
+            "--train-sizes",
+            "1",
+            "--out",
+            out.to_str().expect("utf-8"),
+        ])
+        .output()
+        .expect("fgo runs");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("train1-seed0") && stderr.contains("not Both"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -136,6 +136,7 @@ pub fn run(args: StudyArgs) -> anyhow::Result<()> {
     for size in &sizes {
         for seed in 0..args.seeds {
             let dir = out.join(study::cell_name(size.train_size, seed));
+            tracing::info!(cell = %dir.display(), "study cell");
             let cell = run_cell(&mut cache, size, &dir, method, seed, &args.optimizer_model)
                 .with_context(|| format!("cell {}", dir.display()))?;
             cells.push(cell);

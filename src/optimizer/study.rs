@@ -497,15 +497,6 @@ impl Study {
         }
         Ok(())
     }
-
-    /// Reads a study.json.
-    pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::RunDir {
-            dir: path.to_path_buf(),
-            reason: format!("study.json: {e}"),
-        })
-    }
 }
 
 #[cfg(test)]
