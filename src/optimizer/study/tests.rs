@@ -34,6 +34,7 @@ fn row(method: &str, role: &str, prompt: usize, completion: usize) -> Totals {
         role: role.into(),
         prompt_tokens: prompt,
         completion_tokens: completion,
+        memo_hits: usize::from(method == "all_at_once"),
         ..Totals::default()
     }
 }
@@ -148,6 +149,9 @@ fn summary_of_two_seeds() {
     // Optimizer tokens of the method only: 100 and 101 prompt tokens, 7 completion.
     assert_eq!(fgo.optimizer_prompt_tokens, 100.5);
     assert_eq!(fgo.optimizer_completion_tokens, 7.0);
+    assert_eq!(fgo.per_seed[0].optimizer_memo_hits, 0);
+    let aao = &s.results[1];
+    assert_eq!(aao.per_seed[1].optimizer_memo_hits, 1);
     let none = &s.results[2];
     assert_eq!(none.method, "none");
     assert_eq!(none.optimizer_prompt_tokens, 0.0);
@@ -181,6 +185,7 @@ fn summary_of_two_seeds() {
     let md = s.to_markdown();
     for needle in [
         "| fgo | 2 | 83.3% |",
+        "| 300 | 9 | 2 |",
         "s0: 66.7%, s1: 100.0%",
         "| 2 | fgo | none | 6 | 4 | 0 | 2 | 0.125 |",
         "![test score per method and size](study.svg)",
