@@ -88,24 +88,36 @@ pub enum CellSource {
 pub struct Cell {
     /// The training-set size of the grid (the number of training examples run on).
     pub train_size: usize,
+    /// The seed of the run.
     pub seed: u64,
+    /// The run directory.
     pub dir: PathBuf,
+    /// Whether the report was read, or the run resumed or run now.
     pub source: CellSource,
+    /// The run's report, as read from its report.json.
     pub report: RunReport,
 }
 
 /// `study.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Study {
+    /// [`SCHEMA_VERSION`].
     pub schema_version: u32,
+    /// The task's name.
     pub task: String,
+    /// The agent's model, as the reports name it.
     pub agent_model: String,
+    /// The optimizer's model (`null` when only `none` ran).
     pub optimizer_model: Option<String>,
     /// Report names, in [`METHOD_NAMES`] order.
     pub methods: Vec<String>,
+    /// Seeds of the grid, in order.
     pub seeds: Vec<u64>,
+    /// Training-set sizes of the grid, in order.
     pub train_sizes: Vec<usize>,
+    /// [`BOOTSTRAP_SEED`].
     pub bootstrap_seed: u64,
+    /// [`stats::BOOTSTRAP_RESAMPLES`].
     pub bootstrap_resamples: usize,
     /// One per (method, training-set size), sizes in grid order.
     pub results: Vec<MethodResult>,
@@ -113,13 +125,16 @@ pub struct Study {
     pub comparisons: Vec<Comparison>,
     /// Wall time per training-set size.
     pub timing: Vec<Timing>,
+    /// Every cell, in grid order.
     pub cells: Vec<CellSummary>,
 }
 
 /// One method at one training-set size, over the seeds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MethodResult {
+    /// Report name of the method.
     pub method: String,
+    /// The training-set size.
     pub train_size: usize,
     /// Mean test score over the seeds that have one, with its 95% Student-t interval.
     pub test: Option<Interval>,
@@ -129,12 +144,14 @@ pub struct MethodResult {
     pub optimizer_prompt_tokens: f64,
     /// Mean over seeds of the optimizer's completion tokens spent by this method.
     pub optimizer_completion_tokens: f64,
+    /// One per seed, in grid order.
     pub per_seed: Vec<SeedResult>,
 }
 
 /// One seed of a [`MethodResult`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SeedResult {
+    /// The seed.
     pub seed: u64,
     /// The report's test score (`null` when the run skipped the test evaluation).
     pub test: Option<f64>,
@@ -150,16 +167,22 @@ pub struct SeedResult {
 /// A count of solved examples and its Wilson 95% interval.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Solved {
+    /// Examples solved (score at or above [`stats::SOLVED`]).
     pub solved: usize,
+    /// Examples scored.
     pub n: usize,
+    /// The solved fraction and its Wilson 95% interval.
     pub interval: Interval,
 }
 
 /// Method `a` against method `b` on the test examples of every cell of one size, pooled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Comparison {
+    /// The training-set size.
     pub train_size: usize,
+    /// The first method (wins are examples it solves and `b` does not).
     pub a: String,
+    /// The second method.
     pub b: String,
     /// Cells whose per-example test scores entered the pool.
     pub cells: usize,
@@ -170,6 +193,7 @@ pub struct Comparison {
 /// Wall time of the cells of one training-set size.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Timing {
+    /// The training-set size.
     pub train_size: usize,
     /// Mean wall time of a cell (one run of every method for one seed), in seconds.
     pub mean_cell_s: f64,
@@ -180,14 +204,19 @@ pub struct Timing {
 /// A cell in `study.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CellSummary {
+    /// The training-set size.
     pub train_size: usize,
+    /// The seed.
     pub seed: u64,
+    /// The run directory.
     pub dir: PathBuf,
+    /// Whether the cell was run, resumed or read by this study.
     pub source: CellSource,
     /// The report's status.
     pub status: String,
     /// Examples in train, val, test.
     pub sizes: [usize; 3],
+    /// The run's wall time in seconds (over all its sessions).
     pub elapsed_s: f64,
 }
 
