@@ -4,7 +4,7 @@
 //! Each cell is an ordinary run directory (`DIR/train{N}-seed{S}`) made and run as
 //! `fgo optimize` makes and runs one; this module holds what does not touch a model: the
 //! cell names, the task text of a training-set size, and the summary of finished cells
-//! (`study.json`; `study.md` in [`markdown`], `study.svg` in [`chart`]).
+//! (`study.json`; `study.md` is rendered in `markdown.rs`, `study.svg` in `chart.rs`).
 //!
 //! Method names are the report's: `fgo`, `all_at_once`, and `none` for the initial
 //! components, scored in the same runs. The summary is a function of the cells' reports
