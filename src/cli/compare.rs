@@ -1,13 +1,20 @@
 //! `fgo compare TASK --optimizer-model A --optimizer-model B ...`: the same task optimized by
 //! several optimizer models, one run directory each, and a leaderboard by test score.
+//!
+//! Each model's run directory is named by a slug of its spec plus a short hash of the whole
+//! spec, so two specs that slug alike (`a/b.gguf`, `a-b.gguf`) never share a directory. A
+//! leaderboard row is one method of one run; its optimizer tokens are that method's alone.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 
+use fgo::optimizer::report::RunReport;
+use fgo::optimizer::rng::stable_hash;
 use fgo::optimizer::run::Method;
 use fgo::optimizer::rundir::RunDir;
+use fgo::optimizer::study::optimizer_tokens;
 
 use super::optimize::{run_in_dir, MethodArg, ModelCache, RuntimeArgs};
 
@@ -46,18 +53,8 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     for model in &args.optimizer_models {
         let mut t = task.clone();
         t.spec.optimizer.model = Some(model.clone());
-        let slug: String = model
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect();
         let dir = RunDir::create(
-            &out.join(slug),
+            &out.join(slug(model)),
             &t,
             &data,
             method,
@@ -66,19 +63,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         )?;
         let models = cache.models(&t, method)?;
         let report = run_in_dir(&dir, &t, &data, &models, method, args.seed)?;
-        for m in &report.methods {
-            rows.push(serde_json::json!({
-                "optimizer_model": model,
-                "method": m.method,
-                "train": m.train_score,
-                "val": m.val_score,
-                "test": m.test_score,
-                "initial_test": report.initial.test,
-                "optimizer_tokens": report.accounting.rows.iter().filter(|r| r.role == "optimizer").map(|r| r.prompt_tokens + r.completion_tokens).sum::<usize>(),
-                "elapsed_s": report.elapsed_s,
-                "run_dir": dir.dir,
-            }));
-        }
+        rows.extend(leaderboard_rows(model, &report, &dir.dir));
     }
     let key = |v: &serde_json::Value| v["test"].as_f64().or(v["val"].as_f64()).unwrap_or(-1.0);
     rows.sort_by(|a, b| key(b).total_cmp(&key(a)));
@@ -110,4 +95,125 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         print!("{md}");
     }
     Ok(())
+}
+
+/// The directory name of an optimizer model's run: the spec with every character other
+/// than an ASCII letter, digit or `.` replaced by `-`, then `-` and the first 8 hex digits
+/// of the spec's SHA-256, so distinct specs get distinct names.
+pub(crate) fn slug(spec: &str) -> String {
+    let readable: String = spec
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{readable}-{}", &stable_hash(spec.as_bytes())[..8])
+}
+
+/// One leaderboard row per method of a run; the optimizer tokens (prompt + completion) of
+/// a row are those of its method's calls only.
+fn leaderboard_rows(model: &str, report: &RunReport, dir: &Path) -> Vec<serde_json::Value> {
+    report
+        .methods
+        .iter()
+        .map(|m| {
+            let (prompt, completion) = optimizer_tokens(report, &m.method);
+            serde_json::json!({
+                "optimizer_model": model,
+                "method": m.method,
+                "train": m.train_score,
+                "val": m.val_score,
+                "test": m.test_score,
+                "initial_test": report.initial.test,
+                "optimizer_tokens": prompt + completion,
+                "elapsed_s": report.elapsed_s,
+                "run_dir": dir,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_of_specs_that_read_alike_differ() {
+        let (a, b) = (slug("a/b.gguf"), slug("a-b.gguf"));
+        assert_ne!(a, b);
+        assert!(
+            a.starts_with("a-b.gguf-") && b.starts_with("a-b.gguf-"),
+            "{a} {b}"
+        );
+        assert_eq!(a.len(), "a-b.gguf-".len() + 8);
+        assert_eq!(slug("a/b.gguf"), a, "stable");
+        let odd = slug("hf:owner/repo/model Q4.gguf");
+        assert!(
+            odd.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'),
+            "{odd}"
+        );
+    }
+
+    /// A report of a `both` run whose accounting has optimizer rows of both methods.
+    fn both_report() -> RunReport {
+        let counters = serde_json::json!({
+            "reasks": 0, "parse_failures": 0, "call_errors": 0, "leak_rejections": 0,
+            "copy_rejections": 0, "unchanged_candidates": 0, "candidates_evaluated": 0,
+            "accepted": 0, "rolled_back": 0, "agent_failures": 0
+        });
+        let method = |name: &str, test: f64| {
+            serde_json::json!({
+                "method": name, "final_components": {}, "final_source": "initial",
+                "train_score": 0.5, "train_n": 2, "val_score": null, "test_score": test,
+                "subsets": [], "merges": [], "counters": counters, "budget_hit": null
+            })
+        };
+        let row = |method: &str, role: &str, prompt: usize, completion: usize| {
+            serde_json::json!({
+                "method": method, "stage": "optimize", "role": role, "calls": 1, "live": 1,
+                "replayed": 0, "memo_hits": 0, "prompt_tokens": prompt,
+                "cached_prompt_tokens": 0, "completion_tokens": completion, "time_s": 0.1
+            })
+        };
+        let report = serde_json::json!({
+            "schema_version": 1, "task": "t", "method": "both", "seed": 0,
+            "agent_model": "a", "optimizer_model": "o", "sizes": [2, 0, 1],
+            "status": "completed",
+            "initial": { "components": {}, "train": 0.0, "val": null, "test": 0.0 },
+            "methods": [method("fgo", 1.0), method("all_at_once", 0.0)],
+            "steps": [],
+            "accounting": {
+                "rows": [
+                    row("shared", "agent", 1000, 10),
+                    row("fgo", "optimizer", 300, 20),
+                    row("fgo", "agent", 50, 5),
+                    row("all_at_once", "optimizer", 100, 4)
+                ],
+                "total": row("all", "all", 1450, 39)
+            },
+            "elapsed_s": 3.0
+        });
+        serde_json::from_value(report).expect("a valid report")
+    }
+
+    #[test]
+    fn leaderboard_tokens_are_split_by_method() {
+        let rows = leaderboard_rows("o", &both_report(), Path::new("runs/x"));
+        let tokens: Vec<(&str, u64)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r["method"].as_str().unwrap_or(""),
+                    r["optimizer_tokens"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        assert_eq!(tokens, vec![("fgo", 320), ("all_at_once", 104)]);
+        assert_eq!(rows[0]["run_dir"], "runs/x");
+    }
 }

@@ -9,6 +9,7 @@ mod optimize;
 mod progress;
 mod report;
 mod resume;
+mod study;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -38,6 +39,8 @@ pub enum Command {
     Report(report::ReportArgs),
     /// Compare optimizer models on one task (leaderboard).
     Compare(compare::CompareArgs),
+    /// Run a grid of seeds and training-set sizes and compare methods with intervals.
+    Study(study::StudyArgs),
     /// Generate a completion with a local model.
     Generate(generate::GenerateArgs),
     /// List installed and fetchable models.
@@ -155,6 +158,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Resume(args) => resume::run(args),
         Command::Report(args) => report::run(args),
         Command::Compare(args) => compare::run(args),
+        Command::Study(args) => study::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Models(args) => models::run(args),
         Command::Bench(args) => bench::run(args),

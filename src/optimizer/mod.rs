@@ -25,6 +25,8 @@ pub mod rng;
 pub mod run;
 pub mod rundir;
 pub mod select;
+pub mod stats;
+pub mod study;
 pub mod task;
 pub mod template;
 

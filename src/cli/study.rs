@@ -1,0 +1,265 @@
+//! `fgo study TASK --seeds N --methods fgo,all-at-once,none [--train-sizes 50,200]`: a
+//! grid of runs, one run directory per (training-set size, seed), summarized over seeds.
+//!
+//! The grid is resumable cell by cell: a cell with a report is read, one with an event log
+//! but no report is continued as `fgo resume` continues it, any other is run as
+//! `fgo optimize` runs it. A cell made for other options (another method set, seed or
+//! optimizer model, or other data) is refused rather than mixed in. Models are loaded once
+//! for the whole grid.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+
+use fgo::optimizer::dataset::Dataset;
+use fgo::optimizer::run::{check_same, Method};
+use fgo::optimizer::rundir::RunDir;
+use fgo::optimizer::study::{self, Cell, CellSource, Study};
+use fgo::optimizer::task::Task;
+
+use super::optimize::{run_in_dir, ModelCache, RuntimeArgs};
+
+/// The `--methods` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StudyMethodArg {
+    /// Divide, optimize each subset, merge progressively.
+    Fgo,
+    /// Every trajectory in one optimizer prompt (baseline).
+    AllAtOnce,
+    /// The initial components, scored in the same runs.
+    None,
+}
+
+impl StudyMethodArg {
+    fn report_name(self) -> &'static str {
+        match self {
+            StudyMethodArg::Fgo => "fgo",
+            StudyMethodArg::AllAtOnce => "all_at_once",
+            StudyMethodArg::None => "none",
+        }
+    }
+}
+
+/// Arguments of `fgo study`.
+#[derive(Debug, Args)]
+pub struct StudyArgs {
+    /// The task file (TOML).
+    pub task: PathBuf,
+    /// Number of seeds: every cell is run with seeds 0..N.
+    #[arg(long, default_value_t = 3)]
+    pub seeds: u64,
+    /// Methods to compare, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "fgo,all-at-once,none"
+    )]
+    pub methods: Vec<StudyMethodArg>,
+    /// Training-set sizes, comma-separated; each overrides `data.max_train` (default: the
+    /// task's training set as it is).
+    #[arg(long, value_delimiter = ',')]
+    pub train_sizes: Vec<usize>,
+    /// Directory for the cells and the summary (default: runs/study-TASK).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Use this optimizer model instead of the task's.
+    #[arg(long)]
+    pub optimizer_model: Option<String>,
+    /// Print study.json on stdout instead of study.md.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+/// One training-set size of the grid: its task and data.
+struct SizeSpec {
+    train_size: usize,
+    /// The task; for an overridden size its path is `OUT/train{N}.task.toml`.
+    task: Task,
+    /// The text to write at `task.path` before the cells are made (overridden sizes only).
+    task_text: Option<String>,
+    data: Dataset,
+}
+
+/// Runs `fgo study`.
+pub fn run(args: StudyArgs) -> anyhow::Result<()> {
+    if args.seeds == 0 {
+        anyhow::bail!("invalid value for `--seeds`: must be at least 1");
+    }
+    let (task, data) = fgo::optimizer::prepare(&args.task)?;
+    let methods: Vec<String> = args
+        .methods
+        .iter()
+        .map(|m| m.report_name().to_string())
+        .collect();
+    let method = study::cell_method(&methods);
+    let out = args.out.clone().unwrap_or_else(|| {
+        let name: String = task
+            .spec
+            .name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        PathBuf::from("runs").join(format!("study-{name}"))
+    });
+    let mut sizes = Vec::new();
+    if args.train_sizes.is_empty() {
+        let mut task = task;
+        override_optimizer(&mut task, &args.optimizer_model);
+        sizes.push(SizeSpec {
+            train_size: data.train.len(),
+            task,
+            task_text: None,
+            data,
+        });
+    } else {
+        let text = std::fs::read_to_string(&task.path)
+            .with_context(|| format!("reading {}", task.path.display()))?;
+        for &n in &args.train_sizes {
+            sizes.push(size_spec(&task, &text, &out, n, &args.optimizer_model)?);
+        }
+    }
+    // Bad input is refused above, before anything is written.
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    for size in &sizes {
+        if let Some(text) = &size.task_text {
+            let path = &size.task.path;
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+
+    let mut cache = ModelCache::new(&args.runtime)?;
+    let mut cells = Vec::new();
+    for size in &sizes {
+        for seed in 0..args.seeds {
+            let dir = out.join(study::cell_name(size.train_size, seed));
+            tracing::info!(cell = %dir.display(), "study cell");
+            let cell = run_cell(&mut cache, size, &dir, method, seed, &args.optimizer_model)
+                .with_context(|| format!("cell {}", dir.display()))?;
+            cells.push(cell);
+        }
+    }
+    let summary = study::summarize(&methods, &cells)?;
+    summary.write(&out)?;
+    print_study(&summary, &out, args.json)
+}
+
+fn override_optimizer(task: &mut Task, optimizer_model: &Option<String>) {
+    if let Some(m) = optimizer_model {
+        task.spec.optimizer.model = Some(m.clone());
+    }
+}
+
+/// The task and data of one training-set size: the task text with `data.max_train` set,
+/// to be written to `OUT/train{N}.task.toml` (the file its cells are made from), resolved
+/// against the original task's directory.
+fn size_spec(
+    task: &Task,
+    text: &str,
+    out: &Path,
+    train_size: usize,
+    optimizer_model: &Option<String>,
+) -> anyhow::Result<SizeSpec> {
+    if train_size == 0 {
+        anyhow::bail!("invalid value for `--train-sizes`: a size must be at least 1");
+    }
+    let sized = study::with_max_train(text, &task.path, train_size)?;
+    let path = out.join(format!("train{train_size}.task.toml"));
+    let mut sized_task = Task::from_str(&sized, &path, &task.base_dir)?;
+    let data = Dataset::load(&sized_task)?;
+    if data.train.len() < train_size {
+        anyhow::bail!(
+            "invalid value for `--train-sizes`: {train_size} training examples asked, the task has {}",
+            data.train.len()
+        );
+    }
+    fgo::optimizer::validate(&sized_task, &data)?;
+    sized_task.initial = task.initial.clone();
+    override_optimizer(&mut sized_task, optimizer_model);
+    Ok(SizeSpec {
+        train_size,
+        task: sized_task,
+        task_text: Some(sized),
+        data,
+    })
+}
+
+/// Reads, resumes or runs one cell.
+fn run_cell(
+    cache: &mut ModelCache,
+    size: &SizeSpec,
+    dir: &Path,
+    method: Method,
+    seed: u64,
+    optimizer_model: &Option<String>,
+) -> anyhow::Result<Cell> {
+    let has_report = dir.join("report.json").is_file();
+    let source = if has_report || dir.join("events.jsonl").is_file() {
+        let (run_dir, task) = RunDir::open(dir)?;
+        check_same(run_dir.meta.method, method, dir)?;
+        if run_dir.meta.seed != seed || &run_dir.meta.optimizer_model != optimizer_model {
+            anyhow::bail!(
+                "the run has seed {} and optimizer model {:?}, not seed {seed} and {:?}",
+                run_dir.meta.seed,
+                run_dir.meta.optimizer_model,
+                optimizer_model
+            );
+        }
+        if has_report {
+            run_dir.check_data(&size.data)?;
+            CellSource::Read
+        } else {
+            let data = Dataset::load(&task)?;
+            fgo::optimizer::validate(&task, &data)?;
+            run_dir.check_data(&data)?;
+            run_dir.check_data(&size.data)?;
+            let models = cache.models(&task, method)?;
+            run_in_dir(&run_dir, &task, &data, &models, method, seed)?;
+            CellSource::Resumed
+        }
+    } else {
+        let run_dir = RunDir::create(
+            dir,
+            &size.task,
+            &size.data,
+            method,
+            seed,
+            optimizer_model.clone(),
+        )?;
+        let models = cache.models(&size.task, method)?;
+        run_in_dir(&run_dir, &size.task, &size.data, &models, method, seed)?;
+        CellSource::Run
+    };
+    Ok(Cell {
+        train_size: size.train_size,
+        seed,
+        dir: dir.to_path_buf(),
+        source,
+        // The summary reads every cell's report.json, even one just written: parsing a
+        // float back may move it by one unit in the last place, and a fresh cell must
+        // summarize exactly as it will when read.
+        report: RunDir::read_report(dir)?,
+    })
+}
+
+/// Prints study.json (with `--json`) or study.md on stdout.
+fn print_study(study: &Study, out: &Path, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(study)?);
+        return Ok(());
+    }
+    let count = |s: CellSource| study.cells.iter().filter(|c| c.source == s).count();
+    println!(
+        "study directory {}: {} cells ({} run, {} resumed, {} read)\n",
+        out.display(),
+        study.cells.len(),
+        count(CellSource::Run),
+        count(CellSource::Resumed),
+        count(CellSource::Read)
+    );
+    print!("{}", study.to_markdown());
+    Ok(())
+}
