@@ -44,6 +44,7 @@ use crate::optimizer::calls::{LedgerEntry, Source};
 use crate::optimizer::diff::line_diff;
 use crate::optimizer::env::StepPoint;
 use crate::optimizer::run::{Method, MethodReport};
+use crate::optimizer::stats::{paired, Paired};
 
 /// The version of the `report.json` layout.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -68,6 +69,47 @@ pub struct RunReport {
     /// Ids of the val and test examples, in the order of every [`ExampleScores`].
     #[serde(default)]
     pub example_ids: ExampleIds,
+    /// Paired comparisons on test: each method against the initial component, and the
+    /// methods against each other.
+    #[serde(default)]
+    pub comparisons: Vec<Comparison>,
+}
+
+/// One paired comparison of two components on the same test examples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    /// `fgo`, `all_at_once` or `initial`.
+    pub a: String,
+    pub b: String,
+    pub paired: Paired,
+}
+
+impl RunReport {
+    /// The paired comparisons on test of every method against the initial component and
+    /// of the first two methods against each other (seeded bootstrap).
+    pub fn paired_on_test(&self) -> Vec<Comparison> {
+        let mut out = Vec::new();
+        let init = &self.initial.per_example.test;
+        for m in &self.methods {
+            if let Some(p) = paired(&m.per_example.test, init, self.seed) {
+                out.push(Comparison {
+                    a: m.method.clone(),
+                    b: "initial".into(),
+                    paired: p,
+                });
+            }
+        }
+        if let [x, y, ..] = self.methods.as_slice() {
+            if let Some(p) = paired(&x.per_example.test, &y.per_example.test, self.seed) {
+                out.push(Comparison {
+                    a: x.method.clone(),
+                    b: y.method.clone(),
+                    paired: p,
+                });
+            }
+        }
+        out
+    }
 }
 
 /// Ids of the val and test examples, in data order.
@@ -229,6 +271,24 @@ impl RunReport {
                     pct(Some(x)),
                     pct(Some(y)),
                     100.0 * (x - y)
+                );
+            }
+        }
+        if !self.comparisons.is_empty() {
+            let _ = writeln!(s, "\nPaired on the {} test examples (wins: solved by the first and not the second; exact McNemar p; 95% bootstrap interval of the difference in points):\n\n| comparison | wins | losses | difference | interval | p |\n|---|---|---|---|---|---|", self.sizes[2]);
+            for c in &self.comparisons {
+                let p = &c.paired;
+                let _ = writeln!(
+                    s,
+                    "| {} vs {} | {} | {} | {:+.1} | [{:+.1}, {:+.1}] | {:.3} |",
+                    c.a,
+                    c.b,
+                    p.wins,
+                    p.losses,
+                    100.0 * p.mean_diff,
+                    100.0 * p.diff_low,
+                    100.0 * p.diff_high,
+                    p.mcnemar_p
                 );
             }
         }

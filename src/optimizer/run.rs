@@ -257,7 +257,7 @@ pub fn execute(
         }
     }
     let budget_hit = methods.iter().find_map(|m| m.budget_hit.clone());
-    Ok(RunReport {
+    let mut report = RunReport {
         schema_version: crate::optimizer::report::SCHEMA_VERSION,
         task: task.spec.name.clone(),
         method,
@@ -288,7 +288,10 @@ pub fn execute(
             val: data.val.iter().map(|e| e.id.clone()).collect(),
             test: data.test.iter().map(|e| e.id.clone()).collect(),
         },
-    })
+        comparisons: Vec::new(),
+    };
+    report.comparisons = report.paired_on_test();
+    Ok(report)
 }
 
 fn jobs<'a>(

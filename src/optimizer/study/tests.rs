@@ -24,6 +24,9 @@ fn method(name: &str, test: &[f64]) -> MethodReport {
             val: Vec::new(),
             test: test.to_vec(),
         },
+        pool: Vec::new(),
+        selection: String::new(),
+        subset_sizing: String::new(),
     }
 }
 
@@ -77,6 +80,7 @@ fn cell(train_size: usize, seed: u64, none: &[f64], fgo: &[f64], aao: &[f64]) ->
             val: Vec::new(),
             test: (0..none.len()).map(|i| format!("x{i}")).collect(),
         },
+        comparisons: Vec::new(),
     };
     Cell {
         train_size,
