@@ -325,7 +325,7 @@ fn optimize_writes_a_report_that_matches_its_event_log() {
     }
 
     // The documented fields.
-    assert_eq!(r["schema_version"], 1);
+    assert_eq!(r["schema_version"], 2);
     assert_eq!(r["task"], "tiny-counting");
     assert_eq!(r["method"], "fgo");
     assert_eq!(r["seed"], 2);

@@ -1,29 +1,40 @@
 //! The run report: `report.json` (machine-readable) and `report.md` (for people).
 //!
-//! # `report.json` schema (version 1)
+//! # `report.json` schema (version 2)
 //!
 //! ```text
 //! {
-//!   "schema_version": 1,
+//!   "schema_version": 2,
 //!   "task": "counting", "method": "fgo" | "all-at-once" | "none" | "both", "seed": 0,
 //!   "agent_model": "...", "optimizer_model": "..." | null,
 //!   "sizes": [train, val, test],
 //!   "status": "completed" | "stopped by budget <name>",
-//!   "initial": { "components": {name: text}, "train": f, "val": f|null, "test": f|null },
+//!   "initial": { "components": {name: text}, "train": f, "val": f|null, "test": f|null,
+//!                "per_example": { "val": [f], "test": [f] } },
 //!   "methods": [ {                       // one per method run (fgo, all_at_once)
-//!       "method": "fgo", "final_components": {name: text}, "final_source": "node m2.0",
+//!       "method": "fgo", "final_components": {name: text}, "final_source": "merge m2.0 (crossover)",
+//!       "selection": "why it won", "subset_sizing": "how train was divided",
 //!       "train_score": f, "train_n": n, "val_score": f|null, "test_score": f|null,
-//!       "subsets": [ { "id", "examples": [train indices], "current", "initial_score", "score",
-//!                      "lessons": [..], "failed": [..], "stopped": "solved|iterations|budget",
+//!       "per_example": { "val": [f], "test": [f] },
+//!       "pool": [ { "source", "components", "train_n", "train_score", "train_gain", "val_score" } ],
+//!       "subsets": [ { "id", "examples": [train indices], "check": [train indices], "current",
+//!                      "initial_score", "score", "lessons": [..], "failed": [..],
+//!                      "stopped": "solved|iterations|budget",
 //!                      "iterations": [ { "iteration", "score_before", "score_after", "diagnosis",
-//!                                        "candidates": [ { "status", "score", "detail" } ] } ],
+//!                                        "candidates": [ { "operator", "status", "score",
+//!                                                          "check_score", "detail" } ] } ],
 //!                      "truncations": [ { "iteration", "shown", "total", "token_budget" } ] } ],
 //!       "merges": [ { "level", "id", "children", "n", "child_scores", "candidate_scores",
-//!                     "chosen", "score" } ],
+//!                     "candidate_operators", "chosen", "score" } ],
 //!       "counters": { "reasks", "parse_failures", "call_errors", "leak_rejections",
-//!                     "copy_rejections", "unchanged_candidates", "candidates_evaluated",
-//!                     "accepted", "rolled_back", "agent_failures" },
+//!                     "copy_rejections", "content_rejections", "degenerate_rejections",
+//!                     "cut_off", "unchanged_candidates", "candidates_evaluated", "accepted",
+//!                     "rolled_back", "agent_failures",
+//!                     "by_operator": { op: { "proposed", "evaluated", "accepted" } } },
 //!       "budget_hit": { "budget", "limit", "used" } | null } ],
+//!   "comparisons": [ { "a", "b", "paired": { "n", "wins", "losses", "ties", "mean_diff",
+//!                                            "mcnemar_p", "diff_low", "diff_high" } } ],
+//!   "example_ids": { "val": [id], "test": [id] },
 //!   "steps": [ { "method", "stage", "label", "n", "score", "tokens" } ],
 //!   "accounting": { "rows": [ { "method", "stage", "role", "calls", "live", "replayed",
 //!                               "memo_hits", "prompt_tokens", "cached_prompt_tokens",
@@ -47,7 +58,7 @@ use crate::optimizer::run::{Method, MethodReport};
 use crate::optimizer::stats::{paired, Paired};
 
 /// The version of the `report.json` layout.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Everything a run produced.
 #[derive(Debug, Clone, Serialize, Deserialize)]
