@@ -77,6 +77,7 @@ diagnosis_params = {{ temperature = 0.0, max_new_tokens = 8 }}
 subset_count = 2
 iterations = 1
 candidates = 1
+operators = ["rewrite"]
 max_reasks = 0
 show_failures = 1
 show_successes = 0
