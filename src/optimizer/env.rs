@@ -188,7 +188,8 @@ impl Env<'_> {
 
     /// Sends every proposal's conversation (one batch) and parses what each expects out of
     /// its reply, re-asking unusable ones (all together) up to `max_reasks` times with the
-    /// reason. A reply cut off at the token limit before its closing tag is unusable.
+    /// reason. A reply cut off at the token limit before its closing tag is unusable and not
+    /// asked again.
     /// `None` where nothing usable came back.
     pub fn ask(&self, stage: &str, proposals: Vec<Ask<'_>>) -> Vec<Option<Components>> {
         let ctx = self.ctx(stage);
@@ -227,6 +228,9 @@ impl Env<'_> {
                     .parse(&completion.text, completion.finish_reason, &self.names)
                 {
                     Ok(parsed) => results[i] = Some(parsed),
+                    // A reply that ran to the token limit mostly loops; asking again with it
+                    // in the conversation costs a long prompt and loops again.
+                    Err(reason) if reason == CUT_OFF => self.counters.borrow_mut().cut_off += 1,
                     Err(reason) if round < self.spec.max_reasks => {
                         self.counters.borrow_mut().reasks += 1;
                         next.push((
@@ -239,14 +243,7 @@ impl Env<'_> {
                             ),
                         ));
                     }
-                    Err(reason) => {
-                        let mut c = self.counters.borrow_mut();
-                        if reason == CUT_OFF {
-                            c.cut_off += 1;
-                        } else {
-                            c.parse_failures += 1;
-                        }
-                    }
+                    Err(_) => self.counters.borrow_mut().parse_failures += 1,
                 }
             }
             pending = next;
@@ -262,9 +259,8 @@ impl Env<'_> {
     }
 }
 
-/// The reason given back for a reply cut off before its closing tag.
-pub const CUT_OFF: &str =
-    "your reply was cut off at the length limit before the closing tag; write a shorter version";
+/// Why a reply cut off before its closing tag is unusable.
+const CUT_OFF: &str = "the reply was cut off at the length limit before the closing tag";
 
 /// What an optimizer conversation is expected to return.
 pub enum Expect<'a> {

@@ -112,6 +112,25 @@ pub fn truncate_informative(text: &str, max_chars: usize) -> String {
     )
 }
 
+/// `text` without the second and later copies of a sentence (small models loop within a
+/// line, where [`truncate_informative`] sees no repeated line).
+pub fn drop_repeated_sentences(text: &str) -> String {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = String::new();
+    for piece in text.split_inclusive(['.', '!', '?', '\n']) {
+        let key: String = piece
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_lowercase();
+        if key.split(' ').count() >= 4 && !seen.insert(key) {
+            continue;
+        }
+        out.push_str(piece);
+    }
+    out
+}
+
 /// One trajectory as the optimizer sees it.
 pub fn show_outcome(n: usize, o: &Outcome, max_chars: usize) -> String {
     let verdict = if o.solved() { "RIGHT" } else { "WRONG" };
@@ -199,7 +218,10 @@ pub fn rewrite(
         &[
             ("component_names", names.join(", ")),
             ("components", show_components(components, names)),
-            ("diagnosis", truncate_informative(diagnosis, 1500)),
+            (
+                "diagnosis",
+                truncate_informative(&drop_repeated_sentences(diagnosis), 1500),
+            ),
             ("failed_attempts", failed.to_string()),
             (
                 "edit_hint",
@@ -374,6 +396,16 @@ mod tests {
             t.starts_with("HEAD") && t.ends_with("TAIL") && t.contains("left out"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn repeated_sentences_are_dropped() {
+        let looped = "It misread the task here. It misread the task here. it misread  the task here. Fix: list.";
+        assert_eq!(
+            drop_repeated_sentences(looped),
+            "It misread the task here. Fix: list."
+        );
+        assert_eq!(drop_repeated_sentences("Go. Go. Go."), "Go. Go. Go.");
     }
 
     #[test]
