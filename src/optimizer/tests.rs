@@ -249,6 +249,37 @@ fn a_component_worse_than_the_initial_on_val_is_never_returned() {
 }
 
 #[test]
+fn a_training_set_that_fits_one_prompt_is_one_subset() {
+    let mut t = task("");
+    t.spec.optimizer.subset_count = None;
+    let r = run(
+        &t,
+        Arc::new(world(Optimizer::Good)),
+        Method::Fgo,
+        &Calls::in_memory(),
+    );
+    let m = &r.methods[0];
+    assert_eq!(m.subsets.len(), 1);
+    assert!(
+        m.subset_sizing.contains("ran as all-at-once"),
+        "{}",
+        m.subset_sizing
+    );
+    assert!(m.merges.is_empty());
+    // A prompt budget too small for all of train divides it.
+    t.spec.optimizer.prompt_tokens = 256;
+    let r = run(
+        &t,
+        Arc::new(world(Optimizer::Good)),
+        Method::Fgo,
+        &Calls::in_memory(),
+    );
+    let m = &r.methods[0];
+    assert!(m.subsets.len() > 1, "{}", m.subset_sizing);
+    assert!(m.subset_sizing.contains("fewest"), "{}", m.subset_sizing);
+}
+
+#[test]
 fn budget_stops_the_run_with_the_best_so_far() {
     let t = task("[budget]\noptimizer_tokens = 1");
     let r = run(
