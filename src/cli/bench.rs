@@ -67,22 +67,26 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let threads = rayon::current_num_threads();
     let wants = |s| args.scenarios.contains(&s);
     if !args.json {
-        println!("model {} ({threads} threads)", args.engine.model);
+        outln!("model {} ({threads} threads)", args.engine.model);
     }
     let single = if wants(Scenario::Single) {
         let r = bench::run(engine.model(), args.pp, args.tg)?;
         if !args.json {
-            println!(
+            outln!(
                 "pp{:<5} {:8.1} tokens/s",
-                r.prompt_tokens, r.pp_tokens_per_s
+                r.prompt_tokens,
+                r.pp_tokens_per_s
             );
-            println!(
+            outln!(
                 "tg{:<5} {:8.1} tokens/s",
-                r.generated_tokens, r.tg_tokens_per_s
+                r.generated_tokens,
+                r.tg_tokens_per_s
             );
-            println!(
+            outln!(
                 "tg{} after {}: {:.1} tokens/s",
-                r.generated_tokens, r.prompt_tokens, r.tg_after_prompt_tokens_per_s
+                r.generated_tokens,
+                r.prompt_tokens,
+                r.tg_after_prompt_tokens_per_s
             );
         }
         Some(r)
@@ -107,7 +111,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                     .speedup
                     .map(|s| format!(" ({s:.1}x one sequence)"))
                     .unwrap_or_default();
-                println!("decode x{n:<3} {rate:8.1} tokens/s{speedup}");
+                outln!("decode x{n:<3} {rate:8.1} tokens/s{speedup}");
             }
             concurrency.push(point);
         }
@@ -121,7 +125,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         };
         let r = bench::prefix_scenario(&engine, shape)?;
         if !args.json {
-            println!(
+            outln!(
                 "prefix {}x({}+{}) +{} new: reuse off {:.2} s, on {:.2} s ({:.1}x), {} of {} \
                  prompt tokens from the cache",
                 shape.requests,
@@ -152,9 +156,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             "kv_cache": kv,
             "peak_rss_bytes": peak,
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
     } else if let Some(bytes) = peak {
-        println!(
+        outln!(
             "peak memory {:.0} MB (key/value budget {:.0} MB)",
             bytes as f64 / 1e6,
             kv.bytes as f64 / 1e6

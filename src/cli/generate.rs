@@ -79,6 +79,13 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         Prompt::Chat { messages }
     };
     let engine = args.engine.load()?;
+    let context = engine.config().context_length;
+    if args.max_tokens > context {
+        anyhow::bail!(
+            "invalid value for `--max-tokens`: {} is more than the context window of {context} tokens",
+            args.max_tokens
+        );
+    }
     let completion = engine.generate(&GenerationRequest { prompt, params })?;
     if args.json {
         let t = completion.timings;
@@ -99,9 +106,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 "generation_tokens_per_s": rate(u.completion_tokens.saturating_sub(1), t.decode_s),
             },
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        println!("{}", completion.text);
+        outln!("{}", completion.text);
     }
     Ok(())
 }

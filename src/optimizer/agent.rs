@@ -326,9 +326,76 @@ pub fn extract_answer(extract: &Extract, text: &str) -> String {
     }
 }
 
+/// The most bytes of a command's standard output kept; more is counted, not stored.
+pub const COMMAND_STDOUT_LIMIT: usize = 16 << 20;
+
+/// The most bytes of a command's standard error kept (its tail goes into errors).
+const COMMAND_STDERR_LIMIT: usize = 64 << 10;
+
+/// How long output still held open by a command's leftover children is waited for once
+/// the command itself has exited and its process group has been killed.
+const PIPE_GRACE: Duration = Duration::from_secs(1);
+
+/// What a reader thread took from a pipe: the kept bytes and how many there were in all.
+struct Captured {
+    kept: Vec<u8>,
+    total: u64,
+}
+
+/// Reads `pipe` to its end on a thread, keeping the first `limit` bytes and only counting
+/// the rest (so the writer never blocks on a full pipe); the result arrives on the channel.
+fn capture(
+    pipe: Option<impl Read + Send + 'static>,
+    limit: usize,
+) -> std::sync::mpsc::Receiver<Captured> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut captured = Captured {
+            kept: Vec::new(),
+            total: 0,
+        };
+        if let Some(mut pipe) = pipe {
+            let mut buf = [0u8; 64 << 10];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let room = limit.saturating_sub(captured.kept.len()).min(n);
+                        captured.kept.extend_from_slice(&buf[..room]);
+                        captured.total += n as u64;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        let _ = tx.send(captured);
+    });
+    rx
+}
+
+/// Sends SIGKILL to every process of the process group `pgid`.
+fn kill_group(pgid: u32) {
+    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
+        return;
+    };
+    // SAFETY: kill(2) has no memory effects; a negative pid names the group the child
+    // leads (made with `process_group(0)`), never this process's own group.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+}
+
 /// Runs `command` (no shell) with `input` as JSON on stdin and parses its stdout as JSON;
 /// a non-zero exit, a timeout or non-JSON output is an error.
+///
+/// The command runs in its own process group. On a timeout the whole group is killed, and
+/// once the command exits its leftover children are killed too, so a background process
+/// holding the output pipe open can neither outlive the timeout nor make the wait hang.
+/// At most [`COMMAND_STDOUT_LIMIT`] bytes of output are kept: more is an error that says
+/// how much was printed.
 pub fn run_json_command(command: &[String], input: &Value, timeout: Duration) -> Result<Value> {
+    use std::os::unix::process::CommandExt;
     let name = command.join(" ");
     let err = |reason: String| Error::Command {
         command: name.clone(),
@@ -342,35 +409,24 @@ pub fn run_json_command(command: &[String], input: &Value, timeout: Duration) ->
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .map_err(|e| err(format!("cannot start: {e}")))?;
+    let pgid = child.id();
     let body = input.to_string();
     let mut stdin = child.stdin.take();
-    let writer = std::thread::spawn(move || {
+    // Detached: a command that never reads its input must not keep this call waiting.
+    std::thread::spawn(move || {
         if let Some(s) = stdin.as_mut() {
             let _ = s.write_all(body.as_bytes());
         }
     });
-    let mut stdout = child.stdout.take();
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        if let Some(s) = stdout.as_mut() {
-            let _ = s.read_to_string(&mut out);
-        }
-        out
-    });
-    let mut stderr = child.stderr.take();
-    let err_reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        if let Some(s) = stderr.as_mut() {
-            let _ = s.read_to_string(&mut out);
-        }
-        out
-    });
-    let status = match child
-        .wait_timeout(timeout)
-        .map_err(|e| err(e.to_string()))?
-    {
+    let stdout = capture(child.stdout.take(), COMMAND_STDOUT_LIMIT);
+    let stderr = capture(child.stderr.take(), COMMAND_STDERR_LIMIT);
+    let waited = child.wait_timeout(timeout);
+    // The command has exited (or is to be stopped): nothing of its group may run on.
+    kill_group(pgid);
+    let status = match waited.map_err(|e| err(e.to_string()))? {
         Some(s) => s,
         None => {
             let _ = child.kill();
@@ -381,12 +437,19 @@ pub fn run_json_command(command: &[String], input: &Value, timeout: Duration) ->
             )));
         }
     };
-    let _ = writer.join();
-    let out = reader.join().unwrap_or_default();
-    let stderr_text = err_reader.join().unwrap_or_default();
+    // A process that left the group (setsid) may still hold a pipe: wait a little, then
+    // go on with nothing rather than hang.
+    let empty = || Captured {
+        kept: Vec::new(),
+        total: 0,
+    };
+    let deadline = Instant::now() + PIPE_GRACE;
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let out = stdout.recv_timeout(left()).unwrap_or_else(|_| empty());
+    let stderr_text = stderr.recv_timeout(left()).unwrap_or_else(|_| empty());
+    let stderr_text = String::from_utf8_lossy(&stderr_text.kept);
     if !status.success() {
-        let tail: String = stderr_text
-            .trim()
+        let tail: String = crate::error::printable(stderr_text.trim())
             .chars()
             .rev()
             .take(300)
@@ -396,7 +459,15 @@ pub fn run_json_command(command: &[String], input: &Value, timeout: Duration) ->
             .collect();
         return Err(err(format!("exited with {status}: {tail}")));
     }
-    serde_json::from_str(out.trim()).map_err(|e| err(format!("output is not JSON: {e}")))
+    if out.total > out.kept.len() as u64 {
+        return Err(err(format!(
+            "printed {} bytes, more than the limit of {} MiB for its output",
+            out.total,
+            COMMAND_STDOUT_LIMIT >> 20
+        )));
+    }
+    let text = String::from_utf8_lossy(&out.kept);
+    serde_json::from_str(text.trim()).map_err(|e| err(format!("output is not JSON: {e}")))
 }
 
 #[cfg(test)]
