@@ -44,6 +44,8 @@ struct Case {
     name: String,
     args: Vec<String>,
     stdin: Option<Vec<u8>>,
+    /// A file to read standard input from instead.
+    stdin_file: Option<PathBuf>,
     envs: Vec<(String, PathBuf)>,
     expect: Expect,
 }
@@ -53,6 +55,7 @@ fn error_case(name: &str, args: &[&str], needles: &[&str]) -> Case {
         name: name.to_string(),
         args: args.iter().map(ToString::to_string).collect(),
         stdin: None,
+        stdin_file: None,
         envs: Vec::new(),
         expect: Expect::Error(needles.iter().map(ToString::to_string).collect()),
     }
@@ -69,10 +72,10 @@ fn run(case: &Case) -> Result<Ran, String> {
     cmd.args(&case.args)
         .env_remove("RUST_LOG")
         .env("RUST_BACKTRACE", "1")
-        .stdin(if case.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
+        .stdin(match (&case.stdin, &case.stdin_file) {
+            (Some(_), _) => Stdio::piped(),
+            (None, Some(f)) => Stdio::from(std::fs::File::open(f).map_err(|e| e.to_string())?),
+            (None, None) => Stdio::null(),
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -223,15 +226,26 @@ fn task_cases() -> Vec<Case> {
         ("toml-deep-nesting", &["toml-deep-nesting.toml"]),
         ("toml-deep-arrays", &["toml-deep-arrays.toml"]),
     ];
-    table
-        .iter()
-        .map(|(name, needles)| {
-            let path = hostile_dir().join(format!("tasks/{name}.toml"));
-            let mut case = error_case(name, &["eval", &path_str(&path)], needles);
-            case.name = format!("task/{name}");
-            case
-        })
-        .collect()
+    let valid = hostile_dir().join("tasks/valid.toml");
+    let mut component = error_case(
+        "component",
+        &[
+            "eval",
+            &path_str(&valid),
+            "--component",
+            "system_prompt=/dev/zero",
+        ],
+        &["/dev/zero", "larger than 1 MiB", "component file"],
+    );
+    component.name = "option/eval-component-dev-zero".into();
+    let mut cases = vec![component];
+    cases.extend(table.iter().map(|(name, needles)| {
+        let path = hostile_dir().join(format!("tasks/{name}.toml"));
+        let mut case = error_case(name, &["eval", &path_str(&path)], needles);
+        case.name = format!("task/{name}");
+        case
+    }));
+    cases
 }
 
 /// A task with a command agent over `data`, written into `dir`.
@@ -357,6 +371,7 @@ fn agent_cases(dir: &Path) -> Vec<Case> {
                 name: format!("agent/{name}"),
                 args: vec!["eval".into(), path_str(&task), "--json".into()],
                 stdin: None,
+                stdin_file: None,
                 envs: Vec::new(),
                 expect: if needles.is_empty() {
                     Expect::Completed
@@ -1079,6 +1094,14 @@ fn gguf_cases(dir: &Path) -> Vec<Case> {
         .map(ToString::to_string)
         .collect();
     case.stdin = Some(vec![b'a'; 20_000_000]);
+    cases.push(case);
+    let mut case = error_case("prompt", &[], &["standard input", "larger than 64 MiB"]);
+    case.name = "option/prompt-from-dev-zero".into();
+    case.args = ["generate", "-m", &v, "--kv-budget", "64M"]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    case.stdin_file = Some(PathBuf::from("/dev/zero"));
     cases.push(case);
     cases
 }

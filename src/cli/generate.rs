@@ -10,6 +10,9 @@ use serde_json::json;
 
 use super::EngineArgs;
 
+/// The most bytes of prompt read from standard input (any context window fills far sooner).
+const STDIN_LIMIT: u64 = 64 << 20;
+
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
     #[command(flatten)]
@@ -60,9 +63,18 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let user = match args.prompt {
         Some(p) => p,
         None => {
-            let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text)?;
-            text
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .take(STDIN_LIMIT + 1)
+                .read_to_end(&mut bytes)?;
+            if bytes.len() as u64 > STDIN_LIMIT {
+                anyhow::bail!(
+                    "standard input: larger than {} MiB, the limit for a prompt",
+                    STDIN_LIMIT >> 20
+                );
+            }
+            String::from_utf8(bytes)
+                .map_err(|_| anyhow::anyhow!("standard input: the prompt is not UTF-8"))?
         }
     };
     let prompt = if args.raw {

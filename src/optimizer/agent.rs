@@ -337,41 +337,56 @@ const COMMAND_STDERR_LIMIT: usize = 64 << 10;
 const PIPE_GRACE: Duration = Duration::from_secs(1);
 
 /// What a reader thread took from a pipe: the kept bytes and how many there were in all.
+#[derive(Default)]
 struct Captured {
     kept: Vec<u8>,
     total: u64,
 }
 
-/// Reads `pipe` to its end on a thread, keeping the first `limit` bytes and only counting
-/// the rest (so the writer never blocks on a full pipe); the result arrives on the channel.
-fn capture(
-    pipe: Option<impl Read + Send + 'static>,
-    limit: usize,
-) -> std::sync::mpsc::Receiver<Captured> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut captured = Captured {
-            kept: Vec::new(),
-            total: 0,
-        };
-        if let Some(mut pipe) = pipe {
-            let mut buf = [0u8; 64 << 10];
-            loop {
-                match pipe.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        let room = limit.saturating_sub(captured.kept.len()).min(n);
-                        captured.kept.extend_from_slice(&buf[..room]);
-                        captured.total += n as u64;
+/// A pipe being read on a thread.
+struct Capture {
+    shared: Arc<std::sync::Mutex<Captured>>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+impl Capture {
+    /// Reads `pipe` to its end on a thread, keeping the first `limit` bytes and only
+    /// counting the rest (so the writer never blocks on a full pipe).
+    fn start(pipe: Option<impl Read + Send + 'static>, limit: usize) -> Self {
+        let shared = Arc::new(std::sync::Mutex::new(Captured::default()));
+        let (tx, done) = std::sync::mpsc::channel();
+        let sink = shared.clone();
+        std::thread::spawn(move || {
+            if let Some(mut pipe) = pipe {
+                let mut buf = [0u8; 64 << 10];
+                loop {
+                    match pipe.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            let mut c = sink.lock().unwrap_or_else(|p| p.into_inner());
+                            let room = limit.saturating_sub(c.kept.len()).min(n);
+                            c.kept.extend_from_slice(&buf[..room]);
+                            c.total += n as u64;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(_) => break,
                 }
             }
-        }
-        let _ = tx.send(captured);
-    });
-    rx
+            let _ = tx.send(());
+        });
+        Self { shared, done }
+    }
+
+    /// What was read once the pipe closed, or by `deadline` if a process outside the
+    /// command's group still holds it open.
+    fn finish(self, deadline: Instant) -> Captured {
+        let _ = self
+            .done
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        let mut c = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *c)
+    }
 }
 
 /// Sends SIGKILL to every process of the process group `pgid`.
@@ -421,8 +436,8 @@ pub fn run_json_command(command: &[String], input: &Value, timeout: Duration) ->
             let _ = s.write_all(body.as_bytes());
         }
     });
-    let stdout = capture(child.stdout.take(), COMMAND_STDOUT_LIMIT);
-    let stderr = capture(child.stderr.take(), COMMAND_STDERR_LIMIT);
+    let stdout = Capture::start(child.stdout.take(), COMMAND_STDOUT_LIMIT);
+    let stderr = Capture::start(child.stderr.take(), COMMAND_STDERR_LIMIT);
     let waited = child.wait_timeout(timeout);
     // The command has exited (or is to be stopped): nothing of its group may run on.
     kill_group(pgid);
@@ -438,15 +453,10 @@ pub fn run_json_command(command: &[String], input: &Value, timeout: Duration) ->
         }
     };
     // A process that left the group (setsid) may still hold a pipe: wait a little, then
-    // go on with nothing rather than hang.
-    let empty = || Captured {
-        kept: Vec::new(),
-        total: 0,
-    };
+    // go on with what was printed rather than hang.
     let deadline = Instant::now() + PIPE_GRACE;
-    let left = || deadline.saturating_duration_since(Instant::now());
-    let out = stdout.recv_timeout(left()).unwrap_or_else(|_| empty());
-    let stderr_text = stderr.recv_timeout(left()).unwrap_or_else(|_| empty());
+    let out = stdout.finish(deadline);
+    let stderr_text = stderr.finish(deadline);
     let stderr_text = String::from_utf8_lossy(&stderr_text.kept);
     if !status.success() {
         let tail: String = crate::error::printable(stderr_text.trim())
@@ -506,6 +516,95 @@ mod tests {
         let e =
             run_json_command(&sh("echo nope"), &Value::Null, Duration::from_secs(5)).unwrap_err();
         assert!(e.to_string().contains("not JSON"), "{e}");
+    }
+
+    fn sh(script: &str) -> Vec<String> {
+        vec!["sh".to_string(), "-c".to_string(), script.to_string()]
+    }
+
+    /// Whether process `pid` still exists (a zombie of another parent counts as gone).
+    fn alive(pid: i32) -> bool {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        !status.is_empty() && !status.contains("State:\tZ")
+    }
+
+    #[test]
+    fn a_background_child_holding_stdout_does_not_hold_the_call() {
+        let started = Instant::now();
+        let v = run_json_command(
+            &sh("sleep 1000 & echo '{\"answer\": 2}'"),
+            &Value::Null,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        assert_eq!(v["answer"], 2);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_grandchild_outside_the_group_costs_at_most_the_grace_and_loses_nothing() {
+        let started = Instant::now();
+        let v = run_json_command(
+            &sh("setsid sleep 3 & echo '{\"answer\": 2}'"),
+            &Value::Null,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        assert_eq!(v["answer"], 2);
+        let took = started.elapsed();
+        assert!(took < PIPE_GRACE + Duration::from_millis(900), "{took:?}");
+    }
+
+    #[test]
+    fn a_timeout_kills_the_whole_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let script = format!(
+            "sh -c 'echo $$ > {0}; exec sleep 1000' & while [ ! -s {0} ]; do :; done; sleep 1000",
+            pid_file.display()
+        );
+        let started = Instant::now();
+        let e =
+            run_json_command(&sh(&script), &Value::Null, Duration::from_millis(500)).unwrap_err();
+        assert!(e.to_string().contains("timed out after 0.5s"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!alive(pid), "the grandchild {pid} outlived the timeout");
+    }
+
+    #[test]
+    fn output_beyond_the_cap_is_counted_not_kept() {
+        let e = run_json_command(
+            &sh("head -c 200000000 /dev/zero"),
+            &Value::Null,
+            Duration::from_secs(60),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("printed 200000000 bytes, more than the limit of 16 MiB"),
+            "{e}"
+        );
+        // Input the program never reads does not block the call either.
+        let big = Value::String("x".repeat(8 << 20));
+        let v = run_json_command(&sh("echo '{}'"), &big, Duration::from_secs(30)).unwrap();
+        assert_eq!(v, serde_json::json!({}));
     }
 
     #[test]

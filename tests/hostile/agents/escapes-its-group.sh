@@ -1,4 +1,4 @@
 #!/bin/sh
 # A grandchild leaves the process group (setsid) still holding stdout.
-setsid sleep 30 &
+setsid sleep 5 &
 echo '{"answer": "2"}'
