@@ -68,7 +68,11 @@ struct Ran {
 }
 
 fn run(case: &Case) -> Result<Ran, String> {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fgo"));
+    // FGO_HOSTILE_BIN runs the corpus against another build (an older one, to compare).
+    let bin = std::env::var_os("FGO_HOSTILE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_fgo")));
+    let mut cmd = Command::new(bin);
     cmd.args(&case.args)
         .env_remove("RUST_LOG")
         .env("RUST_BACKTRACE", "1")
@@ -1149,7 +1153,17 @@ fn every_hostile_input_is_refused_in_bounded_time_and_memory() {
         .take(5)
         .map(|r| format!("{} {:.2}s", r.name, r.seconds))
         .collect();
-    eprintln!("{total} hostile inputs by kind: {by_kind:?}; slowest: {slowest:?}");
+    // SAFETY: getrusage only writes the struct it is given.
+    let peak_rss_kib = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage.ru_maxrss
+    };
+    eprintln!(
+        "{total} hostile inputs by kind: {by_kind:?}; slowest: {slowest:?}; \
+         largest peak RSS of a run: {} MiB",
+        peak_rss_kib / 1024
+    );
     assert!(
         failures.is_empty(),
         "{} of {total} hostile inputs failed:\n{}",
