@@ -1086,6 +1086,47 @@ fn gguf_cases(dir: &Path) -> Vec<Case> {
         case.args = gen(&extra);
         cases.push(case);
     }
+    for (name, extra, needles) in [
+        (
+            "bench-pp-huge",
+            ["--pp", "100000000000"],
+            &["--pp", "context window of 256"][..],
+        ),
+        (
+            "bench-tg-over-context",
+            ["--tg", "257"],
+            &["--tg", "256"][..],
+        ),
+        (
+            "bench-prefix-requests-huge",
+            ["--prefix-requests", "10000000"],
+            &["--prefix-requests"][..],
+        ),
+        (
+            "bench-concurrency-huge",
+            ["--concurrency", "1,100000000"],
+            &["--concurrency"][..],
+        ),
+    ] {
+        let mut case = error_case(name, &[], needles);
+        case.name = format!("option/{name}");
+        let mut args = vec![
+            "bench",
+            "-m",
+            &v,
+            "--kv-budget",
+            "64M",
+            "--prefix-tokens",
+            "16",
+        ];
+        if extra[0] != "--pp" {
+            // The default of 512 is more than the tiny model's context.
+            args.extend_from_slice(&["--pp", "16"]);
+        }
+        args.extend_from_slice(&extra);
+        case.args = args.iter().map(ToString::to_string).collect();
+        cases.push(case);
+    }
     // A 20 MB prompt on standard input, refused before it is tokenized.
     let mut case = error_case(
         "prompt",

@@ -64,6 +64,38 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         anyhow::bail!("invalid value for `--concurrency`: every level must be at least 1");
     }
     let engine = args.engine.load()?;
+    let context = engine.config().context_length;
+    let within_context = [
+        ("--pp", args.pp),
+        ("--tg", args.tg),
+        ("--concurrency-steps", args.concurrency_steps),
+        ("--prefix-new-tokens", args.prefix_new_tokens),
+        (
+            "--prefix-tokens plus --suffix-tokens",
+            args.prefix_tokens.saturating_add(args.suffix_tokens),
+        ),
+    ];
+    for (option, tokens) in within_context {
+        if tokens > context {
+            anyhow::bail!(
+                "invalid value for `{option}`: {tokens} tokens is more than the context \
+                 window of {context} tokens"
+            );
+        }
+    }
+    // Each request is a sequence of its own; more than a few thousand only exhausts memory.
+    let most_sequences = 4096;
+    for (option, n) in [
+        ("--prefix-requests", args.prefix_requests),
+        (
+            "--concurrency",
+            args.concurrency.iter().copied().max().unwrap_or(1),
+        ),
+    ] {
+        if n > most_sequences {
+            anyhow::bail!("invalid value for `{option}`: {n} is more than {most_sequences}");
+        }
+    }
     let threads = rayon::current_num_threads();
     let wants = |s| args.scenarios.contains(&s);
     if !args.json {
