@@ -104,9 +104,16 @@ pub enum Error {
     #[error("{role} call failed: {reason}")]
     LlmCall { role: String, reason: String },
 
-    /// An error from the tensor library.
-    #[error("tensor backend: {}", candle_message(.0))]
-    Candle(#[from] candle_core::Error),
+    /// An error from the tensor library: its message, without the backtrace candle attaches
+    /// when `RUST_BACKTRACE` is set (kept as text so that no cause chain repeats it).
+    #[error("tensor backend: {0}")]
+    Candle(String),
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(error: candle_core::Error) -> Self {
+        Error::Candle(candle_message(&error))
+    }
 }
 
 /// The message of a tensor-library error without the backtrace that candle attaches when
@@ -114,7 +121,13 @@ pub enum Error {
 pub fn candle_message(error: &candle_core::Error) -> String {
     match error {
         candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
-        other => other.to_string(),
+        // A backtrace nested inside a context starts on a line of its own.
+        other => other
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
     }
 }
 
@@ -189,6 +202,18 @@ mod tests {
                 .len(),
             1 << 20
         );
+    }
+
+    #[test]
+    fn a_tensor_library_error_is_one_line_and_not_repeated_by_its_cause() {
+        let inner = candle_core::Error::Msg("embedding id 9 is out of range".into());
+        let nested = candle_core::Error::Context {
+            inner: Box::new(inner),
+            context: Box::new("while embedding\n   0: frame\n   1: frame"),
+        };
+        let err = Error::from(nested);
+        assert_eq!(err.to_string().lines().count(), 1, "{err}");
+        assert!(std::error::Error::source(&err).is_none());
     }
 
     #[test]
