@@ -10,6 +10,10 @@
 //! that answers but misbehaves around it (a background child holding its output, a closed
 //! input) must let the run complete within the time bound. A few malformed tokenizer
 //! entries the engine tolerates by design need only end without a panic.
+//!
+//! `FGO_HOSTILE_BIN=/path/to/fgo` runs the corpus against another build (an older one, to
+//! see what it got wrong); `--nocapture` prints the count by kind, the slowest inputs and
+//! the largest peak RSS of a run.
 
 use std::collections::HashMap;
 use std::io::Write;
