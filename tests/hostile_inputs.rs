@@ -255,7 +255,13 @@ fn task_cases() -> Vec<Case> {
         &["/dev/zero", "larger than 1 MiB", "component file"],
     );
     component.name = "option/eval-component-dev-zero".into();
-    let mut cases = vec![component];
+    let mut endless = error_case(
+        "task",
+        &["eval", "/dev/zero"],
+        &["/dev/zero", "larger than 1 MiB", "task file"],
+    );
+    endless.name = "task/dev-zero".into();
+    let mut cases = vec![component, endless];
     cases.extend(table.iter().map(|(name, needles)| {
         let path = hostile_dir().join(format!("tasks/{name}.toml"));
         let mut case = error_case(name, &["eval", &path_str(&path)], needles);

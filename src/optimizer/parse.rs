@@ -237,6 +237,9 @@ mod tests {
         assert_eq!(one(r).unwrap(), "Count İstanbul's items one by one.");
         let r = "İİİİİİİİİİİİ<SYSTEM_PROMPT>Keep a running total of İtems.";
         assert_eq!(one(r).unwrap(), "Keep a running total of İtems.");
+        // Shifted by one byte, the old slice started inside 'é' and panicked.
+        let r = "İ<system_prompt>éééé long enough text</system_prompt>";
+        assert_eq!(one(r).unwrap(), "éééé long enough text");
         let r = "<prompt>ẞẞẞ İ Ⱥ — list then count</prompt>İİİİİİİİİİİİİİİİİİİİ";
         assert_eq!(one(r).unwrap(), "ẞẞẞ İ Ⱥ — list then count");
     }
