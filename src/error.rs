@@ -3,7 +3,8 @@
 //! Every variant names what is at fault (a file, a field, a tensor, a token) so that the
 //! binary can print a single line a user can act on. The library never panics on input.
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 /// Result alias used across the library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -17,6 +18,15 @@ pub enum Error {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+
+    /// A file read as text is larger than the limit for its kind (a task file, a data line,
+    /// a component, a manifest), or never ends (`/dev/zero`).
+    #[error("{path}: larger than {limit_mib} MiB, the limit for {what}")]
+    TooLarge {
+        path: PathBuf,
+        what: String,
+        limit_mib: u64,
     },
 
     /// A file exists but is not a valid GGUF file (bad magic, truncated, corrupt header).
@@ -94,9 +104,16 @@ pub enum Error {
     #[error("{role} call failed: {reason}")]
     LlmCall { role: String, reason: String },
 
-    /// An error from the tensor library.
-    #[error("tensor backend: {}", candle_message(.0))]
-    Candle(#[from] candle_core::Error),
+    /// An error from the tensor library: its message, without the backtrace candle attaches
+    /// when `RUST_BACKTRACE` is set (kept as text so that no cause chain repeats it).
+    #[error("tensor backend: {0}")]
+    Candle(String),
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(error: candle_core::Error) -> Self {
+        Error::Candle(candle_message(&error))
+    }
 }
 
 /// The message of a tensor-library error without the backtrace that candle attaches when
@@ -104,7 +121,13 @@ pub enum Error {
 pub fn candle_message(error: &candle_core::Error) -> String {
     match error {
         candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
-        other => other.to_string(),
+        // A backtrace nested inside a context starts on a line of its own.
+        other => other
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
     }
 }
 
@@ -115,5 +138,88 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+}
+
+/// `text` with control characters (escape sequences, newlines, carriage returns) written
+/// as Rust escapes, so that a name read from a file cannot drive the terminal it is
+/// printed on or split an error across lines.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Reads a whole file as UTF-8 text, refusing one of more than `limit_bytes` (a whole
+/// number of MiB) with [`Error::TooLarge`] naming the file and `what` it is. Never reads
+/// more than `limit_bytes + 1` bytes, so an endless file costs no more than a large one.
+pub fn read_text(path: &Path, limit_bytes: u64, what: &str) -> Result<String> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut bytes = Vec::new();
+    file.take(limit_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > limit_bytes {
+        return Err(Error::TooLarge {
+            path: path.to_path_buf(),
+            what: what.to_string(),
+            limit_mib: limit_bytes >> 20,
+        });
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{printable, read_text, Error};
+
+    #[test]
+    fn read_text_stops_at_the_limit_even_on_an_endless_file() {
+        let err = read_text(std::path::Path::new("/dev/zero"), 1 << 20, "a test file")
+            .expect_err("an endless file is refused");
+        assert!(matches!(err, Error::TooLarge { limit_mib: 1, .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "/dev/zero: larger than 1 MiB, the limit for a test file"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("small.txt");
+        std::fs::write(&path, "x".repeat(1 << 20)).expect("write");
+        assert_eq!(
+            read_text(&path, 1 << 20, "a test file")
+                .expect("fits")
+                .len(),
+            1 << 20
+        );
+    }
+
+    #[test]
+    fn a_tensor_library_error_is_one_line_and_not_repeated_by_its_cause() {
+        let inner = candle_core::Error::Msg("embedding id 9 is out of range".into());
+        let nested = candle_core::Error::Context {
+            inner: Box::new(inner),
+            context: Box::new("while embedding\n   0: frame\n   1: frame"),
+        };
+        let err = Error::from(nested);
+        assert_eq!(err.to_string().lines().count(), 1, "{err}");
+        assert!(std::error::Error::source(&err).is_none());
+    }
+
+    #[test]
+    fn printable_escapes_control_characters_only() {
+        assert_eq!(printable("llama"), "llama");
+        assert_eq!(printable("\u{1b}[31mred\n"), "\\u{1b}[31mred\\n");
+        assert_eq!(printable("İstanbul \u{7f}"), "İstanbul \\u{7f}");
     }
 }

@@ -64,25 +64,61 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         anyhow::bail!("invalid value for `--concurrency`: every level must be at least 1");
     }
     let engine = args.engine.load()?;
+    let context = engine.config().context_length;
+    let within_context = [
+        ("--pp", args.pp),
+        ("--tg", args.tg),
+        ("--concurrency-steps", args.concurrency_steps),
+        ("--prefix-new-tokens", args.prefix_new_tokens),
+        (
+            "--prefix-tokens plus --suffix-tokens",
+            args.prefix_tokens.saturating_add(args.suffix_tokens),
+        ),
+    ];
+    for (option, tokens) in within_context {
+        if tokens > context {
+            anyhow::bail!(
+                "invalid value for `{option}`: {tokens} tokens is more than the context \
+                 window of {context} tokens"
+            );
+        }
+    }
+    // Each request is a sequence of its own; more than a few thousand only exhausts memory.
+    let most_sequences = 4096;
+    for (option, n) in [
+        ("--prefix-requests", args.prefix_requests),
+        (
+            "--concurrency",
+            args.concurrency.iter().copied().max().unwrap_or(1),
+        ),
+    ] {
+        if n > most_sequences {
+            anyhow::bail!("invalid value for `{option}`: {n} is more than {most_sequences}");
+        }
+    }
     let threads = rayon::current_num_threads();
     let wants = |s| args.scenarios.contains(&s);
     if !args.json {
-        println!("model {} ({threads} threads)", args.engine.model);
+        outln!("model {} ({threads} threads)", args.engine.model);
     }
     let single = if wants(Scenario::Single) {
         let r = bench::run(engine.model(), args.pp, args.tg)?;
         if !args.json {
-            println!(
+            outln!(
                 "pp{:<5} {:8.1} tokens/s",
-                r.prompt_tokens, r.pp_tokens_per_s
+                r.prompt_tokens,
+                r.pp_tokens_per_s
             );
-            println!(
+            outln!(
                 "tg{:<5} {:8.1} tokens/s",
-                r.generated_tokens, r.tg_tokens_per_s
+                r.generated_tokens,
+                r.tg_tokens_per_s
             );
-            println!(
+            outln!(
                 "tg{} after {}: {:.1} tokens/s",
-                r.generated_tokens, r.prompt_tokens, r.tg_after_prompt_tokens_per_s
+                r.generated_tokens,
+                r.prompt_tokens,
+                r.tg_after_prompt_tokens_per_s
             );
         }
         Some(r)
@@ -107,7 +143,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                     .speedup
                     .map(|s| format!(" ({s:.1}x one sequence)"))
                     .unwrap_or_default();
-                println!("decode x{n:<3} {rate:8.1} tokens/s{speedup}");
+                outln!("decode x{n:<3} {rate:8.1} tokens/s{speedup}");
             }
             concurrency.push(point);
         }
@@ -121,7 +157,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         };
         let r = bench::prefix_scenario(&engine, shape)?;
         if !args.json {
-            println!(
+            outln!(
                 "prefix {}x({}+{}) +{} new: reuse off {:.2} s, on {:.2} s ({:.1}x), {} of {} \
                  prompt tokens from the cache",
                 shape.requests,
@@ -152,9 +188,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             "kv_cache": kv,
             "peak_rss_bytes": peak,
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
     } else if let Some(bytes) = peak {
-        println!(
+        outln!(
             "peak memory {:.0} MB (key/value budget {:.0} MB)",
             bytes as f64 / 1e6,
             kv.bytes as f64 / 1e6

@@ -90,9 +90,9 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     }
     std::fs::write(out.join("leaderboard.md"), &md)?;
     if args.json {
-        println!("{json}");
+        outln!("{json}");
     } else {
-        print!("{md}");
+        out!("{md}");
     }
     Ok(())
 }

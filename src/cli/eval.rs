@@ -39,7 +39,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
                 "invalid value for `--component`: no component `{name}` (the task has {known:?})"
             );
         }
-        let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+        let text = fgo::error::read_text(
+            std::path::Path::new(file),
+            fgo::optimizer::task::COMPONENT_FILE_LIMIT,
+            "a component file",
+        )?;
         task.initial.insert(name.to_string(), text);
     }
     let mut cache = ModelCache::new(&args.runtime)?;

@@ -10,6 +10,9 @@ use serde_json::json;
 
 use super::EngineArgs;
 
+/// The most bytes of prompt read from standard input (any context window fills far sooner).
+const STDIN_LIMIT: u64 = 64 << 20;
+
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
     #[command(flatten)]
@@ -60,9 +63,18 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let user = match args.prompt {
         Some(p) => p,
         None => {
-            let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text)?;
-            text
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .take(STDIN_LIMIT + 1)
+                .read_to_end(&mut bytes)?;
+            if bytes.len() as u64 > STDIN_LIMIT {
+                anyhow::bail!(
+                    "standard input: larger than {} MiB, the limit for a prompt",
+                    STDIN_LIMIT >> 20
+                );
+            }
+            String::from_utf8(bytes)
+                .map_err(|_| anyhow::anyhow!("standard input: the prompt is not UTF-8"))?
         }
     };
     let prompt = if args.raw {
@@ -79,6 +91,13 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         Prompt::Chat { messages }
     };
     let engine = args.engine.load()?;
+    let context = engine.config().context_length;
+    if args.max_tokens > context {
+        anyhow::bail!(
+            "invalid value for `--max-tokens`: {} is more than the context window of {context} tokens",
+            args.max_tokens
+        );
+    }
     let completion = engine.generate(&GenerationRequest { prompt, params })?;
     if args.json {
         let t = completion.timings;
@@ -99,9 +118,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 "generation_tokens_per_s": rate(u.completion_tokens.saturating_sub(1), t.decode_s),
             },
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        println!("{}", completion.text);
+        outln!("{}", completion.text);
     }
     Ok(())
 }

@@ -1,4 +1,25 @@
 //! Subcommands and the options they share.
+//!
+//! Results go to standard output through [`outln!`] and [`out!`], which return write
+//! errors instead of panicking on them, so that a closed pipe ends the program cleanly.
+
+/// `println!` that returns an I/O error (a closed pipe) to the caller instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
+/// `print!` that returns an I/O error to the caller instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        write!(stdout, $($arg)*)?;
+        stdout.flush()?
+    }};
+}
 
 mod bench;
 mod compare;
@@ -76,10 +97,10 @@ pub struct EngineArgs {
 /// Parses a byte count with an optional binary suffix: `1048576`, `512K`, `64M`, `1.5G`.
 pub(crate) fn parse_bytes(text: &str) -> Result<usize, String> {
     let t = text.trim();
-    let (number, unit) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
-        Some((at, _)) => (&t[..at], &t[at..]),
-        None => (t, ""),
-    };
+    // The unit is the trailing run of letters, so that `1e3M` and `nanG` reach the number
+    // parser (and its refusals) rather than being taken for units.
+    let at = t.trim_end_matches(|c: char| c.is_ascii_alphabetic()).len();
+    let (number, unit) = t.split_at(at);
     let scale: f64 = match unit
         .to_ascii_uppercase()
         .trim_end_matches("IB")
@@ -117,11 +138,20 @@ impl EngineArgs {
     }
 }
 
+/// More threads than this per core only slow the spinning team down (and a huge count
+/// would spawn threads until the system refuses).
+const MAX_THREADS_PER_CORE: usize = 4;
+
 /// Sizes the global thread pool used by the tensor kernels and CPU-side work.
 pub(crate) fn configure_threads(threads: Option<usize>) -> anyhow::Result<()> {
     let Some(n) = threads else { return Ok(()) };
-    if n == 0 {
-        anyhow::bail!("invalid value for `--threads`: must be at least 1");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let most = cores * MAX_THREADS_PER_CORE;
+    if n == 0 || n > most {
+        anyhow::bail!(
+            "invalid value for `--threads`: {n} is outside 1..={most} \
+             ({MAX_THREADS_PER_CORE} per core on {cores} cores)"
+        );
     }
     // candle sizes its matmul parallelism from this variable; set it before any kernel runs.
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
@@ -131,6 +161,13 @@ pub(crate) fn configure_threads(threads: Option<usize>) -> anyhow::Result<()> {
         .num_threads(n)
         .build_global();
     Ok(())
+}
+
+/// Whether an error comes from writing to a standard output whose reader has gone.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    // Only a write of ours fails with a bare I/O error; library errors wrap theirs.
+    err.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// Sets up `tracing` on stderr.

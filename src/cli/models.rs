@@ -23,13 +23,17 @@ pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
             .iter()
             .map(|(e, path)| json!({ "model": e, "installed": path.is_some(), "path": path }))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        outln!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
-    println!("models directory: {}", manifest.dir.display());
-    println!(
+    outln!("models directory: {}", manifest.dir.display());
+    outln!(
         "{:<22} {:<10} {:>9}  {:<12} {:<10}  file",
-        "alias", "arch", "size", "license", "status"
+        "alias",
+        "arch",
+        "size",
+        "license",
+        "status"
     );
     for (e, path) in rows {
         let status = if path.is_some() {
@@ -37,7 +41,7 @@ pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
         } else {
             "fetchable"
         };
-        println!(
+        outln!(
             "{:<22} {:<10} {:>6.0} MB  {:<12} {:<10}  {}",
             e.alias,
             e.architecture,
@@ -47,6 +51,6 @@ pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
             e.file
         );
     }
-    println!("\nfetch with: scripts/fetch-models.sh ALIAS... (or `all`)");
+    outln!("\nfetch with: scripts/fetch-models.sh ALIAS... (or `all`)");
     Ok(())
 }

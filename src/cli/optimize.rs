@@ -189,21 +189,24 @@ impl ModelCache {
 /// Prints report.json (with `--json`) or a short summary on stdout.
 pub(crate) fn print_report(report: &RunReport, dir: &Path, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
+        outln!("{}", serde_json::to_string_pretty(report)?);
         return Ok(());
     }
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
-    println!(
+    outln!(
         "task {} ({}), run directory {}",
         report.task,
         report.status,
         dir.display()
     );
-    println!(
+    outln!(
         "{:<14} {:>8} {:>8} {:>8}",
-        "component", "train", "val", "test"
+        "component",
+        "train",
+        "val",
+        "test"
     );
-    println!(
+    outln!(
         "{:<14} {:>8} {:>8} {:>8}",
         "initial",
         pct(Some(report.initial.train)),
@@ -211,7 +214,7 @@ pub(crate) fn print_report(report: &RunReport, dir: &Path, json: bool) -> anyhow
         pct(report.initial.test)
     );
     for m in &report.methods {
-        println!(
+        outln!(
             "{:<14} {:>8} {:>8} {:>8}",
             m.method,
             pct(Some(m.train_score)),
@@ -220,7 +223,7 @@ pub(crate) fn print_report(report: &RunReport, dir: &Path, json: bool) -> anyhow
         );
     }
     let t = &report.accounting.total;
-    println!(
+    outln!(
         "{} calls ({} live, {} replayed, {} memo hits), {} prompt tokens ({} cached), {} completion tokens, {:.1}s",
         t.calls, t.live, t.replayed, t.memo_hits, t.prompt_tokens, t.cached_prompt_tokens, t.completion_tokens, report.elapsed_s
     );

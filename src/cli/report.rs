@@ -26,9 +26,9 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     let (dir, _) = RunDir::open(&args.dir)?;
     dir.write_report(&report)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", report.to_markdown());
+        out!("{}", report.to_markdown());
     }
     Ok(())
 }

@@ -9,8 +9,13 @@
 //! `bos_token`, `eos_token`, and `tools`/`documents` set to none.
 //!
 //! Invariants: a `ChatTemplate` always holds a template that parsed; rendering never panics on
-//! any input, and every failure is an [`Error::ChatTemplate`] naming the line at fault or the
-//! message the template raised.
+//! any input, and every failure is an [`Error::ChatTemplate`] naming the template, and the
+//! line at fault or the message the template raised.
+//!
+//! A template comes from a model file and is treated as untrusted code: a render may run at
+//! most [`TEMPLATE_FUEL`] instructions, nest at most [`TEMPLATE_RECURSION`] levels and
+//! write at most [`TEMPLATE_OUTPUT_LIMIT`] bytes, so that no template can hang the engine
+//! or exhaust its memory.
 
 mod python;
 #[cfg(test)]
@@ -23,6 +28,37 @@ use crate::error::{Error, Result};
 
 /// The name the template is registered under inside its environment.
 const TEMPLATE_NAME: &str = "chat_template";
+
+/// Instructions one render may execute (a real template needs a few dozen per message).
+pub const TEMPLATE_FUEL: u64 = 2_000_000;
+
+/// Nesting depth (loops, conditions, macro calls) one render may reach.
+pub const TEMPLATE_RECURSION: usize = 100;
+
+/// Bytes of text one render may produce.
+pub const TEMPLATE_OUTPUT_LIMIT: usize = 32 << 20;
+
+/// A buffer that refuses to grow past [`TEMPLATE_OUTPUT_LIMIT`].
+#[derive(Default)]
+struct CappedOutput {
+    bytes: Vec<u8>,
+    exceeded: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > TEMPLATE_OUTPUT_LIMIT {
+            self.exceeded = true;
+            return Err(std::io::Error::other("template output limit"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -127,6 +163,8 @@ const GEMMA_SOURCE: &str = r"{{- bos_token }}
 /// `Send + Sync`: one template can serve concurrent requests.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// What the template is called in errors (`tokenizer.chat_template`, `built-in ChatML`).
+    name: String,
     source: String,
     bos_token: String,
     eos_token: String,
@@ -150,7 +188,7 @@ impl ChatTemplate {
     /// `bos_token` and `eos_token` are the tokenizer's BOS/EOS strings (e.g. `<bos>`).
     pub fn from_gguf(metadata: &Metadata, bos_token: &str, eos_token: &str) -> Result<Self> {
         if let Some(source) = metadata.opt_str("tokenizer.chat_template")? {
-            return Self::from_source(source, bos_token, eos_token);
+            return Self::parse(source, "tokenizer.chat_template", bos_token, eos_token);
         }
         let builtin = metadata
             .opt_str("general.architecture")?
@@ -162,7 +200,14 @@ impl ChatTemplate {
     ///
     /// A syntax error is an [`Error::ChatTemplate`] giving the line number and text.
     pub fn from_source(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
+        Self::parse(source, "chat template", bos_token, eos_token)
+    }
+
+    fn parse(source: &str, name: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
+        let name = name.to_string();
         let mut env = Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
+        env.set_recursion_limit(TEMPLATE_RECURSION);
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -170,9 +215,10 @@ impl ChatTemplate {
         env.add_function("strftime_now", python::strftime_now);
         env.add_filter("tojson", python::tojson);
         env.add_template_owned(TEMPLATE_NAME, source.to_string())
-            .map_err(|err| template_error(&err, source))?;
+            .map_err(|err| template_error(&err, &name, source))?;
         Ok(Self {
             env,
+            name,
             source: source.to_string(),
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
@@ -182,20 +228,37 @@ impl ChatTemplate {
     /// A built-in template.
     pub fn builtin(name: BuiltinTemplate, bos_token: &str, eos_token: &str) -> Self {
         // Constant sources, parsed in the tests: failing here is a bug in this file.
+        let label = match name {
+            BuiltinTemplate::ChatMl => "built-in ChatML",
+            BuiltinTemplate::Gemma => "built-in Gemma",
+        };
         Self::from_source(name.source(), bos_token, eos_token)
             .expect("built-in chat templates parse")
+            .named(label)
+    }
+
+    /// The same template, called `name` in its errors.
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
+    }
+
+    /// What this template is called in errors.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Renders `messages` into prompt text, ending with the assistant's turn header when
     /// `add_generation_prompt` is set.
     ///
     /// Fails with [`Error::ChatTemplate`] when the template calls `raise_exception` (the error
-    /// is the template's message) or hits a runtime error (the error names the line).
+    /// is the template's message), hits a runtime error (the error names the line), or
+    /// exceeds its fuel, nesting or output limits.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         let template = self
             .env
             .get_template(TEMPLATE_NAME)
-            .map_err(|err| template_error(&err, &self.source))?;
+            .map_err(|err| template_error(&err, &self.name, &self.source))?;
         let ctx = context! {
             messages => Value::from_serialize(messages),
             add_generation_prompt,
@@ -204,9 +267,19 @@ impl ChatTemplate {
             tools => Value::from(()),
             documents => Value::from(()),
         };
-        template
-            .render(ctx)
-            .map_err(|err| template_error(&err, &self.source))
+        let mut out = CappedOutput::default();
+        if let Err(err) = template.render_captured_to(ctx, &mut out) {
+            if out.exceeded {
+                return Err(Error::ChatTemplate(format!(
+                    "`{}`: the output exceeds the limit of {} MiB",
+                    self.name,
+                    TEMPLATE_OUTPUT_LIMIT >> 20
+                )));
+            }
+            return Err(template_error(&err, &self.name, &self.source));
+        }
+        String::from_utf8(out.bytes)
+            .map_err(|_| Error::ChatTemplate(format!("`{}`: the output is not UTF-8", self.name)))
     }
 
     /// The Jinja source of this template.
@@ -216,7 +289,7 @@ impl ChatTemplate {
 }
 
 /// Turns a minijinja error into an [`Error::ChatTemplate`] a user can act on.
-fn template_error(err: &minijinja::Error, source: &str) -> Error {
+fn template_error(err: &minijinja::Error, name: &str, source: &str) -> Error {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cause {
         if let Some(raised) = e.downcast_ref::<python::RaisedException>() {
@@ -228,6 +301,9 @@ fn template_error(err: &minijinja::Error, source: &str) -> Error {
         Some(detail) => format!("{}: {detail}", err.kind()),
         None => err.kind().to_string(),
     };
+    if err.kind() == ErrorKind::OutOfFuel {
+        message = format!("ran out of fuel (more than {TEMPLATE_FUEL} instructions)");
+    }
     if let Some(line) = err.line() {
         message.push_str(&format!(" at line {line}"));
         if let Some(text) = source.lines().nth(line - 1) {
@@ -237,5 +313,5 @@ fn template_error(err: &minijinja::Error, source: &str) -> Error {
     if err.kind() == ErrorKind::SyntaxError {
         message.insert_str(0, "cannot parse: ");
     }
-    Error::ChatTemplate(message)
+    Error::ChatTemplate(format!("`{name}`: {message}"))
 }

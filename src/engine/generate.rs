@@ -50,17 +50,50 @@ impl Default for LoadOptions {
 /// least 256 MiB and at most 8 GiB (2 GiB where available memory cannot be read).
 pub fn default_kv_budget() -> usize {
     const MIB: usize = 1 << 20;
-    let available = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|info| {
-            let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-            line.split_whitespace().nth(1)?.parse::<usize>().ok()
-        })
-        .map(|kib| kib * 1024);
-    match available {
+    match available_memory() {
         Some(bytes) => (bytes / 4).clamp(256 * MIB, 8192 * MIB),
         None => 2048 * MIB,
     }
+}
+
+/// The memory available now (`MemAvailable`), where the system says.
+pub fn available_memory() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib = line.split_whitespace().nth(1)?.parse::<usize>().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Refuses a key/value budget larger than the memory available (`None`: unknown, any
+/// budget goes), which would abort the process when the cache fills instead of failing.
+pub fn check_kv_budget(budget_bytes: usize, available: Option<usize>) -> Result<()> {
+    match available {
+        Some(available) if budget_bytes > available => Err(Error::InvalidArgument {
+            name: "kv-budget".into(),
+            reason: format!(
+                "{budget_bytes} bytes is more than the {available} bytes of memory available"
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a vocabulary that does not match the embedding: a GGUF vocabulary must have
+/// one token per embedding row; a `tokenizer.json` may have fewer (padded embeddings) but
+/// never more.
+fn check_vocabulary(config: &ModelConfig, tokenizer: &Tokenizer, from_json: bool) -> Result<()> {
+    let (tokens, rows) = (tokenizer.vocab_size(), config.vocab_size);
+    if tokens == rows || (from_json && tokens < rows) {
+        return Ok(());
+    }
+    let what = if from_json {
+        "the tokenizer file"
+    } else {
+        "`tokenizer.ggml.tokens`"
+    };
+    Err(Error::Tokenizer(format!(
+        "{what} has {tokens} tokens but the embedding `token_embd.weight` has {rows} rows"
+    )))
 }
 
 /// What to complete: a conversation rendered with the model's chat template, or raw text.
@@ -136,6 +169,9 @@ pub struct Engine {
     scheduler: Mutex<Scheduler>,
     tokenizer: Tokenizer,
     template: ChatTemplate,
+    /// The most bytes of text one token can stand for (its spelling is never shorter), so
+    /// that a prompt of more than `context * max_token_bytes` bytes is refused untokenized.
+    max_token_bytes: usize,
     path: PathBuf,
     load_time: Duration,
 }
@@ -153,11 +189,15 @@ impl Engine {
         let path = path.as_ref().to_path_buf();
         let mut file = GgufFile::open(&path)?;
         // Check the architecture before the tokenizer so that an unsupported model says so.
-        ModelConfig::from_gguf(&file)?;
+        let config = ModelConfig::from_gguf(&file)?;
         let tokenizer = match &options.tokenizer_json {
             Some(json) => Tokenizer::from_json_file(json, Some(file.metadata()))?,
             None => Tokenizer::from_gguf(file.metadata())?,
         };
+        check_vocabulary(&config, &tokenizer, options.tokenizer_json.is_some())?;
+        if let Some(budget) = options.kv_budget_bytes {
+            check_kv_budget(budget, available_memory())?;
+        }
         let token_text = |id: Option<u32>| {
             id.and_then(|i| tokenizer.token_text(i))
                 .unwrap_or_default()
@@ -172,9 +212,15 @@ impl Engine {
         let budget = options.kv_budget_bytes.unwrap_or_else(default_kv_budget);
         let mut store = model.new_kv_store(budget)?;
         store.set_prefix_reuse(options.prefix_reuse);
+        let max_token_bytes = (0..tokenizer.vocab_size() as u32)
+            .filter_map(|id| tokenizer.token_text(id).map(str::len))
+            .max()
+            .unwrap_or(0)
+            .max(1);
         Ok(Self {
             scheduler: Mutex::new(Scheduler::new(store)),
             model,
+            max_token_bytes,
             tokenizer,
             template,
             path,
@@ -213,10 +259,37 @@ impl Engine {
     }
 
     /// The token ids a prompt is run as, BOS included where the model wants one.
+    ///
+    /// A text too long for the context window, whatever its tokens, is refused before it is
+    /// rendered or tokenized.
     pub fn prompt_tokens(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        let context = self.config().context_length;
+        let fits = |bytes: usize| {
+            // A SentencePiece space prefix and the BOS may add a token's worth.
+            if bytes
+                > context
+                    .saturating_add(1)
+                    .saturating_mul(self.max_token_bytes)
+            {
+                return Err(Error::Request(format!(
+                    "prompt of {bytes} bytes does not fit the context window of {context} \
+                     tokens (no token is longer than {} bytes)",
+                    self.max_token_bytes
+                )));
+            }
+            Ok(())
+        };
         let text = match prompt {
-            Prompt::Chat { messages } => self.template.render(messages, true)?,
-            Prompt::Text { text } => text.clone(),
+            Prompt::Chat { messages } => {
+                fits(messages.iter().map(|m| m.content.len()).sum())?;
+                let text = self.template.render(messages, true)?;
+                fits(text.len())?;
+                text
+            }
+            Prompt::Text { text } => {
+                fits(text.len())?;
+                text.clone()
+            }
             Prompt::Tokens { ids } => {
                 let vocab = self.config().vocab_size;
                 if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {

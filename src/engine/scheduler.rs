@@ -162,7 +162,8 @@ impl Scheduler {
 
     /// Blocks a request needs in the worst case.
     fn blocks_needed(&self, prompt: usize, max_new: usize, context: usize) -> usize {
-        self.store.blocks_for((prompt + max_new).min(context))
+        self.store
+            .blocks_for(prompt.saturating_add(max_new).min(context))
     }
 
     /// Queues a request, or answers at once with an error if it could never fit the store.

@@ -27,6 +27,9 @@ pub struct ManifestEntry {
 }
 
 /// The models known to this checkout and the directory they are installed in.
+/// The largest manifest read (a line per model).
+const MANIFEST_LIMIT: u64 = 1 << 20;
+
 #[derive(Debug, Clone)]
 pub struct Manifest {
     pub dir: PathBuf,
@@ -37,7 +40,7 @@ impl Manifest {
     /// Reads `<dir>/manifest.tsv`.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(MANIFEST_FILE);
-        let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let text = crate::error::read_text(&path, MANIFEST_LIMIT, "a model manifest")?;
         Self::parse(dir, &path, &text)
     }
 

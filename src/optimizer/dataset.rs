@@ -179,9 +179,21 @@ impl Dataset {
     }
 }
 
+/// The longest line of a data file, in bytes.
+pub const DATA_LINE_LIMIT: usize = 1 << 20;
+
+/// The largest data file, in bytes.
+pub const DATA_FILE_LIMIT: u64 = 256 << 20;
+
 /// Reads a JSONL file: one object per non-blank line, each with `answer_field`.
+///
+/// Read a line at a time: a line longer than [`DATA_LINE_LIMIT`] or a file larger than
+/// [`DATA_FILE_LIMIT`] is an error naming the line, after reading at most one line more
+/// than the limit allows (so `/dev/zero` fails at once).
 pub fn read_jsonl(path: &Path, answer_field: &str, id_field: Option<&str>) -> Result<Vec<Example>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    use std::io::{BufRead, Read};
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = std::io::BufReader::new(file);
     let mut out = Vec::new();
     let data_err = |line: usize, reason: String| Error::Data {
         file: path.to_path_buf(),
@@ -189,8 +201,37 @@ pub fn read_jsonl(path: &Path, answer_field: &str, id_field: Option<&str>) -> Re
         reason,
     };
     let mut seen_ids = std::collections::HashSet::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = i + 1;
+    let mut bytes_read: u64 = 0;
+    let mut buf = Vec::new();
+    for line in 1.. {
+        buf.clear();
+        let n = (&mut reader)
+            .take(DATA_LINE_LIMIT as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+        } else if n > DATA_LINE_LIMIT {
+            return Err(data_err(
+                line,
+                format!("the line is longer than {} MiB", DATA_LINE_LIMIT >> 20),
+            ));
+        }
+        bytes_read += n as u64;
+        if bytes_read > DATA_FILE_LIMIT {
+            return Err(Error::TooLarge {
+                path: path.to_path_buf(),
+                what: "a data file".into(),
+                limit_mib: DATA_FILE_LIMIT >> 20,
+            });
+        }
+        let Ok(raw) = std::str::from_utf8(&buf) else {
+            return Err(data_err(line, "not UTF-8 text".into()));
+        };
+        let raw = raw.strip_suffix('\r').unwrap_or(raw);
         if raw.trim().is_empty() {
             continue;
         }

@@ -78,8 +78,14 @@ pub fn validate_spec(spec: &MetricSpec) -> Result<(), String> {
         MetricSpec::Command { command, timeout_s } => {
             if command.is_empty() || command[0].trim().is_empty() {
                 Err("command must name a program".into())
-            } else if !(timeout_s.is_finite() && *timeout_s > 0.0) {
-                Err("timeout_s must be positive".into())
+            } else if !(timeout_s.is_finite()
+                && *timeout_s > 0.0
+                && *timeout_s <= crate::optimizer::task::MAX_TIMEOUT_S)
+            {
+                Err(format!(
+                    "timeout_s must be a positive number of seconds, at most {} (a day)",
+                    crate::optimizer::task::MAX_TIMEOUT_S
+                ))
             } else {
                 Ok(())
             }

@@ -63,22 +63,23 @@ pub fn parse_components(reply: &str, names: &[String]) -> Result<BTreeMap<String
 }
 
 /// Text between `<tag>` and `</tag>`; the last complete pair wins (models often echo the
-/// format first). An unclosed final tag yields the rest of the reply.
+/// format first). An unclosed final tag yields the rest of the reply. Tags match ignoring
+/// ASCII case, on the reply itself: lowercasing a copy would shift byte offsets where a
+/// character changes length (`İ` is two bytes, its lowercase three).
 fn tagged(reply: &str, tag: &str) -> Option<String> {
-    let lower = reply.to_lowercase();
-    let open = format!("<{}>", tag.to_lowercase());
-    let close = format!("</{}>", tag.to_lowercase());
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
     let mut best = None;
     let mut from = 0;
-    while let Some(rel) = lower[from..].find(&open) {
-        let start = from + rel + open.len();
-        match lower[start..].find(&close) {
-            Some(len) => {
-                let body = &reply[start..start + len];
+    while let Some(at) = find_ignoring_ascii_case(reply, &open, from) {
+        let start = at + open.len();
+        match find_ignoring_ascii_case(reply, &close, start) {
+            Some(end) => {
+                let body = &reply[start..end];
                 if !clean(body).is_empty() {
                     best = Some(body.to_string());
                 }
-                from = start + len + close.len();
+                from = end + close.len();
             }
             None => {
                 if best.is_none() {
@@ -89,6 +90,17 @@ fn tagged(reply: &str, tag: &str) -> Option<String> {
         }
     }
     best
+}
+
+/// The byte offset of the first `needle` in `haystack` at or after `from`, ignoring ASCII
+/// case; offsets are always character boundaries of `haystack`.
+fn find_ignoring_ascii_case(haystack: &str, needle: &str, from: usize) -> Option<usize> {
+    let rest = haystack.get(from..)?;
+    rest.char_indices().map(|(i, _)| from + i).find(|&i| {
+        haystack
+            .get(i..i + needle.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(needle))
+    })
 }
 
 /// The content of the last fenced block with enough text.
@@ -215,6 +227,21 @@ mod tests {
             e.contains("too short") || e.contains("does not contain"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn characters_that_change_length_when_lowercased_do_not_shift_the_slices() {
+        // 'İ' lowercases to three bytes: offsets from a lowercased copy fall inside
+        // characters of the reply or past its end.
+        let r = "İİİİ <system_prompt>Count İstanbul's items one by one.</system_prompt> İİ";
+        assert_eq!(one(r).unwrap(), "Count İstanbul's items one by one.");
+        let r = "İİİİİİİİİİİİ<SYSTEM_PROMPT>Keep a running total of İtems.";
+        assert_eq!(one(r).unwrap(), "Keep a running total of İtems.");
+        // Shifted by one byte, the old slice started inside 'é' and panicked.
+        let r = "İ<system_prompt>éééé long enough text</system_prompt>";
+        assert_eq!(one(r).unwrap(), "éééé long enough text");
+        let r = "<prompt>ẞẞẞ İ Ⱥ — list then count</prompt>İİİİİİİİİİİİİİİİİİİİ";
+        assert_eq!(one(r).unwrap(), "ẞẞẞ İ Ⱥ — list then count");
     }
 
     #[test]

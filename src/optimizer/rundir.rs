@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{read_text, Error, Result};
 use crate::optimizer::agent::Components;
 use crate::optimizer::calls::Calls;
 use crate::optimizer::charts;
@@ -26,7 +26,10 @@ use crate::optimizer::env::Progress;
 use crate::optimizer::events::{Event, EventLog};
 use crate::optimizer::report::RunReport;
 use crate::optimizer::run::Method;
-use crate::optimizer::task::Task;
+use crate::optimizer::task::{Task, TASK_FILE_LIMIT};
+
+/// The largest run.json or report.json read (they hold components and per-example scores).
+const RUN_FILE_LIMIT: u64 = 256 << 20;
 
 /// `run.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,7 +79,7 @@ impl RunDir {
             });
         }
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let text = std::fs::read_to_string(&task.path).map_err(|e| Error::io(&task.path, e))?;
+        let text = read_text(&task.path, TASK_FILE_LIMIT, "a task file")?;
         write_atomic(&dir.join("task.toml"), &text)?;
         let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
         let meta = RunMeta {
@@ -100,12 +103,11 @@ impl RunDir {
     /// Opens an existing run and reloads its task (with the recorded overrides applied).
     pub fn open(dir: &Path) -> Result<(Self, Task)> {
         let meta_path = dir.join("run.json");
-        let text = std::fs::read_to_string(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
+        let text = read_text(&meta_path, RUN_FILE_LIMIT, "a run's run.json")?;
         let meta: RunMeta =
             serde_json::from_str(&text).map_err(|e| run_err(dir, format!("run.json: {e}")))?;
         let task_path = dir.join("task.toml");
-        let task_text =
-            std::fs::read_to_string(&task_path).map_err(|e| Error::io(&task_path, e))?;
+        let task_text = read_text(&task_path, TASK_FILE_LIMIT, "a task file")?;
         let mut task = Task::from_str(&task_text, &task_path, &meta.base_dir)?;
         if meta.optimizer_model.is_some() {
             task.spec.optimizer.model = meta.optimizer_model.clone();
@@ -173,7 +175,7 @@ impl RunDir {
     /// Reads a finished run's report.json.
     pub fn read_report(dir: &Path) -> Result<RunReport> {
         let p = dir.join("report.json");
-        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        let text = read_text(&p, RUN_FILE_LIMIT, "a run's report.json")?;
         serde_json::from_str(&text).map_err(|e| run_err(dir, format!("report.json: {e}")))
     }
 }

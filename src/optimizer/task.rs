@@ -39,6 +39,18 @@ use crate::error::{Error, Result};
 use crate::optimizer::metric::MetricSpec;
 use crate::optimizer::operators::{Operator, DEFAULT_OPERATORS};
 
+/// The largest task file read (a task is a few dozen lines).
+pub const TASK_FILE_LIMIT: u64 = 1 << 20;
+
+/// The largest component file read.
+pub const COMPONENT_FILE_LIMIT: u64 = 1 << 20;
+
+/// The longest timeout of one agent or metric command, in seconds: a day.
+pub const MAX_TIMEOUT_S: f64 = 86_400.0;
+
+/// The longest wall-time budget of a run, in seconds: 30 days.
+pub const MAX_WALL_TIME_S: f64 = 30.0 * 86_400.0;
+
 /// A whole task file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -350,7 +362,7 @@ pub struct Task {
 impl Task {
     /// Reads, parses and validates a task file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::error::read_text(path, TASK_FILE_LIMIT, "a task file")?;
         let base_dir = path
             .parent()
             .map(Path::to_path_buf)
@@ -419,9 +431,8 @@ impl Task {
                 (Some(t), None) => t.clone(),
                 (None, Some(f)) => {
                     let p = self.resolve(f);
-                    std::fs::read_to_string(&p).map_err(|e| {
-                        self.err(&format!("{field}.file"), format!("{}: {e}", p.display()))
-                    })?
+                    crate::error::read_text(&p, COMPONENT_FILE_LIMIT, "a component file")
+                        .map_err(|e| self.err(&format!("{field}.file"), e.to_string()))?
                 }
                 _ => return Err(self.err(&field, "give exactly one of `text` or `file`")),
             };
@@ -455,8 +466,13 @@ impl Task {
                 if command.is_empty() || command[0].trim().is_empty() {
                     return Err(self.err("agent.command", "must name a program"));
                 }
-                if !(timeout_s.is_finite() && *timeout_s > 0.0) {
-                    return Err(self.err("agent.timeout_s", "must be a positive number"));
+                if !(timeout_s.is_finite() && *timeout_s > 0.0 && *timeout_s <= MAX_TIMEOUT_S) {
+                    return Err(self.err(
+                        "agent.timeout_s",
+                        format!(
+                            "must be a positive number of seconds, at most {MAX_TIMEOUT_S} (a day)"
+                        ),
+                    ));
                 }
                 if spec.optimizer.model.is_none() {
                     return Err(self.err(
@@ -476,8 +492,13 @@ impl Task {
             return Err(self.err("budget.agent_tokens", "must be positive"));
         }
         if let Some(w) = b.wall_time_s {
-            if !(w.is_finite() && w > 0.0) {
-                return Err(self.err("budget.wall_time_s", "must be a positive number"));
+            if !(w.is_finite() && w > 0.0 && w <= MAX_WALL_TIME_S) {
+                return Err(self.err(
+                    "budget.wall_time_s",
+                    format!(
+                        "must be a positive number of seconds, at most {MAX_WALL_TIME_S} (30 days)"
+                    ),
+                ));
             }
         }
         crate::optimizer::metric::validate_spec(&spec.metric).map_err(|r| self.err("metric", r))

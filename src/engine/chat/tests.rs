@@ -278,7 +278,7 @@ fn syntax_error_names_the_line() {
         panic!("expected a chat template error, got {err:?}");
     };
     assert!(
-        message.starts_with("cannot parse: syntax error"),
+        message.starts_with("`chat template`: cannot parse: syntax error"),
         "{message}"
     );
     assert!(
@@ -368,5 +368,53 @@ fn strftime_utc_directives() {
     assert_eq!(
         strftime_utc("%F %T %a %e %-m", 0),
         "1970-01-01 00:00:00 Thu  1 1"
+    );
+}
+
+/// Renders a hostile template with one message; the error it must give.
+fn hostile_render(source: &str) -> String {
+    let template = ChatTemplate::from_source(source, "", "").expect("parses");
+    match template.render(&[ChatMessage::user("hi")], true) {
+        Err(Error::ChatTemplate(message)) => message,
+        other => panic!("expected a chat template error, got {other:?}"),
+    }
+}
+
+#[test]
+fn nested_loops_run_out_of_fuel_quickly() {
+    let started = std::time::Instant::now();
+    let message = hostile_render(
+        "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+    );
+    assert!(message.contains("ran out of fuel"), "{message}");
+    assert!(started.elapsed().as_secs() < 10, "{:?}", started.elapsed());
+}
+
+#[test]
+fn output_and_recursion_are_bounded() {
+    let message = hostile_render("{% for a in range(100000) %}{{ 'x' * 100000 }}{% endfor %}");
+    assert!(
+        message.contains("output exceeds the limit of 32 MiB"),
+        "{message}"
+    );
+    let message = hostile_render("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}");
+    assert!(message.contains("recursion"), "{message}");
+}
+
+#[test]
+fn a_template_from_a_model_file_is_named_in_its_errors() {
+    let mut values = std::collections::HashMap::new();
+    values.insert(
+        "tokenizer.chat_template".to_string(),
+        candle_core::quantized::gguf_file::Value::String("{{ x.y.z() }}".into()),
+    );
+    let metadata = crate::engine::gguf::Metadata::new(values);
+    let template = ChatTemplate::from_gguf(&metadata, "", "").expect("parses");
+    let err = template
+        .render(&[ChatMessage::user("hi")], true)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("`tokenizer.chat_template`"),
+        "{err}"
     );
 }

@@ -6,6 +6,10 @@
 use crate::engine::gguf::GgufFile;
 use crate::error::{Error, Result};
 
+/// The largest size (width, head count, context, vocabulary) accepted from a file: far
+/// above any real model, low enough that products of two sizes cannot overflow.
+pub const MAX_DIMENSION: usize = 1 << 24;
+
 /// The architectures this engine implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
@@ -31,7 +35,7 @@ impl Architecture {
             "qwen3" => Ok(Self::Qwen3),
             "gemma3" => Ok(Self::Gemma3),
             other => Err(Error::UnsupportedArchitecture {
-                arch: other.to_string(),
+                arch: crate::error::printable(other),
                 supported: Self::SUPPORTED.to_string(),
             }),
         }
@@ -209,7 +213,89 @@ impl ModelConfig {
             qk_norm: file.has_tensor("blk.0.attn_q_norm.weight"),
             sandwich_norms: is_gemma,
         };
+        config.validate(file.tensor_count())?;
         Ok(config)
+    }
+
+    /// Refuses numbers no real model has and that would make the forward pass divide by
+    /// zero, overflow, allocate without bound or silently compute garbage.
+    fn validate(&self, tensor_count: usize) -> Result<()> {
+        let p = self.architecture.gguf_name();
+        let bad = |key: &str, reason: String| Error::Metadata {
+            key: format!("{p}.{key}"),
+            reason,
+        };
+        let sizes = [
+            ("embedding_length", self.d_model),
+            ("attention.head_count", self.n_heads),
+            ("attention.key_length", self.head_dim),
+            ("feed_forward_length", self.ffn_dim),
+            ("context_length", self.context_length),
+        ];
+        for (key, value) in sizes {
+            if value == 0 || value > MAX_DIMENSION {
+                return Err(bad(key, format!("{value} is outside 1..={MAX_DIMENSION}")));
+            }
+        }
+        if self.n_layers == 0 || self.n_layers > tensor_count {
+            return Err(bad(
+                "block_count",
+                format!(
+                    "{} layers, but the file has {tensor_count} tensors (at least one layer, \
+                     each with its own tensors, is needed)",
+                    self.n_layers
+                ),
+            ));
+        }
+        if self.vocab_size == 0 || self.vocab_size > MAX_DIMENSION {
+            return Err(Error::Tensor {
+                name: "token_embd.weight".into(),
+                reason: format!("{} rows is outside 1..={MAX_DIMENSION}", self.vocab_size),
+            });
+        }
+        if self
+            .n_heads
+            .checked_mul(self.head_dim)
+            .is_none_or(|n| n > MAX_DIMENSION)
+        {
+            return Err(bad(
+                "attention.head_count",
+                format!(
+                    "{} heads of {} dimensions is more than {MAX_DIMENSION}",
+                    self.n_heads, self.head_dim
+                ),
+            ));
+        }
+        if !(self.rms_eps.is_finite() && self.rms_eps > 0.0) {
+            return Err(bad(
+                "attention.layer_norm_rms_epsilon",
+                format!("{} is not a positive number", self.rms_eps),
+            ));
+        }
+        if !(self.rope_base.is_finite() && self.rope_base > 1.0) {
+            return Err(bad(
+                "rope.freq_base",
+                format!("{} is not a number above 1", self.rope_base),
+            ));
+        }
+        if !(self.rope_linear_scale.is_finite() && self.rope_linear_scale > 0.0) {
+            return Err(bad(
+                "rope.scaling.factor",
+                format!("{} is not a positive number", self.rope_linear_scale),
+            ));
+        }
+        for (key, cap) in [
+            ("attn_logit_softcapping", self.attn_logit_softcap),
+            ("final_logit_softcapping", self.final_logit_softcap),
+        ] {
+            if cap.is_some_and(|c| !c.is_finite()) {
+                return Err(bad(key, "is not a finite number".into()));
+            }
+        }
+        if self.sliding_window == Some(0) {
+            return Err(bad("attention.sliding_window", "must be at least 1".into()));
+        }
+        Ok(())
     }
 
     /// Whether `layer` attends only within the sliding window.

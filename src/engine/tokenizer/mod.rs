@@ -130,6 +130,9 @@ enum Encoder {
     Json(Box<tokenizers::Tokenizer>),
 }
 
+/// The largest `tokenizer.json` read (real ones are up to a few tens of MiB).
+const TOKENIZER_JSON_LIMIT: u64 = 128 << 20;
+
 /// A tokenizer whose ids match llama.cpp's for the same GGUF file.
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -234,7 +237,8 @@ impl Tokenizer {
     /// BOS, EOS, EOT and whether to add BOS are taken from `metadata` when given (keys as in
     /// [`Tokenizer::from_gguf`]); without it there is no BOS id and BOS is never added.
     pub fn from_json_file(path: &Path, metadata: Option<&Metadata>) -> Result<Tokenizer> {
-        let tokenizer = tokenizers::Tokenizer::from_file(path).map_err(|e| {
+        let text = crate::error::read_text(path, TOKENIZER_JSON_LIMIT, "a tokenizer.json")?;
+        let tokenizer = text.parse::<tokenizers::Tokenizer>().map_err(|e| {
             Error::Tokenizer(format!(
                 "cannot load tokenizer.json {}: {e}",
                 path.display()

@@ -7,17 +7,19 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
+use candle_core::quantized::gguf_file::{TensorInfo, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
 
 use crate::error::{candle_message, Error, Result};
+use header::{read_header, HeaderError};
 
-/// The four magic bytes that open every GGUF file.
-const GGUF_MAGIC: &[u8; 4] = b"GGUF";
+mod header;
+#[cfg(test)]
+mod tests;
 
 /// Typed, error-reporting view over a GGUF file's key/value metadata.
 #[derive(Debug, Clone, Default)]
@@ -235,50 +237,18 @@ impl GgufFile {
             path: path.clone(),
             reason,
         };
-        let mut magic = [0u8; 4];
-        match reader.read_exact(&mut magic) {
-            Ok(()) if &magic == GGUF_MAGIC => {}
-            Ok(()) => {
-                return Err(invalid(format!(
-                    "bad magic bytes {magic:02x?}, expected \"GGUF\""
-                )))
-            }
-            Err(_) => return Err(invalid("file is shorter than the 4-byte magic".into())),
-        }
-        reader
-            .seek(SeekFrom::Start(0))
-            .map_err(|e| Error::io(&path, e))?;
-        let content = Content::read(&mut reader).map_err(|e| {
-            let message = candle_message(&e);
-            match unknown_type_id(&message) {
-                Some(id) => Error::UnsupportedTensorType {
-                    path: path.clone(),
-                    type_name: ggml_type_name(id),
-                },
-                None => invalid(format!(
-                    "cannot read header (truncated or corrupt?): {message}"
-                )),
-            }
-        })?;
         let file_len = reader
-            .seek(SeekFrom::End(0))
-            .map_err(|e| Error::io(&path, e))?;
-        for (name, info) in &content.tensor_infos {
-            let bytes = tensor_bytes(info).ok_or_else(|| Error::Tensor {
-                name: name.clone(),
-                reason: format!(
-                    "{} elements are not a whole number of {:?} blocks",
-                    info.shape.elem_count(),
-                    info.ggml_dtype
-                ),
-            })?;
-            let end = content.tensor_data_offset + info.offset + bytes;
-            if end > file_len {
-                return Err(invalid(format!(
-                    "truncated: tensor `{name}` ends at byte {end} but the file has {file_len} bytes"
-                )));
-            }
-        }
+            .get_ref()
+            .metadata()
+            .map_err(|e| Error::io(&path, e))?
+            .len();
+        let content = read_header(&mut reader, file_len).map_err(|e| match e {
+            HeaderError::Invalid(reason) => invalid(reason),
+            HeaderError::UnknownType(id) => Error::UnsupportedTensorType {
+                path: path.clone(),
+                type_name: ggml_type_name(id),
+            },
+        })?;
         Ok(Self {
             path,
             metadata: Metadata::new(content.metadata),
@@ -315,6 +285,11 @@ impl GgufFile {
             .map(|i| (i.shape.dims(), i.ggml_dtype))
     }
 
+    /// How many tensors the file holds.
+    pub fn tensor_count(&self) -> usize {
+        self.tensor_infos.len()
+    }
+
     /// Names of all tensors, sorted.
     pub fn tensor_names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.tensor_infos.keys().map(String::as_str).collect();
@@ -339,13 +314,6 @@ impl GgufFile {
     pub fn into_metadata(self) -> Metadata {
         self.metadata
     }
-}
-
-/// The ggml type id in candle's "unknown dtype for tensor N" error, if that is the error.
-fn unknown_type_id(message: &str) -> Option<u32> {
-    let rest = &message[message.find("unknown dtype for tensor ")? + 25..];
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
 }
 
 /// The ggml name of a tensor type id, for error messages.
@@ -373,15 +341,6 @@ fn ggml_type_name(id: u32) -> String {
         _ => return format!("with ggml id {id} (unknown)"),
     };
     format!("{name} (ggml id {id})")
-}
-
-fn tensor_bytes(info: &TensorInfo) -> Option<u64> {
-    let elems = info.shape.elem_count();
-    let block = info.ggml_dtype.block_size();
-    if !elems.is_multiple_of(block) {
-        return None;
-    }
-    Some((elems / block * info.ggml_dtype.type_size()) as u64)
 }
 
 /// Reads only the metadata of a GGUF file (used by tools that need the tokenizer or chat
