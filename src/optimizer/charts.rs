@@ -57,7 +57,7 @@ struct StagePoint {
 /// The stages of a method: initial, each optimization iteration, each merge level, final.
 fn stages(
     report: &RunReport,
-    m: &crate::optimizer::run::MethodReport,
+    m: &crate::optimizer::report::MethodReport,
 ) -> Vec<(String, StagePoint)> {
     let test_interval = |score: Option<f64>| {
         let n = report.sizes[2];

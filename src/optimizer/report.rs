@@ -51,11 +51,79 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::optimizer::agent::Components;
+use crate::optimizer::calls::BudgetHit;
 use crate::optimizer::calls::{LedgerEntry, Source};
 use crate::optimizer::diff::line_diff;
+use crate::optimizer::env::Counters;
 use crate::optimizer::env::StepPoint;
-use crate::optimizer::run::{Method, MethodReport};
+use crate::optimizer::merge::MergeRecord;
+use crate::optimizer::optimize::Slot;
+use crate::optimizer::select::PoolEntry;
 use crate::optimizer::stats::{paired, Paired};
+
+/// Which optimization to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Divide, optimize, merge.
+    Fgo,
+    /// One optimizer prompt with every trajectory.
+    AllAtOnce,
+    /// No optimization: evaluate the initial components.
+    None,
+    /// FGO and all-at-once in the same run, for comparison.
+    Both,
+}
+
+impl Method {
+    /// The methods this choice runs, by report name.
+    pub fn parts(self) -> Vec<&'static str> {
+        match self {
+            Method::Fgo => vec!["fgo"],
+            Method::AllAtOnce => vec!["all_at_once"],
+            Method::None => vec![],
+            Method::Both => vec!["fgo", "all_at_once"],
+        }
+    }
+
+    /// Whether an optimizer model is needed.
+    pub fn needs_optimizer(self) -> bool {
+        self != Method::None
+    }
+}
+
+/// The result of one method.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MethodReport {
+    /// `fgo` or `all_at_once`.
+    pub method: String,
+    pub final_components: Components,
+    /// Where the final component came from (`root m2.0`, `subset 1`, `initial`, ...).
+    pub final_source: String,
+    /// Mean train score of the final component on what it was evaluated on, and how many
+    /// examples that was (all of train for a completed run).
+    pub train_score: f64,
+    pub train_n: usize,
+    pub val_score: Option<f64>,
+    pub test_score: Option<f64>,
+    pub subsets: Vec<Slot>,
+    pub merges: Vec<MergeRecord>,
+    pub counters: Counters,
+    pub budget_hit: Option<BudgetHit>,
+    /// Per-example val and test scores of the final component.
+    #[serde(default)]
+    pub per_example: ExampleScores,
+    /// Every component accepted or merged, with its train gain and (when shortlisted) its
+    /// val score.
+    #[serde(default)]
+    pub pool: Vec<PoolEntry>,
+    /// Why the final component won.
+    #[serde(default)]
+    pub selection: String,
+    /// How train was divided, and why.
+    #[serde(default)]
+    pub subset_sizing: String,
+}
 
 /// The version of the `report.json` layout.
 pub const SCHEMA_VERSION: u32 = 2;

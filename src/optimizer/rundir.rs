@@ -24,8 +24,8 @@ use crate::optimizer::charts;
 use crate::optimizer::dataset::Dataset;
 use crate::optimizer::env::Progress;
 use crate::optimizer::events::{Event, EventLog};
+use crate::optimizer::report::Method;
 use crate::optimizer::report::RunReport;
-use crate::optimizer::run::Method;
 use crate::optimizer::task::{Task, TASK_FILE_LIMIT};
 
 /// The largest run.json or report.json read (they hold components and per-example scores).

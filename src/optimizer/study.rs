@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::optimizer::report::Method;
 use crate::optimizer::report::RunReport;
-use crate::optimizer::run::Method;
 use crate::optimizer::stats::{self, Interval, Paired};
 
 pub use chart::study_chart;
