@@ -63,6 +63,7 @@ diagnosis_params = {{ temperature = 0.0, max_new_tokens = 6 }}
 subset_count = 1
 iterations = 1
 candidates = 1
+operators = ["rewrite"]
 max_reasks = 0
 show_failures = 1
 show_successes = 0
