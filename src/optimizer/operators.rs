@@ -291,14 +291,19 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn word_set(s: &str) -> std::collections::HashSet<String> {
+/// The distinct lower-cased words (two characters or more) of `s`.
+pub(crate) fn word_set(s: &str) -> std::collections::HashSet<String> {
     s.split(|c: char| !c.is_alphanumeric())
         .filter(|w| w.len() > 1)
         .map(str::to_lowercase)
         .collect()
 }
 
-fn jaccard(a: &std::collections::HashSet<String>, b: &std::collections::HashSet<String>) -> f64 {
+/// Word overlap of two sets: shared words over all words (0 for two empty sets).
+pub(crate) fn jaccard(
+    a: &std::collections::HashSet<String>,
+    b: &std::collections::HashSet<String>,
+) -> f64 {
     let inter = a.intersection(b).count() as f64;
     let union = a.union(b).count() as f64;
     if union == 0.0 {

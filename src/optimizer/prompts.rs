@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::engine::chat::ChatMessage;
 use crate::optimizer::agent::{Components, Outcome};
-use crate::optimizer::operators::{EDIT_HINTS, MERGE_HINTS};
+use crate::optimizer::operators::{jaccard, word_set, EDIT_HINTS, MERGE_HINTS};
 use crate::optimizer::template::Template;
 
 const SYSTEM: &str = include_str!("prompts/system.txt");
@@ -328,19 +328,13 @@ pub fn show_pairs(
         .take(max_pairs)
         .collect();
     let oks: Vec<&Outcome> = outcomes.iter().filter(|o| o.solved()).collect();
-    let words = |s: &str| -> std::collections::HashSet<String> {
-        s.split(|c: char| !c.is_alphanumeric())
-            .filter(|w| w.len() > 1)
-            .map(str::to_lowercase)
-            .collect()
-    };
     let mut out = String::new();
     for (n, f) in fails.iter().enumerate() {
         out.push_str(&format!("## Pair {}\n", n + 1));
-        let fw = words(&f.input);
+        let fw = word_set(&f.input);
         let best = oks.iter().max_by(|a, b| {
-            let sa = overlap(&fw, &words(&a.input));
-            let sb = overlap(&fw, &words(&b.input));
+            let sa = jaccard(&fw, &word_set(&a.input));
+            let sb = jaccard(&fw, &word_set(&b.input));
             sa.total_cmp(&sb)
         });
         if let Some(ok) = best {
@@ -350,15 +344,6 @@ pub fn show_pairs(
         out.push('\n');
     }
     out
-}
-
-fn overlap(a: &std::collections::HashSet<String>, b: &std::collections::HashSet<String>) -> f64 {
-    let union = a.union(b).count();
-    if union == 0 {
-        0.0
-    } else {
-        a.intersection(b).count() as f64 / union as f64
-    }
 }
 
 /// Extends a conversation with the model's unusable reply, the reason, and the output
