@@ -375,12 +375,18 @@ fn finish(
     budget_hit: Option<BudgetHit>,
     subset_sizing: String,
 ) -> MethodReport {
+    // A run stopped by the agent-token or wall-time budget makes no further agent calls.
+    let stopped_hard = budget_hit
+        .as_ref()
+        .is_some_and(|h| h.budget != "optimizer_tokens");
     let (source, components, train_score, train_n, selection) =
-        if env.spec.selection == Selection::Val && !start.val.is_empty() {
+        if env.spec.selection == Selection::Val && !start.val.is_empty() && !stopped_hard {
             select_on_val(env, start, frontier)
         } else {
             let (source, components, score, n) = best_of(frontier, start.components, start.train);
-            let why = if start.val.is_empty() {
+            let why = if stopped_hard {
+                "chosen on train: the budget stopped the run before the choice on val".to_string()
+            } else if start.val.is_empty() {
                 "chosen on train: there is no val split".to_string()
             } else {
                 "chosen on train (selection = \"train\")".to_string()

@@ -303,6 +303,24 @@ fn budget_stops_the_run_with_the_best_so_far() {
 }
 
 #[test]
+fn an_agent_budget_stop_makes_no_selection_calls() {
+    let t = task("[budget]\nagent_tokens = 50");
+    let r = run(
+        &t,
+        Arc::new(world(Optimizer::Good)),
+        Method::Fgo,
+        &Calls::in_memory(),
+    );
+    let m = &r.methods[0];
+    assert_eq!(
+        m.budget_hit.as_ref().map(|h| h.budget.as_str()),
+        Some("agent_tokens")
+    );
+    assert!(m.selection.contains("budget"), "{}", m.selection);
+    assert!(r.accounting.rows.iter().all(|row| row.stage != "select"));
+}
+
+#[test]
 fn all_at_once_records_truncation_and_none_evaluates_only() {
     let r = run(
         &task(""),
