@@ -20,6 +20,7 @@ pub mod operators;
 pub mod optimize;
 pub mod parse;
 pub mod prompts;
+pub mod propose;
 pub mod report;
 pub mod rng;
 pub mod run;

@@ -1,0 +1,139 @@
+//! Making the candidates of one iteration: every active subset's moves, the optimizer's in
+//! one batch (re-asks batched too), the mechanical ones (strategies appended verbatim,
+//! worked examples) directly.
+
+use crate::optimizer::agent::{Components, Outcome};
+use crate::optimizer::env::{Ask, Env, Expect};
+use crate::optimizer::operators::{self, Operator, STRATEGIES};
+use crate::optimizer::optimize::Slot;
+use crate::optimizer::prompts;
+use crate::optimizer::rng::Rng;
+
+/// A candidate of one iteration, before evaluation.
+pub struct Proposal {
+    pub operator: Operator,
+    pub components: Option<Components>,
+    /// Why no candidate came out (a move with nothing to work with).
+    pub missing: Option<String>,
+}
+
+/// The candidates of `plans[a]` (operator and variant per candidate) for each active slot
+/// `slots[active[a]]`; `diagnoses[a]` feeds its rewrites.
+pub fn propose(
+    env: &Env,
+    slots: &[Slot],
+    active: &[usize],
+    plans: &[Vec<(Operator, usize)>],
+    diagnoses: &[String],
+    stage: &str,
+    iteration: usize,
+) -> Vec<Vec<Proposal>> {
+    let spec = env.spec;
+    let first = env.names.first().cloned().unwrap_or_default();
+    let mut proposals: Vec<Vec<Proposal>> = Vec::new();
+    let mut asks = Vec::new();
+    let mut asked: Vec<(usize, usize)> = Vec::new();
+    for (a, &i) in active.iter().enumerate() {
+        let s = &slots[i];
+        let failed = prompts::show_failed(&s.failed, &env.names, spec.show_failed_attempts);
+        let mut row = Vec::new();
+        for (j, &(op, variant)) in plans[a].iter().enumerate() {
+            let label = format!("{stage}/{}/{}/{iteration}/{j}", op.name(), s.id);
+            let mut p = Proposal {
+                operator: op,
+                components: None,
+                missing: None,
+            };
+            let messages = match op {
+                Operator::Rewrite => Some((
+                    prompts::rewrite(&s.current, &env.names, &diagnoses[a], &failed, variant),
+                    Expect::Components(&s.current),
+                )),
+                Operator::Strategy => Some((
+                    prompts::strategy(
+                        &s.current,
+                        &env.names,
+                        &sample_trajectories(env, s, iteration),
+                        STRATEGIES[variant % STRATEGIES.len()],
+                    ),
+                    Expect::Components(&s.current),
+                )),
+                Operator::Induction => {
+                    let mut order: Vec<usize> = (0..s.outcomes.len()).collect();
+                    Rng::derived(env.seed, &label).shuffle(&mut order);
+                    let pairs = prompts::show_pairs(
+                        &s.outcomes,
+                        spec.show_failures.max(1),
+                        spec.trajectory_chars,
+                        &order,
+                    );
+                    Some((
+                        prompts::induction(&s.current, &env.names, &pairs),
+                        Expect::Procedure(&s.current, first.clone()),
+                    ))
+                }
+                Operator::Seed => {
+                    p.components = Some(operators::append_section(
+                        &s.current,
+                        &first,
+                        STRATEGIES[variant % STRATEGIES.len()],
+                    ));
+                    None
+                }
+                Operator::Demos => {
+                    match operators::demos_block(
+                        &s.outcomes,
+                        spec.demo_count,
+                        spec.trajectory_chars,
+                        env.seed ^ s.id as u64,
+                        variant,
+                    ) {
+                        Some(block) => {
+                            p.components =
+                                Some(operators::append_section(&s.current, &first, &block));
+                            env.exempt.borrow_mut().push(block);
+                        }
+                        None => p.missing = Some("no solved example to show".into()),
+                    }
+                    None
+                }
+                Operator::Crossover | Operator::Merge => {
+                    p.missing = Some("a merge move".into());
+                    None
+                }
+            };
+            if let Some((messages, expect)) = messages {
+                asked.push((a, j));
+                asks.push(Ask {
+                    messages,
+                    params: env.params(&spec.params, &label),
+                    expect,
+                });
+            }
+            row.push(p);
+        }
+        proposals.push(row);
+    }
+    let answers = env.ask(stage, asks);
+    for ((a, j), c) in asked.into_iter().zip(answers) {
+        proposals[a][j].components = c;
+    }
+    proposals
+}
+
+/// A seeded sample of the slot's failures and successes, formatted.
+fn sample_trajectories(env: &Env, s: &Slot, iteration: usize) -> String {
+    let mut rng = Rng::derived(env.seed, &format!("sample/{}/{iteration}", s.id));
+    let (mut fail, mut ok): (Vec<&Outcome>, Vec<&Outcome>) =
+        s.outcomes.iter().partition(|o| !o.solved());
+    rng.shuffle(&mut fail);
+    rng.shuffle(&mut ok);
+    fail.truncate(env.spec.show_failures);
+    ok.truncate(env.spec.show_successes);
+    fail.iter()
+        .chain(ok.iter())
+        .enumerate()
+        .map(|(n, o)| prompts::show_outcome(n + 1, o, env.spec.trajectory_chars))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
