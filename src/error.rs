@@ -100,6 +100,11 @@ pub enum Error {
     #[error("run directory {dir}: {reason}")]
     RunDir { dir: PathBuf, reason: String },
 
+    /// An event could not be appended to a run's event log (a full disk, a file size limit):
+    /// the run stops, and what was recorded before lets `fgo resume` continue it.
+    #[error("{path}: cannot append to the event log ({reason}); the run stopped: `fgo resume` continues it from the calls recorded before")]
+    EventLog { path: PathBuf, reason: String },
+
     /// A language-model call failed (the engine returned an error for this request).
     #[error("{role} call failed: {reason}")]
     LlmCall { role: String, reason: String },

@@ -115,10 +115,11 @@ pub(crate) fn run_in_dir(
     let calls = dir.calls(data)?.with_observer(stderr.observer());
     let progress = DirProgress {
         dir,
+        calls: &calls,
         inner: &stderr,
     };
     let report = execute(task, data, models, method, seed, &calls, &progress)?;
-    dir.write_report(&report)?;
+    dir.finish(&calls, &report)?;
     Ok(report)
 }
 

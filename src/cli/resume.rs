@@ -2,7 +2,8 @@
 //!
 //! The run is retraced from the start with every recorded call answered from the event log,
 //! so finished calls are never repeated and the result is the one the uninterrupted run
-//! would have given.
+//! would have given. A task.toml edited since the run was made is refused, naming the first
+//! field that differs, unless `--allow-changed-task` is given.
 
 use std::path::PathBuf;
 
@@ -18,13 +19,22 @@ pub struct ResumeArgs {
     /// Print report.json on stdout instead of a summary.
     #[arg(long)]
     pub json: bool,
+    /// Resume even if the run directory's task.toml no longer matches the task the run was
+    /// made with; the changed fields are recorded in run.json and named in report.md.
+    #[arg(long)]
+    pub allow_changed_task: bool,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
 
 /// Runs `fgo resume`.
 pub fn run(args: ResumeArgs) -> anyhow::Result<()> {
-    let (dir, task) = fgo::optimizer::rundir::RunDir::open(&args.dir)?;
+    let (mut dir, task) = fgo::optimizer::rundir::RunDir::open(&args.dir)?;
+    if args.allow_changed_task {
+        dir.accept_changed_task(&task)?;
+    } else {
+        dir.check_task()?;
+    }
     let data = fgo::optimizer::dataset::Dataset::load(&task)?;
     fgo::optimizer::validate(&task, &data)?;
     dir.check_data(&data)?;

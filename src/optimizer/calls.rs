@@ -9,6 +9,11 @@
 //! is a deterministic function of the seed and the call results, a resumed run reaches the
 //! same state as an uninterrupted one.
 //!
+//! A failed append to the event log stops the run: no further model call or command is
+//! made (their answers are the log's error), [`Calls::budget_hit`] reports the `event_log`
+//! stop so that the optimization loops end at their next check, and
+//! [`Calls::log_failure`] gives the error the run must end with.
+//!
 //! The ledger accounts every call: method, stage, role, tokens, time, and whether it was
 //! live, replayed or a memo hit (memo hits cost nothing and count no tokens).
 
@@ -85,7 +90,8 @@ impl Ctx {
 /// A budget that was reached.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BudgetHit {
-    /// `optimizer_tokens`, `agent_tokens` or `wall_time_s`.
+    /// `optimizer_tokens`, `agent_tokens` or `wall_time_s`; `event_log` when the event log
+    /// could not be written (see [`Calls::log_failure`]).
     pub budget: String,
     pub limit: f64,
     pub used: f64,
@@ -202,7 +208,8 @@ impl Calls {
                 }
             }
         }
-        if !live.is_empty() {
+        let stopped = self.log_failure();
+        if !live.is_empty() && stopped.is_none() {
             let batch: Vec<ChatRequest> = live.iter().map(|&i| requests[i].clone()).collect();
             let submitted = batch.len();
             let mut finished = 0;
@@ -234,9 +241,8 @@ impl Calls {
                     run_elapsed_s: self.elapsed_s(),
                 };
                 let mut st = self.lock();
-                if let Err(e) = st.log.append(&Event::Call(Box::new(record))) {
-                    tracing::error!("event log: {e}");
-                }
+                // A failure is kept by the log and ends the run (see `log_failure`).
+                let _ = st.log.append(&Event::Call(Box::new(record)));
                 st.ledger
                     .push(entry(ctx, role, Source::Live, usage, time_s));
                 st.memo.insert(keys[i].clone(), result);
@@ -255,13 +261,17 @@ impl Calls {
                 }),
                 None => Err(Error::LlmCall {
                     role: role.name().into(),
-                    reason: "no result".into(),
+                    reason: match &stopped {
+                        Some(e) => format!("not made: {e}"),
+                        None => "no result".into(),
+                    },
                 }),
             })
             .collect()
     }
 
-    /// A command result known to this run (memo or an earlier session), if any.
+    /// A command result known to this run (memo or an earlier session), if any; once the
+    /// event log has failed, an error for every other command, so that none is run.
     pub fn known_command(&self, ctx: &Ctx, key: &str) -> Option<Result<Value, String>> {
         let mut st = self.lock();
         if let Some(r) = st.command_memo.get(key).cloned() {
@@ -269,7 +279,9 @@ impl Calls {
                 .push(entry(ctx, Role::Agent, Source::Memo, Usage::default(), 0.0));
             return Some(r);
         }
-        let rec = st.command_replay.remove(key)?;
+        let Some(rec) = st.command_replay.remove(key) else {
+            return st.log.failure().map(|e| Err(format!("not run: {e}")));
+        };
         st.ledger.push(entry(
             ctx,
             Role::Agent,
@@ -292,9 +304,8 @@ impl Calls {
             run_elapsed_s: self.elapsed_s(),
         };
         let mut st = self.lock();
-        if let Err(e) = st.log.append(&Event::Command(record)) {
-            tracing::error!("event log: {e}");
-        }
+        // A failure is kept by the log and ends the run (see `log_failure`).
+        let _ = st.log.append(&Event::Command(record));
         st.ledger.push(entry(
             ctx,
             Role::Agent,
@@ -308,6 +319,11 @@ impl Calls {
     /// Appends a non-replayed event (session start, step).
     pub fn note(&self, event: &Event) -> Result<()> {
         self.lock().log.append(event)
+    }
+
+    /// The error the run must stop with, once an append to the event log has failed.
+    pub fn log_failure(&self) -> Option<Error> {
+        self.lock().log.failure()
     }
 
     /// A copy of the ledger.
@@ -325,8 +341,15 @@ impl Calls {
             .sum()
     }
 
-    /// The first budget reached, if any.
+    /// The first budget reached, if any; `event_log` first once the event log has failed.
     pub fn budget_hit(&self, budget: &BudgetSpec) -> Option<BudgetHit> {
+        if self.log_failure().is_some() {
+            return Some(BudgetHit {
+                budget: "event_log".into(),
+                limit: 0.0,
+                used: 0.0,
+            });
+        }
         let checks = [
             (
                 "optimizer_tokens",
@@ -369,5 +392,86 @@ fn entry(ctx: &Ctx, role: Role, source: Source, usage: Usage, time_s: f64) -> Le
         source,
         usage,
         time_s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::engine::chat::ChatMessage;
+    use crate::optimizer::testutil::ScriptedLlm;
+
+    /// Takes nothing: every write fails as on a full disk.
+    struct Full;
+
+    impl Write for Full {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn request(text: &str) -> ChatRequest {
+        ChatRequest {
+            messages: vec![ChatMessage::user(text)],
+            params: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_failed_log_append_stops_calls_commands_and_the_run() {
+        let path = std::path::Path::new("run/events.jsonl");
+        let calls = Calls::new(EventLog::to_writer(path, Box::new(Full)), Vec::new());
+        let llm = ScriptedLlm::new(|_| "7".into());
+        let ctx = Ctx::new("fgo", "train");
+        let budget = BudgetSpec::default();
+        assert!(calls.budget_hit(&budget).is_none());
+
+        // The batch in flight finishes (its answers are used), but its records are lost.
+        let first = calls.complete(&llm, &ctx, Role::Agent, &[request("a"), request("b")]);
+        assert!(first.iter().all(|r| r.is_ok()));
+        assert_eq!(llm.requests(), 2);
+        let failure = calls.log_failure().expect("the append failed");
+        assert!(
+            failure.to_string().contains("run/events.jsonl"),
+            "{failure}"
+        );
+
+        // No further call reaches the model.
+        let later = calls.complete(&llm, &ctx, Role::Agent, &[request("c")]);
+        assert_eq!(llm.requests(), 2, "a call was made after the log failed");
+        let err = later[0].as_ref().expect_err("not made");
+        assert!(err.to_string().contains("cannot append"), "{err}");
+        // An answer from before the failure is still known.
+        assert!(calls.complete(&llm, &ctx, Role::Agent, &[request("a")])[0].is_ok());
+
+        // No command is run, the loops see a stop, and notes fail.
+        let known = calls.known_command(&ctx, "unknown").expect("refused");
+        assert!(known.expect_err("not run").contains("cannot append"));
+        let hit = calls.budget_hit(&budget).expect("the run stops");
+        assert_eq!(hit.budget, "event_log");
+        assert!(calls
+            .note(&Event::Step(serde_json::json!({"x": 1})))
+            .is_err());
+    }
+
+    #[test]
+    fn a_failed_command_record_stops_the_run() {
+        let path = std::path::Path::new("run/events.jsonl");
+        let calls = Calls::new(EventLog::to_writer(path, Box::new(Full)), Vec::new());
+        let ctx = Ctx::new("fgo", "train");
+        calls.record_command(&ctx, "k", Ok(serde_json::json!({"answer": "1"})), 0.1);
+        assert!(calls.log_failure().is_some());
+        assert_eq!(
+            calls.known_command(&ctx, "k"),
+            Some(Ok(serde_json::json!({"answer": "1"})))
+        );
+        assert!(calls
+            .known_command(&ctx, "other")
+            .is_some_and(|r| r.is_err()));
     }
 }

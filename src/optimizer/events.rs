@@ -5,8 +5,12 @@
 //! for reports and are rewritten identically by a resumed run, so [`EventLog::open`] keeps
 //! only the replayable records of earlier sessions and drops a torn last line (a run killed
 //! with `kill -9` mid-write).
+//!
+//! A failed append (a full disk, a file size limit) is returned to the caller and remembered:
+//! every later append is refused without writing, so the log ends at most with one torn line,
+//! which [`EventLog::open`] drops, and the run can be resumed from what was recorded.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -68,10 +72,20 @@ pub struct CommandRecord {
 }
 
 /// An append-only, flushed-per-line log file (or nothing, for runs without a directory).
-#[derive(Debug)]
 pub struct EventLog {
     path: Option<PathBuf>,
-    file: Option<File>,
+    file: Option<Box<dyn Write + Send>>,
+    /// Why an append failed, once one has: no line is written after it.
+    failure: Option<String>,
+}
+
+impl std::fmt::Debug for EventLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLog")
+            .field("path", &self.path)
+            .field("failure", &self.failure)
+            .finish_non_exhaustive()
+    }
 }
 
 impl EventLog {
@@ -80,6 +94,17 @@ impl EventLog {
         Self {
             path: None,
             file: None,
+            failure: None,
+        }
+    }
+
+    /// A log that appends to `writer`, named `path` in errors (tests of failing writes).
+    #[cfg(test)]
+    pub(crate) fn to_writer(path: &Path, writer: Box<dyn Write + Send>) -> Self {
+        Self {
+            path: Some(path.to_path_buf()),
+            file: Some(writer),
+            failure: None,
         }
     }
 
@@ -128,22 +153,39 @@ impl EventLog {
         Ok((
             Self {
                 path: Some(path.to_path_buf()),
-                file: Some(file),
+                file: Some(Box::new(file)),
+                failure: None,
             },
             kept,
         ))
     }
 
-    /// Appends one event and flushes it to the operating system.
+    /// Appends one event and flushes it to the operating system. After a failed write every
+    /// append fails with [`Error::EventLog`] and writes nothing.
     pub fn append(&mut self, event: &Event) -> Result<()> {
+        if let Some(e) = self.failure() {
+            return Err(e);
+        }
         let (Some(file), Some(path)) = (&mut self.file, &self.path) else {
             return Ok(());
         };
         let mut line = serde_json::to_string(event).map_err(json_err(path))?;
         line.push('\n');
-        file.write_all(line.as_bytes())
-            .map_err(|e| Error::io(path, e))?;
-        file.flush().map_err(|e| Error::io(path, e))
+        let written = file.write_all(line.as_bytes()).and_then(|()| file.flush());
+        if let Err(e) = written {
+            self.failure = Some(e.to_string());
+            return Err(self.failure().unwrap_or_else(|| Error::io(path.clone(), e)));
+        }
+        Ok(())
+    }
+
+    /// Why the log stopped taking events, once an append has failed.
+    pub fn failure(&self) -> Option<Error> {
+        let reason = self.failure.clone()?;
+        Some(Error::EventLog {
+            path: self.path.clone().unwrap_or_default(),
+            reason,
+        })
     }
 }
 
@@ -182,5 +224,72 @@ mod tests {
         let (_, events) = EventLog::open(&p).unwrap();
         assert_eq!(events, vec![cmd]);
         assert_eq!(std::fs::read_to_string(&p).unwrap().lines().count(), 1);
+    }
+
+    /// Takes the first `room` bytes written, then fails as a full disk does.
+    struct FillsUp {
+        kept: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+        room: usize,
+    }
+
+    impl Write for FillsUp {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let mut kept = self.kept.lock().unwrap();
+            let n = buf.len().min(self.room - kept.len());
+            if n == 0 {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            kept.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn command(key: &str) -> Event {
+        Event::Command(CommandRecord {
+            key: key.into(),
+            method: "fgo".into(),
+            stage: "s".into(),
+            result: Ok(serde_json::json!({"answer": "1"})),
+            time_s: 0.1,
+            run_elapsed_s: 0.2,
+        })
+    }
+
+    #[test]
+    fn a_failed_append_stops_the_log_and_leaves_it_resumable() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("events.jsonl");
+        let first = command("a");
+        let room = serde_json::to_string(&first).unwrap().len() + 1 + 10;
+        let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = FillsUp {
+            kept: kept.clone(),
+            room,
+        };
+        let mut log = EventLog::to_writer(&p, Box::new(writer));
+        log.append(&first).unwrap();
+        assert!(log.failure().is_none());
+        let err = log.append(&command("b")).expect_err("the disk is full");
+        assert!(matches!(err, Error::EventLog { .. }), "{err}");
+        let message = err.to_string();
+        assert_eq!(message.lines().count(), 1, "{message}");
+        assert!(message.contains("events.jsonl"), "{message}");
+        assert!(message.contains("No space left"), "{message}");
+        // Nothing is written after the torn line, even once there would be room again.
+        let written = std::mem::take(&mut *kept.lock().unwrap());
+        assert_eq!(written.len(), room, "the second line was torn");
+        assert!(log.append(&command("c")).is_err());
+        assert!(log.failure().is_some());
+        assert!(
+            kept.lock().unwrap().is_empty(),
+            "an append after a failure wrote"
+        );
+        // What was written opens as a log holding the first event only.
+        std::fs::write(&p, written).unwrap();
+        let (_, events) = EventLog::open(&p).unwrap();
+        assert_eq!(events, vec![first]);
     }
 }
