@@ -32,6 +32,17 @@ use crate::optimizer::template::{value_text, Template};
 /// Component values by name.
 pub type Components = BTreeMap<String, String>;
 
+/// The texts of components `names` of `c`, one after the other (what the guard checks and
+/// diffs show).
+pub fn joined_text(c: &Components, names: &[String]) -> String {
+    names
+        .iter()
+        .filter_map(|n| c.get(n))
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The result of running one example.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {

@@ -13,7 +13,7 @@ use crate::engine::chat::ChatMessage;
 use crate::engine::sampling::SamplingParams;
 use crate::llm::FinishReason;
 use crate::llm::{ChatRequest, Llm};
-use crate::optimizer::agent::{Agent, Components, Outcome};
+use crate::optimizer::agent::{joined_text, Agent, Components, Outcome};
 use crate::optimizer::calls::{Calls, Ctx, Role};
 use crate::optimizer::dataset::Example;
 use crate::optimizer::guard::{Guard, Rejection};
@@ -57,6 +57,13 @@ pub struct Counters {
     /// Candidates proposed, evaluated and accepted, by the operator that made them.
     #[serde(default)]
     pub by_operator: std::collections::BTreeMap<String, OperatorCount>,
+}
+
+impl Counters {
+    /// The counts of operator `op`'s candidates.
+    pub fn operator(&mut self, op: &str) -> &mut OperatorCount {
+        self.by_operator.entry(op.to_string()).or_default()
+    }
 }
 
 /// What one operator's candidates became.
@@ -150,13 +157,7 @@ impl Env<'_> {
 
     /// The guard's verdict on a candidate (the run's own worked examples exempt), counted.
     pub fn screen(&self, c: &Components) -> Option<Rejection> {
-        let text: String = self
-            .names
-            .iter()
-            .filter_map(|n| c.get(n))
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n");
+        let text = joined_text(c, &self.names);
         let r = self.guard.check_with_exempt(&text, &self.exempt.borrow())?;
         let mut counters = self.counters.borrow_mut();
         match r.status() {

@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::optimizer::agent::Components;
+use crate::optimizer::agent::{joined_text, Components};
 use crate::optimizer::calls::BudgetHit;
 use crate::optimizer::diff::line_diff;
 use crate::optimizer::env::{mean_score, Ask, Env, Expect};
@@ -74,7 +74,7 @@ pub fn merge_all(
     let mut records = Vec::new();
     let levels = merge_levels(frontier.len(), fan_in);
     let mut level = 0;
-    let initial_text = joined(initial, &env.names);
+    let initial_text = joined_text(initial, &env.names);
     while frontier.len() > 1 {
         level += 1;
         if let Some(hit) = env.calls.budget_hit(budget) {
@@ -150,7 +150,10 @@ pub fn merge_all(
                         .count();
                     prompts::MergeChild {
                         components: node.components.clone(),
-                        change: line_diff(&initial_text, &joined(&node.components, &env.names)),
+                        change: line_diff(
+                            &initial_text,
+                            &joined_text(&node.components, &env.names),
+                        ),
                         own_score,
                         other_score,
                         wins,
@@ -185,13 +188,7 @@ pub fn merge_all(
         let mut job_of: Vec<(usize, Operator)> = Vec::new();
         for (k, c) in candidates.iter().enumerate() {
             let (g, op) = cand_of[k];
-            let mut counters = env.counters.borrow_mut();
-            counters
-                .by_operator
-                .entry(op.name().into())
-                .or_default()
-                .proposed += 1;
-            drop(counters);
+            env.counters.borrow_mut().operator(op.name()).proposed += 1;
             let Some(c) = c else { continue };
             if groups[g].iter().any(|n| n.components == *c)
                 || jobs
@@ -244,12 +241,7 @@ pub fn merge_all(
                     continue;
                 }
                 let s = mean_score(&outcomes[k]);
-                env.counters
-                    .borrow_mut()
-                    .by_operator
-                    .entry(op.name().into())
-                    .or_default()
-                    .evaluated += 1;
+                env.counters.borrow_mut().operator(op.name()).evaluated += 1;
                 cand_ops.push(op.name().to_string());
                 cand_scores.push(s);
                 entries.push((s, jobs[k].0, id.clone(), op.name()));
@@ -281,12 +273,7 @@ pub fn merge_all(
             let (score, components, chosen, op) = entries[best].clone();
             let components = components.clone();
             if op != "child" {
-                env.counters
-                    .borrow_mut()
-                    .by_operator
-                    .entry(op.into())
-                    .or_default()
-                    .accepted += 1;
+                env.counters.borrow_mut().operator(op).accepted += 1;
                 env.pool.borrow_mut().push(PoolEntry {
                     source: format!("merge {id} ({op})"),
                     components: components.clone(),
@@ -329,16 +316,6 @@ pub fn merge_all(
         frontier = next;
     }
     (frontier, records, None)
-}
-
-/// The texts of `names` in `c`, one after the other.
-fn joined(c: &Components, names: &[String]) -> String {
-    names
-        .iter()
-        .filter_map(|n| c.get(n))
-        .cloned()
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// How many merge levels take `nodes` nodes down to one, `fan_in` at a time.

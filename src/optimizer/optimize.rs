@@ -228,12 +228,7 @@ pub fn optimize(
         for (a, &i) in active.iter().enumerate() {
             for p in &proposals[a] {
                 let op = p.operator.name();
-                env.counters
-                    .borrow_mut()
-                    .by_operator
-                    .entry(op.to_string())
-                    .or_default()
-                    .proposed += 1;
+                env.counters.borrow_mut().operator(op).proposed += 1;
                 let rec = |status: &str, detail: String| CandidateRecord {
                     operator: op.to_string(),
                     status: status.into(),
@@ -304,9 +299,7 @@ pub fn optimize(
                 record.check_score = (!check.is_empty()).then(|| mean_score(check));
                 env.counters
                     .borrow_mut()
-                    .by_operator
-                    .entry(record.operator.clone())
-                    .or_default()
+                    .operator(&record.operator)
                     .evaluated += 1;
                 let acceptable =
                     accepts(spec.accept, spec.min_gain, gain, check_sum - current_check);
@@ -364,7 +357,7 @@ pub fn optimize(
                 }
                 let mut c = env.counters.borrow_mut();
                 c.accepted += 1;
-                c.by_operator.entry(op.clone()).or_default().accepted += 1;
+                c.operator(&op).accepted += 1;
                 drop(c);
                 let initial_sum = s.initial_score * n as f64;
                 env.pool.borrow_mut().push(PoolEntry {

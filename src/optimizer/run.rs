@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::llm::Llm;
-use crate::optimizer::agent::{Agent, Components, Outcome};
+use crate::optimizer::agent::{joined_text, Agent, Components, Outcome};
 use crate::optimizer::calls::{BudgetHit, Calls, Ctx};
 use crate::optimizer::dataset::Dataset;
 use crate::optimizer::divide::{divide, sized_count, subset_count};
@@ -93,12 +93,7 @@ pub fn execute(
         &format!("train {:.3}", mean_score(&initial_train)),
     );
 
-    let initial_text: String = names
-        .iter()
-        .filter_map(|n| initial.get(n))
-        .cloned()
-        .collect::<Vec<_>>()
-        .join("\n");
+    let initial_text = joined_text(&initial, &names);
     let spec = &task.spec.optimizer;
     let guard = Guard::new(
         &data.train,
