@@ -200,6 +200,35 @@ pub(crate) fn print_report(report: &RunReport, dir: &Path, json: bool) -> anyhow
         report.status,
         dir.display()
     );
+    outln!();
+    for m in &report.methods {
+        for (name, text) in &m.final_components {
+            let before = report
+                .initial
+                .components
+                .get(name)
+                .map_or("", String::as_str);
+            if text == before {
+                outln!("{}: `{name}` unchanged ({})\n", m.method, m.final_source);
+                continue;
+            }
+            outln!(
+                "{}: final `{name}` ({}):\n{text}\n",
+                m.method,
+                m.final_source
+            );
+            outln!(
+                "what changed ([-removed-] {{+added+}}):\n{}\n",
+                fgo::optimizer::diff::word_diff(before, text)
+            );
+        }
+    }
+    let t = &report.accounting.total;
+    outln!(
+        "{} calls ({} live, {} replayed, {} memo hits), {} prompt tokens ({} cached), {} completion tokens, {:.1}s",
+        t.calls, t.live, t.replayed, t.memo_hits, t.prompt_tokens, t.cached_prompt_tokens, t.completion_tokens, report.elapsed_s
+    );
+    outln!();
     outln!(
         "{:<14} {:>8} {:>8} {:>8}",
         "component",
@@ -223,10 +252,16 @@ pub(crate) fn print_report(report: &RunReport, dir: &Path, json: bool) -> anyhow
             pct(m.test_score)
         );
     }
-    let t = &report.accounting.total;
-    outln!(
-        "{} calls ({} live, {} replayed, {} memo hits), {} prompt tokens ({} cached), {} completion tokens, {:.1}s",
-        t.calls, t.live, t.replayed, t.memo_hits, t.prompt_tokens, t.cached_prompt_tokens, t.completion_tokens, report.elapsed_s
-    );
+    for m in &report.methods {
+        if let (Some(before), Some(after)) = (report.initial.test, m.test_score) {
+            outln!(
+                "{}: test {} -> {} ({:+.1} points)",
+                m.method,
+                pct(Some(before)),
+                pct(Some(after)),
+                100.0 * (after - before)
+            );
+        }
+    }
     Ok(())
 }

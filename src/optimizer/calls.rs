@@ -15,10 +15,19 @@
 //! [`Calls::log_failure`] gives the error the run must end with.
 //!
 //! The ledger accounts every call: method, stage, role, tokens, time, and whether it was
-//! live, replayed or a memo hit (memo hits cost nothing and count no tokens).
+//! live, replayed, a memo hit, or shared.
+//!
+//! Methods of one run may call concurrently (from their own threads): a request another
+//! method already has in flight is waited for, not sent twice, and the engine batches the
+//! methods' requests together. Accounting stays what each method would see alone: a memo
+//! hit on a call the *same* method made before costs nothing, while a call first made by
+//! another method (or by the shared initial evaluation) is `shared`: its tokens count for
+//! the method (its budget, its cost table) as if it had made the call, but not again in the
+//! run's total. So a method's tokens, budget stops and results do not depend on whether, or
+//! how fast, the other method ran beside it.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -56,8 +65,15 @@ impl Role {
 pub enum Source {
     Live,
     Replayed,
+    /// Answered by a call this method made before: free.
     Memo,
+    /// Answered by a call another method made: counted for this method as if it had made
+    /// it, not counted again in the run's total.
+    Shared,
 }
+
+/// The method of calls made once for every method of a run (the initial evaluation).
+pub const SHARED_METHOD: &str = "shared";
 
 /// One accounted call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,6 +115,10 @@ pub struct BudgetHit {
 
 struct State {
     memo: HashMap<String, Result<Completion, String>>,
+    /// (method, key) pairs already accounted for that method.
+    paid: HashSet<(String, String)>,
+    /// Keys submitted live and not yet answered.
+    in_flight: HashSet<String>,
     command_memo: HashMap<String, Result<Value, String>>,
     replay: HashMap<String, CallRecord>,
     command_replay: HashMap<String, CommandRecord>,
@@ -113,6 +133,8 @@ pub type BatchObserver = Box<dyn Fn(usize, usize) + Send + Sync>;
 /// The run-wide call layer.
 pub struct Calls {
     state: Mutex<State>,
+    /// Signalled whenever an in-flight call is answered.
+    answered: Condvar,
     started: Instant,
     wall_offset_s: f64,
     observer: Option<BatchObserver>,
@@ -140,12 +162,15 @@ impl Calls {
         Self {
             state: Mutex::new(State {
                 memo: HashMap::new(),
+                paid: HashSet::new(),
+                in_flight: HashSet::new(),
                 command_memo: HashMap::new(),
                 replay,
                 command_replay,
                 ledger: Vec::new(),
                 log,
             }),
+            answered: Condvar::new(),
             started: Instant::now(),
             wall_offset_s,
             observer: None,
@@ -188,23 +213,30 @@ impl Calls {
             .iter()
             .map(|r| Self::key(role, &model, r))
             .collect();
+        // Keys another thread has in flight: answered once that thread records them.
+        let mut waiting: Vec<usize> = Vec::new();
         let mut live: Vec<usize> = Vec::new();
         {
             let mut st = self.lock();
-            let mut queued = std::collections::HashSet::new();
+            let mut queued = HashSet::new();
             for (i, key) in keys.iter().enumerate() {
                 if st.memo.contains_key(key) {
-                    st.ledger
-                        .push(entry(ctx, role, Source::Memo, Usage::default(), 0.0));
+                    st.account_known(ctx, role, key);
                 } else if let Some(rec) = st.replay.remove(key) {
+                    st.paid.insert((ctx.method.clone(), key.clone()));
                     st.ledger
                         .push(entry(ctx, role, Source::Replayed, rec.usage, rec.time_s));
                     st.memo.insert(key.clone(), rec.result);
-                } else if queued.insert(key.clone()) {
-                    live.push(i);
-                } else {
+                } else if queued.contains(key) {
+                    // The same request twice in one batch is computed once.
                     st.ledger
                         .push(entry(ctx, role, Source::Memo, Usage::default(), 0.0));
+                } else if st.in_flight.contains(key) {
+                    waiting.push(i);
+                } else {
+                    queued.insert(key.clone());
+                    st.in_flight.insert(key.clone());
+                    live.push(i);
                 }
             }
         }
@@ -245,13 +277,34 @@ impl Calls {
                 let _ = st.log.append(&Event::Call(Box::new(record)));
                 st.ledger
                     .push(entry(ctx, role, Source::Live, usage, time_s));
+                st.paid.insert((ctx.method.clone(), keys[i].clone()));
                 st.memo.insert(keys[i].clone(), result);
+                st.in_flight.remove(&keys[i]);
                 drop(st);
+                self.answered.notify_all();
                 finished += 1;
                 self.observe(finished, submitted);
             });
         }
-        let st = self.lock();
+        if !live.is_empty() {
+            // Calls the model never answered (or that were not made) are no longer in
+            // flight: whoever waits for them gets "no result" instead of waiting forever.
+            let mut st = self.lock();
+            for &i in &live {
+                st.in_flight.remove(&keys[i]);
+            }
+            drop(st);
+            self.answered.notify_all();
+        }
+        let mut st = self.lock();
+        for &i in &waiting {
+            while st.in_flight.contains(&keys[i]) {
+                st = self.answered.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            if st.memo.contains_key(&keys[i]) {
+                st.account_known(ctx, role, &keys[i]);
+            }
+        }
         keys.iter()
             .map(|k| match st.memo.get(k) {
                 Some(Ok(c)) => Ok(c.clone()),
@@ -331,18 +384,30 @@ impl Calls {
         self.lock().ledger.clone()
     }
 
-    /// Prompt + completion tokens of `role` so far (live and replayed calls).
+    /// Prompt + completion tokens of `role` so far, all methods (each call counted once).
     pub fn tokens(&self, role: Role) -> usize {
         self.lock()
             .ledger
             .iter()
-            .filter(|e| e.role == role)
+            .filter(|e| e.role == role && e.source != Source::Shared)
             .map(|e| e.usage.prompt_tokens + e.usage.completion_tokens)
             .sum()
     }
 
-    /// The first budget reached, if any; `event_log` first once the event log has failed.
-    pub fn budget_hit(&self, budget: &BudgetSpec) -> Option<BudgetHit> {
+    /// Prompt + completion tokens of `role` that `method` has spent so far, the shared
+    /// initial evaluation included: what the method would have spent running alone.
+    pub fn method_tokens(&self, role: Role, method: &str) -> usize {
+        self.lock()
+            .ledger
+            .iter()
+            .filter(|e| e.role == role && (e.method == method || e.method == SHARED_METHOD))
+            .map(|e| e.usage.prompt_tokens + e.usage.completion_tokens)
+            .sum()
+    }
+
+    /// The first budget `method` has reached, if any (its own tokens, as if it ran alone,
+    /// and the run's wall time); `event_log` first once the event log has failed.
+    pub fn budget_hit(&self, budget: &BudgetSpec, method: &str) -> Option<BudgetHit> {
         if self.log_failure().is_some() {
             return Some(BudgetHit {
                 budget: "event_log".into(),
@@ -354,12 +419,12 @@ impl Calls {
             (
                 "optimizer_tokens",
                 budget.optimizer_tokens.map(|v| v as f64),
-                self.tokens(Role::Optimizer) as f64,
+                self.method_tokens(Role::Optimizer, method) as f64,
             ),
             (
                 "agent_tokens",
                 budget.agent_tokens.map(|v| v as f64),
-                self.tokens(Role::Agent) as f64,
+                self.method_tokens(Role::Agent, method) as f64,
             ),
             ("wall_time_s", budget.wall_time_s, self.elapsed_s()),
         ];
@@ -381,6 +446,24 @@ impl Calls {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic elsewhere must not hide the log: keep using the state.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl State {
+    /// Accounts a call answered from the memo: free when this method (or the shared
+    /// initial evaluation, which every method has) made it before, shared (its tokens
+    /// counted for this method) when only another method made it.
+    fn account_known(&mut self, ctx: &Ctx, role: Role, key: &str) {
+        let by_all = self
+            .paid
+            .contains(&(SHARED_METHOD.to_string(), key.to_string()));
+        let first = self.paid.insert((ctx.method.clone(), key.to_string())) && !by_all;
+        let usage = match self.memo.get(key) {
+            Some(Ok(c)) if first => c.usage,
+            _ => Usage::default(),
+        };
+        let source = if first { Source::Shared } else { Source::Memo };
+        self.ledger.push(entry(ctx, role, source, usage, 0.0));
     }
 }
 
@@ -429,7 +512,7 @@ mod tests {
         let llm = ScriptedLlm::new(|_| "7".into());
         let ctx = Ctx::new("fgo", "train");
         let budget = BudgetSpec::default();
-        assert!(calls.budget_hit(&budget).is_none());
+        assert!(calls.budget_hit(&budget, "fgo").is_none());
 
         // The batch in flight finishes (its answers are used), but its records are lost.
         let first = calls.complete(&llm, &ctx, Role::Agent, &[request("a"), request("b")]);
@@ -452,7 +535,7 @@ mod tests {
         // No command is run, the loops see a stop, and notes fail.
         let known = calls.known_command(&ctx, "unknown").expect("refused");
         assert!(known.expect_err("not run").contains("cannot append"));
-        let hit = calls.budget_hit(&budget).expect("the run stops");
+        let hit = calls.budget_hit(&budget, "fgo").expect("the run stops");
         assert_eq!(hit.budget, "event_log");
         assert!(calls
             .note(&Event::Step(serde_json::json!({"x": 1})))

@@ -54,6 +54,10 @@ pub struct Counters {
     /// Candidates rejected as degenerate (repetition loops, far too long).
     #[serde(default)]
     pub degenerate_rejections: usize,
+    /// Agent evaluations successive halving saved (candidates stopped before all their
+    /// examples).
+    #[serde(default)]
+    pub halving_saved: usize,
     /// Candidates proposed, evaluated and accepted, by the operator that made them.
     #[serde(default)]
     pub by_operator: std::collections::BTreeMap<String, OperatorCount>,
@@ -176,7 +180,10 @@ impl Env<'_> {
 
     /// Records a score of `n` examples.
     pub fn point(&self, stage: &str, label: &str, n: usize, score: f64) {
-        let tokens = self.calls.tokens(Role::Agent) + self.calls.tokens(Role::Optimizer);
+        // This method's tokens as if it ran alone, so that its chart does not depend on a
+        // method running beside it.
+        let tokens = self.calls.method_tokens(Role::Agent, &self.method)
+            + self.calls.method_tokens(Role::Optimizer, &self.method);
         self.steps.borrow_mut().push(StepPoint {
             method: self.method.clone(),
             stage: stage.into(),

@@ -77,7 +77,7 @@ pub fn merge_all(
     let initial_text = joined_text(initial, &env.names);
     while frontier.len() > 1 {
         level += 1;
-        if let Some(hit) = env.calls.budget_hit(budget) {
+        if let Some(hit) = env.calls.budget_hit(budget, &env.method) {
             return (frontier, records, Some(hit));
         }
         let groups: Vec<Vec<Node>> = frontier.chunks(fan_in).map(<[Node]>::to_vec).collect();

@@ -14,6 +14,7 @@ pub mod divide;
 pub mod env;
 pub mod events;
 pub mod guard;
+pub mod halving;
 pub mod merge;
 pub mod metric;
 pub mod operators;

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::optimizer::agent::{Components, Outcome};
 use crate::optimizer::calls::BudgetHit;
 use crate::optimizer::env::{mean_score, solved, Env};
+use crate::optimizer::halving;
 use crate::optimizer::operators::{self, Operator};
 use crate::optimizer::prompts::{self, FailedAttempt};
 use crate::optimizer::propose::propose;
@@ -46,7 +47,7 @@ pub struct CandidateRecord {
     /// The move that made it (`seed`, `rewrite`, `induction`, `demos`, `strategy`).
     #[serde(default)]
     pub operator: String,
-    /// `accepted`, `rolled_back`, `leak`, `copy`, `content`, `degenerate`, `unchanged`,
+    /// `accepted`, `rolled_back`, `dropped` (stopped early by successive halving), `leak`, `copy`, `content`, `degenerate`, `unchanged`,
     /// `unparsed`.
     pub status: String,
     /// Mean score on the subset.
@@ -145,7 +146,7 @@ pub fn optimize(
         if active.is_empty() {
             break;
         }
-        if let Some(hit) = env.calls.budget_hit(budget) {
+        if let Some(hit) = env.calls.budget_hit(budget, &env.method) {
             for s in slots.iter_mut().filter(|s| s.stopped.is_empty()) {
                 s.stopped = "budget".into();
             }
@@ -270,11 +271,61 @@ pub fn optimize(
                 s.examples.iter().chain(&s.check).copied().collect()
             })
             .collect();
-        let jobs: Vec<(&Components, &[usize])> = survivors
+        // Successive halving: candidates that can no longer be accepted stop early.
+        let groups: Vec<halving::Group> = active
             .iter()
-            .map(|(a, _, c)| (c, eval_sets[*a].as_slice()))
+            .enumerate()
+            .map(|(a, &i)| halving::Group {
+                n_sub: slots[i].examples.len(),
+                current: slots[i]
+                    .outcomes
+                    .iter()
+                    .chain(&slots[i].check_outcomes)
+                    .map(|o| o.score)
+                    .collect(),
+                candidates: survivors
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (sa, _, _))| *sa == a)
+                    .map(|(k, (_, _, c))| (k, select::text_len(c)))
+                    .collect(),
+            })
             .collect();
-        let outcomes = env.evaluate(stage, env.train, &jobs);
+        let scored = halving::evaluate(
+            spec.accept,
+            spec.min_gain,
+            &groups,
+            spec.halving,
+            |jobs| {
+                let positions: Vec<Vec<usize>> = jobs
+                    .iter()
+                    .map(|(g, _, ps)| ps.iter().map(|&p| eval_sets[*g][p]).collect())
+                    .collect();
+                let batch: Vec<(&Components, &[usize])> = jobs
+                    .iter()
+                    .zip(&positions)
+                    .map(|((g, c, _), idx)| {
+                        (&survivors[groups[*g].candidates[*c].0].2, idx.as_slice())
+                    })
+                    .collect();
+                env.evaluate(stage, env.train, &batch)
+            },
+            |o: &Outcome| o.score,
+        );
+        // Per survivor: its outcomes on the subset and check examples (`None` if dropped),
+        // and how many of them were scored.
+        let mut outcomes: Vec<Option<Vec<Outcome>>> = vec![None; survivors.len()];
+        let mut partial: Vec<(usize, f64)> = vec![(0, 0.0); survivors.len()];
+        for (g, group) in groups.iter().enumerate() {
+            for (c, &(k, _)) in group.candidates.iter().enumerate() {
+                let s = &scored[g][c];
+                let known: Vec<f64> = s.outcomes.iter().flatten().map(|o| o.score).collect();
+                partial[k] = (known.len(), known.iter().sum());
+                outcomes[k] = s.complete();
+                let saved = s.outcomes.len() - known.len();
+                env.counters.borrow_mut().halving_saved += saved;
+            }
+        }
         env.counters.borrow_mut().candidates_evaluated += survivors.len();
 
         // 4. Keep or roll back, per subset: the candidate with the largest gain on the
@@ -285,24 +336,31 @@ pub fn optimize(
             let current_sum: f64 = slots[i].outcomes.iter().map(|o| o.score).sum();
             let current_check: f64 = slots[i].check_outcomes.iter().map(|o| o.score).sum();
             let before = slots[i].score;
-            let mut best: Option<(f64, usize)> = None;
+            let mut totals: Vec<Option<(f64, f64, usize)>> = vec![None; survivors.len()];
             for (k, (sa, r, c)) in survivors.iter().enumerate() {
                 if *sa != a {
                     continue;
                 }
-                let (sub, check) = outcomes[k].split_at(n.min(outcomes[k].len()));
-                let sum: f64 = sub.iter().map(|o| o.score).sum();
-                let check_sum: f64 = check.iter().map(|o| o.score).sum();
-                let gain = sum - current_sum;
                 let record = &mut records[a][*r];
-                record.score = Some(mean_score(sub));
-                record.check_score = (!check.is_empty()).then(|| mean_score(check));
                 env.counters
                     .borrow_mut()
                     .operator(&record.operator)
                     .evaluated += 1;
-                let acceptable =
-                    accepts(spec.accept, spec.min_gain, gain, check_sum - current_check);
+                let Some(out) = &outcomes[k] else {
+                    let (m, sum) = partial[k];
+                    record.score = (m > 0).then(|| sum / m as f64);
+                    record.detail = format!(
+                        "stopped after {m} of {} examples: it could no longer be accepted",
+                        eval_sets[a].len()
+                    );
+                    continue;
+                };
+                let (sub, check) = out.split_at(n.min(out.len()));
+                let sum: f64 = sub.iter().map(|o| o.score).sum();
+                let check_sum: f64 = check.iter().map(|o| o.score).sum();
+                let gain = sum - current_sum;
+                record.score = Some(mean_score(sub));
+                record.check_score = (!check.is_empty()).then(|| mean_score(check));
                 record.detail = format!(
                     "gain {gain:+.0} on the subset{}",
                     if check.is_empty() {
@@ -311,42 +369,38 @@ pub fn optimize(
                         format!(", {:+.0} on the check examples", check_sum - current_check)
                     }
                 );
-                if !acceptable {
-                    continue;
-                }
-                let better = match best {
-                    None => true,
-                    Some((g, b)) => {
-                        gain > g + 1e-9
-                            || ((gain - g).abs() <= 1e-9
-                                && select::text_len(c) < select::text_len(&survivors[b].2))
-                    }
-                };
-                if better {
-                    best = Some((gain, k));
-                }
+                totals[k] = Some((gain, check_sum - current_check, select::text_len(c)));
             }
+            let best = halving::pick(spec.accept, spec.min_gain, &totals);
             for (k, (sa, r, c)) in survivors.iter().enumerate() {
                 if *sa != a {
                     continue;
                 }
-                let accept = best.is_some_and(|(_, b)| b == k);
-                records[a][*r].status = if accept { "accepted" } else { "rolled_back" }.into();
+                let accept = best == Some(k);
+                let dropped = outcomes[k].is_none();
+                records[a][*r].status = match (accept, dropped) {
+                    (true, _) => "accepted",
+                    (false, true) => "dropped",
+                    (false, false) => "rolled_back",
+                }
+                .into();
                 if !accept {
+                    // The same words whether or not the candidate was scored on all of its
+                    // examples, so that successive halving does not change later prompts.
+                    let reason = "did not beat the current version by enough on this \
+                                  subset without losing elsewhere"
+                        .to_string();
                     slots[i].failed.push(FailedAttempt {
                         components: c.clone(),
-                        reason: format!(
-                            "scored {:.0}% vs {:.0}% for the current version",
-                            100.0 * records[a][*r].score.unwrap_or(0.0),
-                            100.0 * before
-                        ),
+                        reason,
                         withheld: false,
                     });
                 }
             }
             let s = &mut slots[i];
-            if let Some((_, k)) = best {
-                let (sub, check) = outcomes[k].split_at(n.min(outcomes[k].len()));
+            if let Some(k) = best {
+                let out = outcomes[k].as_deref().unwrap_or_default();
+                let (sub, check) = out.split_at(n.min(out.len()));
                 s.current = survivors[k].2.clone();
                 s.outcomes = sub.to_vec();
                 s.check_outcomes = check.to_vec();

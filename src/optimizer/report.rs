@@ -37,7 +37,7 @@
 //!   "example_ids": { "val": [id], "test": [id] },
 //!   "steps": [ { "method", "stage", "label", "n", "score", "tokens" } ],
 //!   "accounting": { "rows": [ { "method", "stage", "role", "calls", "live", "replayed",
-//!                               "memo_hits", "prompt_tokens", "cached_prompt_tokens",
+//!                               "memo_hits", "shared", "prompt_tokens", "cached_prompt_tokens",
 //!                               "completion_tokens", "time_s" } ],
 //!                   "total": { same fields, method/stage/role = "all" } },
 //!   "elapsed_s": f
@@ -228,6 +228,10 @@ pub struct Totals {
     pub live: usize,
     pub replayed: usize,
     pub memo_hits: usize,
+    /// Calls answered by another method's call: their tokens count in this row (what the
+    /// method would have spent alone) but not in the run's total.
+    #[serde(default)]
+    pub shared: usize,
     pub prompt_tokens: usize,
     pub cached_prompt_tokens: usize,
     pub completion_tokens: usize,
@@ -241,6 +245,7 @@ impl Totals {
             Source::Live => self.live += 1,
             Source::Replayed => self.replayed += 1,
             Source::Memo => self.memo_hits += 1,
+            Source::Shared => self.shared += 1,
         }
         self.prompt_tokens += e.usage.prompt_tokens;
         self.cached_prompt_tokens += e.usage.cached_prompt_tokens;
@@ -281,7 +286,13 @@ impl Accounting {
                     ..Totals::default()
                 })
                 .add(e);
-            total.add(e);
+            if e.source == Source::Shared {
+                // The run paid for this call once, in the row of the method that made it.
+                total.calls += 1;
+                total.shared += 1;
+            } else {
+                total.add(e);
+            }
         }
         Self {
             rows: rows.into_values().collect(),
@@ -395,7 +406,7 @@ impl RunReport {
         let _ = writeln!(s, "\n![score per step](score.svg)\n\n## Tokens and time\n\n![tokens by stage](tokens.svg)\n");
         // Calls of one batch run concurrently: their times add up to more than the wall time.
         let _ = writeln!(s, "Call time is summed over calls, which overlap within a batch; the wall time is above.\n");
-        let _ = writeln!(s, "| method | stage | role | calls | live | replayed | memo | prompt | cached | completion | call time (s) |\n|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "| method | stage | role | calls | live | replayed | memo | shared | prompt | cached | completion | call time (s) |\n|---|---|---|---|---|---|---|---|---|---|---|---|");
         for t in self
             .accounting
             .rows
@@ -404,7 +415,7 @@ impl RunReport {
         {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |",
                 t.method,
                 t.stage,
                 t.role,
@@ -412,6 +423,7 @@ impl RunReport {
                 t.live,
                 t.replayed,
                 t.memo_hits,
+                t.shared,
                 t.prompt_tokens,
                 t.cached_prompt_tokens,
                 t.completion_tokens,

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::llm::Llm;
 use crate::optimizer::agent::{joined_text, Agent, Components, Outcome};
-use crate::optimizer::calls::{BudgetHit, Calls, Ctx};
-use crate::optimizer::dataset::Dataset;
+use crate::optimizer::calls::{BudgetHit, Calls, Ctx, SHARED_METHOD};
+use crate::optimizer::dataset::{Dataset, Example};
 use crate::optimizer::divide::{divide, sized_count, subset_count};
 use crate::optimizer::env::{mean_score, Counters, Env, Progress, StepPoint};
 use crate::optimizer::guard::{Guard, GuardConfig};
@@ -75,7 +75,7 @@ pub fn execute(
             data.val.len()
         ),
     );
-    let shared_ctx = Ctx::new("shared", "initial_eval");
+    let shared_ctx = Ctx::new(SHARED_METHOD, "initial_eval");
     let mut both = jobs(&initial, &data.train, &all_train);
     both.extend(jobs(&initial, &data.val, &all_val));
     let mut initial_train = agent.evaluate(calls, &shared_ctx, &both);
@@ -107,51 +107,61 @@ pub fn execute(
             max_added_chars: spec.max_added_chars,
         },
     );
+    // The methods run side by side, each on its own thread: their calls reach the engine
+    // together (one running batch, shared cached prefixes), while each method's control
+    // flow, seeds and accounting stay what they would be alone (see `Calls`).
+    let start = Start {
+        components: &initial,
+        train: &initial_train,
+        val: &initial_val,
+        val_examples: &data.val,
+    };
     let mut methods = Vec::new();
-    for part in method.parts() {
+    if !method.parts().is_empty() {
         let optimizer = models
             .optimizer
             .as_deref()
             .ok_or_else(|| task.err("optimizer.model", "no optimizer model was loaded"))?;
-        let env = Env {
-            agent: &agent,
-            optimizer,
-            calls,
-            train: &data.train,
-            guard: &guard,
-            spec,
-            names: names.clone(),
-            seed,
-            method: part.to_string(),
-            progress,
-            counters: RefCell::new(Counters::default()),
-            steps: RefCell::new(Vec::new()),
-            exempt: RefCell::new(Vec::new()),
-            pool: RefCell::new(Vec::new()),
+        let run_part = |part: &'static str| {
+            let env = Env {
+                agent: &agent,
+                optimizer,
+                calls,
+                train: &data.train,
+                guard: &guard,
+                spec,
+                names: names.clone(),
+                seed,
+                method: part.to_string(),
+                progress,
+                counters: RefCell::new(Counters::default()),
+                steps: RefCell::new(Vec::new()),
+                exempt: RefCell::new(Vec::new()),
+                pool: RefCell::new(Vec::new()),
+            };
+            let report = match part {
+                "fgo" => run_fgo(&env, task, &start),
+                _ => run_all_at_once(&env, task, &start),
+            };
+            progress.best(part, &report.final_components, &report.final_source);
+            (report, env.steps.into_inner())
         };
-        let start = Start {
-            components: &initial,
-            train: &initial_train,
-            val: &initial_val,
-            val_examples: &data.val,
-        };
-        let report = match part {
-            "fgo" => run_fgo(&env, task, &start),
-            _ => run_all_at_once(&env, task, &start),
-        };
-        progress.best(part, &report.final_components, &report.final_source);
-        steps.extend(env.steps.into_inner());
-        methods.push(report);
+        for (report, method_steps) in side_by_side(method.parts(), &run_part) {
+            steps.extend(method_steps);
+            methods.push(report);
+        }
     }
 
-    // 2. Final evaluation on val and test, one batch.
+    // 2. Final evaluation on val and test: the initial component and every method at once.
     let stopped_hard = methods
         .iter()
         .filter_map(|m| m.budget_hit.as_ref())
         .any(|h| h.budget != "optimizer_tokens")
-        || calls
-            .budget_hit(&task.spec.budget)
-            .is_some_and(|h| h.budget != "optimizer_tokens");
+        || methods.iter().any(|m| {
+            calls
+                .budget_hit(&task.spec.budget, &m.method)
+                .is_some_and(|h| h.budget != "optimizer_tokens")
+        });
     let mut initial_test = None;
     let mut initial_per_example = ExampleScores {
         val: initial_val.iter().map(|o| o.score).collect(),
@@ -168,17 +178,28 @@ pub fn execute(
                 data.test.len()
             ),
         );
-        let ctx = Ctx::new("shared", "final_eval");
         let all_test: Vec<usize> = (0..data.test.len()).collect();
-        let test_out = agent.evaluate(calls, &ctx, &jobs(&initial, &data.test, &all_test));
+        // Job 0 is the initial component on test (val is known); then each method on val
+        // and test. Each is one agent batch on its own thread, so that all reach the engine
+        // together.
+        let mut finals: Vec<(Ctx, Vec<(&Components, &Example)>)> = vec![(
+            Ctx::new(SHARED_METHOD, "final_eval"),
+            jobs(&initial, &data.test, &all_test),
+        )];
+        for m in &methods {
+            let mut both = jobs(&m.final_components, &data.val, &all_val);
+            both.extend(jobs(&m.final_components, &data.test, &all_test));
+            finals.push((Ctx::new(&m.method, "final_eval"), both));
+        }
+        let evaluate =
+            |(ctx, batch): &(Ctx, Vec<(&Components, &Example)>)| agent.evaluate(calls, ctx, batch);
+        let mut outs = side_by_side(finals.iter().collect(), &evaluate).into_iter();
+        let test_out = outs.next().unwrap_or_default();
         initial_test = Some(mean_score(&test_out));
         initial_per_example.test = test_out.iter().map(|o| o.score).collect();
-        for m in &mut methods {
-            let ctx = Ctx::new(&m.method, "final_eval");
-            let mut both = jobs(&m.final_components, &data.val, &all_val);
-            let nv = both.len();
-            both.extend(jobs(&m.final_components, &data.test, &all_test));
-            let out = agent.evaluate(calls, &ctx, &both);
+        let nv = data.val.len();
+        for (m, out) in methods.iter_mut().zip(outs) {
+            let nv = nv.min(out.len());
             m.val_score = (nv > 0).then(|| mean_score(&out[..nv]));
             m.test_score = (!data.test.is_empty()).then(|| mean_score(&out[nv..]));
             m.per_example = ExampleScores {
@@ -223,6 +244,24 @@ pub fn execute(
     };
     report.comparisons = report.paired_on_test();
     Ok(report)
+}
+
+/// Runs `f` on every item, each on its own thread (the current one when there is one
+/// item), and returns the results in item order. A panic on a thread is raised again here.
+fn side_by_side<T: Send, R: Send>(items: Vec<T>, f: &(dyn Fn(T) -> R + Sync)) -> Vec<R> {
+    if items.len() <= 1 {
+        return items.into_iter().map(f).collect();
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .into_iter()
+            .map(|item| scope.spawn(move || f(item)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
 }
 
 fn jobs<'a>(

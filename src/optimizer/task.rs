@@ -291,6 +291,9 @@ pub struct OptimizerSpec {
     /// Characters a candidate may add to the initial component, worked examples aside
     /// (default 1500).
     pub max_added_chars: usize,
+    /// Successive halving of candidate evaluations (default on): candidates that can no
+    /// longer be accepted stop early. It never changes which candidate is accepted.
+    pub halving: bool,
 }
 
 impl Default for OptimizerSpec {
@@ -330,6 +333,7 @@ impl Default for OptimizerSpec {
             select_top: 4,
             max_content_words: 2,
             max_added_chars: 1500,
+            halving: true,
         }
     }
 }

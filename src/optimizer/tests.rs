@@ -406,3 +406,116 @@ fn resume_from_a_truncated_log_reproduces_the_uninterrupted_run() {
     let (_, all) = crate::optimizer::events::EventLog::open(&killed.join("events.jsonl")).unwrap();
     assert_eq!(all.len(), total_live);
 }
+
+/// A run's event-log keys, each once.
+fn log_keys(path: &Path) -> std::collections::BTreeSet<String> {
+    let (_, events) = crate::optimizer::events::EventLog::open(path).unwrap();
+    events
+        .into_iter()
+        .filter_map(|e| match e {
+            crate::optimizer::events::Event::Call(r) => Some(r.key),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What a method's report says, per method, that must not depend on a method beside it.
+fn method_view(r: &RunReport, method: &str) -> serde_json::Value {
+    let m = r.methods.iter().find(|m| m.method == method).unwrap();
+    let tokens: Vec<(String, String, usize, usize, usize)> = r
+        .accounting
+        .rows
+        .iter()
+        .filter(|t| t.method == method)
+        .map(|t| {
+            (
+                t.stage.clone(),
+                t.role.clone(),
+                t.calls,
+                t.prompt_tokens,
+                t.completion_tokens,
+            )
+        })
+        .collect();
+    let steps: Vec<_> = r.steps.iter().filter(|s| s.method == method).collect();
+    serde_json::json!({
+        "components": m.final_components,
+        "source": m.final_source,
+        "scores": [m.train_score, m.val_score, m.test_score],
+        "per_example": m.per_example,
+        "counters": m.counters,
+        "subsets": m.subsets,
+        "merges": m.merges,
+        "pool": m.pool,
+        "tokens": tokens,
+        "steps": steps,
+    })
+}
+
+#[test]
+fn both_methods_side_by_side_give_what_each_gives_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = task("");
+    let run_in = |name: &str, method: Method| {
+        let path = dir.path().join(format!("{name}.jsonl"));
+        let (log, _) = crate::optimizer::events::EventLog::open(&path).unwrap();
+        let calls = Calls::new(log, Vec::new());
+        let llm = Arc::new(world(Optimizer::Good));
+        let r = run(&t, llm.clone(), method, &calls);
+        (r, log_keys(&path), llm.requests())
+    };
+    let (both, both_keys, both_requests) = run_in("both", Method::Both);
+    let (fgo, fgo_keys, _) = run_in("fgo", Method::Fgo);
+    let (aao, aao_keys, _) = run_in("aao", Method::AllAtOnce);
+    assert_eq!(method_view(&both, "fgo"), method_view(&fgo, "fgo"));
+    assert_eq!(
+        method_view(&both, "all_at_once"),
+        method_view(&aao, "all_at_once")
+    );
+    let initial = |r: &RunReport| serde_json::to_value(&r.initial).unwrap();
+    assert_eq!(initial(&both), initial(&fgo));
+    assert_eq!(initial(&both), initial(&aao));
+    // The same calls, each sent once.
+    let union: std::collections::BTreeSet<String> = fgo_keys.union(&aao_keys).cloned().collect();
+    assert_eq!(both_keys, union);
+    assert_eq!(both_requests, union.len(), "a call was sent twice");
+    // The run's total counts each call once; the methods' rows count what each used.
+    let live = both.accounting.total.live;
+    assert_eq!(live, union.len());
+    assert!(
+        both.accounting.total.shared > 0,
+        "the methods shared no call"
+    );
+}
+
+#[test]
+fn successive_halving_changes_nothing_but_the_evaluations() {
+    let mut saved_in_all = 0;
+    for world_kind in [Optimizer::Good, Optimizer::Overfit, Optimizer::Leaky] {
+        let go = |halving: bool| {
+            let t = task(if halving { "" } else { "halving = false" });
+            let llm = Arc::new(world(world_kind));
+            let r = run(&t, llm.clone(), Method::Both, &Calls::in_memory());
+            (r, llm.requests())
+        };
+        let (on, on_requests) = go(true);
+        let (off, off_requests) = go(false);
+        for (a, b) in on.methods.iter().zip(&off.methods) {
+            assert_eq!(a.final_components, b.final_components);
+            assert_eq!(
+                (a.train_score, a.val_score, a.test_score),
+                (b.train_score, b.val_score, b.test_score)
+            );
+            assert_eq!(a.counters.accepted, b.counters.accepted);
+            assert_eq!(b.counters.halving_saved, 0);
+        }
+        let saved: usize = on.methods.iter().map(|m| m.counters.halving_saved).sum();
+        assert!(
+            on_requests + saved >= off_requests,
+            "{on_requests} + {saved} < {off_requests}"
+        );
+        assert!(on_requests <= off_requests);
+        saved_in_all += saved;
+    }
+    assert!(saved_in_all > 0, "halving never stopped a candidate early");
+}
