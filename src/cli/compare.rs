@@ -16,7 +16,7 @@ use fgo::optimizer::run::Method;
 use fgo::optimizer::rundir::RunDir;
 use fgo::optimizer::study::optimizer_tokens;
 
-use super::optimize::{run_in_dir, MethodArg, ModelCache, RuntimeArgs};
+use super::optimize::{agent_models, run_in_dir, MethodArg, ModelCache, RuntimeArgs, SharedCalls};
 
 /// Arguments of `fgo compare`.
 #[derive(Debug, Args)]
@@ -49,10 +49,14 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         PathBuf::from("runs").join(format!("compare-{}-s{}", task.spec.name, args.seed))
     });
     let mut cache = ModelCache::new(&args.runtime)?;
+    let mut shared = SharedCalls::default();
     let mut rows = Vec::new();
     for model in &args.optimizer_models {
         let mut t = task.clone();
         t.spec.optimizer.model = Some(model.clone());
+        // The previous optimizer model is dropped before the next one loads; the agent's
+        // model stays.
+        cache.keep_only(&agent_models(&t));
         let dir = RunDir::create(
             &out.join(slug(model)),
             &t,
@@ -62,7 +66,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
             Some(model.clone()),
         )?;
         let models = cache.models(&t, method)?;
-        let report = run_in_dir(&dir, &t, &data, &models, method, args.seed)?;
+        let report = run_in_dir(&dir, &t, &data, &models, method, args.seed, &mut shared)?;
         rows.extend(leaderboard_rows(model, &report, &dir.dir));
     }
     let key = |v: &serde_json::Value| v["test"].as_f64().or(v["val"].as_f64()).unwrap_or(-1.0);

@@ -51,6 +51,17 @@ pub struct RuntimeArgs {
     /// Threads for CPU work (default: the machine's cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Memory for the key/value cache of each model's sequences, e.g. 512M or 2G
+    /// (default: a quarter of the available memory, at most 8G).
+    #[arg(long, value_parser = super::parse_bytes)]
+    pub kv_budget: Option<usize>,
+    /// Do not reuse cached prompt prefixes across requests (an ablation switch).
+    #[arg(long)]
+    pub no_prefix_reuse: bool,
+    /// The most sequences in one forward step (default 256; 1 turns batching off, an
+    /// ablation switch).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_batch: Option<u64>,
 }
 
 /// Arguments of `fgo optimize`.
@@ -98,11 +109,36 @@ pub fn run(args: OptimizeArgs) -> anyhow::Result<()> {
     )?;
     let mut cache = ModelCache::new(&args.runtime)?;
     let models = cache.models(&task, method)?;
-    let report = run_in_dir(&dir, &task, &data, &models, method, args.seed)?;
+    let report = run_in_dir(
+        &dir,
+        &task,
+        &data,
+        &models,
+        method,
+        args.seed,
+        &mut SharedCalls::default(),
+    )?;
     print_report(&report, &dir.dir, args.json)
 }
 
-/// Runs the task in `dir` and writes its report.
+/// Calls that every run of a comparison or study with one agent makes alike (the initial
+/// evaluation), collected from the runs so far and lent to the next, so that each is
+/// computed once.
+#[derive(Default)]
+pub(crate) struct SharedCalls {
+    records: HashMap<String, fgo::optimizer::events::CallRecord>,
+}
+
+impl SharedCalls {
+    fn take_from(&mut self, calls: &fgo::optimizer::calls::Calls) {
+        for r in calls.shared_records() {
+            self.records.entry(r.key.clone()).or_insert(r);
+        }
+    }
+}
+
+/// Runs the task in `dir` and writes its report; requests that `shared` holds are answered
+/// from it, and this run's shared calls are added to it.
 pub(crate) fn run_in_dir(
     dir: &RunDir,
     task: &Task,
@@ -110,9 +146,13 @@ pub(crate) fn run_in_dir(
     models: &Models,
     method: Method,
     seed: u64,
+    shared: &mut SharedCalls,
 ) -> anyhow::Result<RunReport> {
     let stderr = StderrProgress::new();
-    let calls = dir.calls(data)?.with_observer(stderr.observer());
+    let calls = dir
+        .calls(data)?
+        .with_borrowed(shared.records.values().cloned().collect())
+        .with_observer(stderr.observer());
     let progress = DirProgress {
         dir,
         calls: &calls,
@@ -120,6 +160,7 @@ pub(crate) fn run_in_dir(
     };
     let report = execute(task, data, models, method, seed, &calls, &progress)?;
     dir.finish(&calls, &report)?;
+    shared.take_from(&calls);
     Ok(report)
 }
 
@@ -142,7 +183,7 @@ fn default_out(task: &Task, method: Method, seed: u64) -> PathBuf {
 
 /// Loads each model spec once.
 pub(crate) struct ModelCache {
-    device: String,
+    runtime: RuntimeArgs,
     loaded: HashMap<String, Arc<dyn Llm>>,
 }
 
@@ -150,7 +191,7 @@ impl ModelCache {
     pub(crate) fn new(runtime: &RuntimeArgs) -> anyhow::Result<Self> {
         super::configure_threads(runtime.threads)?;
         Ok(Self {
-            device: runtime.device.clone(),
+            runtime: runtime.clone(),
             loaded: HashMap::new(),
         })
     }
@@ -161,7 +202,10 @@ impl ModelCache {
         }
         let path = fgo::engine::source::resolve(spec)?;
         let options = fgo::engine::LoadOptions {
-            device: fgo::engine::device::parse_device(&self.device)?,
+            device: fgo::engine::device::parse_device(&self.runtime.device)?,
+            kv_budget_bytes: self.runtime.kv_budget,
+            prefix_reuse: !self.runtime.no_prefix_reuse,
+            max_batch: self.runtime.max_batch.map(|n| n as usize),
             ..Default::default()
         };
         tracing::info!(path = %path.display(), "loading model");
@@ -170,6 +214,13 @@ impl ModelCache {
         let m: Arc<dyn Llm> = Arc::new(engine);
         self.loaded.insert(spec.to_string(), m.clone());
         Ok(m)
+    }
+
+    /// Drops every loaded model but those named in `keep`, so that a comparison holds one
+    /// optimizer model at a time (a model still used elsewhere lives until its last user
+    /// lets it go).
+    pub(crate) fn keep_only(&mut self, keep: &[String]) {
+        self.loaded.retain(|spec, _| keep.contains(spec));
     }
 
     /// The agent's and optimizer's models for `task` run with `method`.
@@ -184,6 +235,14 @@ impl ModelCache {
             None
         };
         Ok(Models { agent, optimizer })
+    }
+}
+
+/// The model specs a task's agent uses (none for a command agent).
+pub(crate) fn agent_models(task: &Task) -> Vec<String> {
+    match &task.spec.agent {
+        AgentSpec::Chat { model, .. } => vec![model.clone()],
+        AgentSpec::Command { .. } => Vec::new(),
     }
 }
 

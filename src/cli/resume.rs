@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::optimize::{print_report, run_in_dir, ModelCache, RuntimeArgs};
+use super::optimize::{print_report, run_in_dir, ModelCache, RuntimeArgs, SharedCalls};
 
 /// Arguments of `fgo resume`.
 #[derive(Debug, Args)]
@@ -40,6 +40,14 @@ pub fn run(args: ResumeArgs) -> anyhow::Result<()> {
     dir.check_data(&data)?;
     let mut cache = ModelCache::new(&args.runtime)?;
     let models = cache.models(&task, dir.meta.method)?;
-    let report = run_in_dir(&dir, &task, &data, &models, dir.meta.method, dir.meta.seed)?;
+    let report = run_in_dir(
+        &dir,
+        &task,
+        &data,
+        &models,
+        dir.meta.method,
+        dir.meta.seed,
+        &mut SharedCalls::default(),
+    )?;
     print_report(&report, &dir.dir, args.json)
 }

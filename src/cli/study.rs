@@ -18,7 +18,7 @@ use fgo::optimizer::rundir::RunDir;
 use fgo::optimizer::study::{self, Cell, CellSource, Study};
 use fgo::optimizer::task::Task;
 
-use super::optimize::{run_in_dir, ModelCache, RuntimeArgs};
+use super::optimize::{run_in_dir, ModelCache, RuntimeArgs, SharedCalls};
 
 /// The `--methods` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -132,13 +132,24 @@ pub fn run(args: StudyArgs) -> anyhow::Result<()> {
     }
 
     let mut cache = ModelCache::new(&args.runtime)?;
+    // Cells with the same agent make some of the same calls (the initial evaluation of the
+    // val and test examples, the same for every training-set size): each is made once.
+    let mut shared = SharedCalls::default();
     let mut cells = Vec::new();
     for size in &sizes {
         for seed in 0..args.seeds {
             let dir = out.join(study::cell_name(size.train_size, seed));
             tracing::info!(cell = %dir.display(), "study cell");
-            let cell = run_cell(&mut cache, size, &dir, method, seed, &args.optimizer_model)
-                .with_context(|| format!("cell {}", dir.display()))?;
+            let cell = run_cell(
+                &mut cache,
+                &mut shared,
+                size,
+                &dir,
+                method,
+                seed,
+                &args.optimizer_model,
+            )
+            .with_context(|| format!("cell {}", dir.display()))?;
             cells.push(cell);
         }
     }
@@ -190,6 +201,7 @@ fn size_spec(
 /// Reads, resumes or runs one cell.
 fn run_cell(
     cache: &mut ModelCache,
+    shared: &mut SharedCalls,
     size: &SizeSpec,
     dir: &Path,
     method: Method,
@@ -217,7 +229,7 @@ fn run_cell(
             run_dir.check_data(&data)?;
             run_dir.check_data(&size.data)?;
             let models = cache.models(&task, method)?;
-            run_in_dir(&run_dir, &task, &data, &models, method, seed)?;
+            run_in_dir(&run_dir, &task, &data, &models, method, seed, shared)?;
             CellSource::Resumed
         }
     } else {
@@ -230,7 +242,9 @@ fn run_cell(
             optimizer_model.clone(),
         )?;
         let models = cache.models(&size.task, method)?;
-        run_in_dir(&run_dir, &size.task, &size.data, &models, method, seed)?;
+        run_in_dir(
+            &run_dir, &size.task, &size.data, &models, method, seed, shared,
+        )?;
         CellSource::Run
     };
     Ok(Cell {

@@ -121,6 +121,11 @@ struct State {
     in_flight: HashSet<String>,
     command_memo: HashMap<String, Result<Value, String>>,
     replay: HashMap<String, CallRecord>,
+    /// Calls another run made that this run may use (see [`Calls::with_borrowed`]).
+    borrowed: HashMap<String, CallRecord>,
+    /// Successful calls of the shared method known to this run (see
+    /// [`Calls::shared_records`]).
+    shared: Vec<CallRecord>,
     command_replay: HashMap<String, CommandRecord>,
     ledger: Vec<LedgerEntry>,
     log: EventLog,
@@ -166,6 +171,8 @@ impl Calls {
                 in_flight: HashSet::new(),
                 command_memo: HashMap::new(),
                 replay,
+                borrowed: HashMap::new(),
+                shared: Vec::new(),
                 command_replay,
                 ledger: Vec::new(),
                 log,
@@ -175,6 +182,27 @@ impl Calls {
             wall_offset_s,
             observer: None,
         }
+    }
+
+    /// Lets this run answer requests from `records` of another run (the initial
+    /// evaluation that every run of a comparison or study with the same agent makes): a
+    /// borrowed answer is copied into this run's event log, so that a resume replays it from
+    /// there, and is accounted as `shared` (its tokens count for the run's methods but not
+    /// in its total). Records of other requests are never used.
+    pub fn with_borrowed(self, records: Vec<CallRecord>) -> Self {
+        {
+            let mut st = self.lock();
+            for r in records {
+                st.borrowed.insert(r.key.clone(), r);
+            }
+        }
+        self
+    }
+
+    /// The records of the calls this run made (or replayed, or borrowed) for all of its
+    /// methods (the initial evaluation), for [`Calls::with_borrowed`] of another run.
+    pub fn shared_records(&self) -> Vec<CallRecord> {
+        self.lock().shared.clone()
     }
 
     /// Reports the progress of every live batch to `observer` (for progress bars).
@@ -223,9 +251,22 @@ impl Calls {
                 if st.memo.contains_key(key) {
                     st.account_known(ctx, role, key);
                 } else if let Some(rec) = st.replay.remove(key) {
+                    st.keep_shared(ctx, &rec);
                     st.paid.insert((ctx.method.clone(), key.clone()));
                     st.ledger
                         .push(entry(ctx, role, Source::Replayed, rec.usage, rec.time_s));
+                    st.memo.insert(key.clone(), rec.result);
+                } else if let Some(rec) = st.borrowed.remove(key) {
+                    let mut copy = rec.clone();
+                    copy.method = ctx.method.clone();
+                    copy.stage = ctx.stage.clone();
+                    copy.run_elapsed_s = self.elapsed_s();
+                    // A failure is kept by the log and ends the run (see `log_failure`).
+                    let _ = st.log.append(&Event::Call(Box::new(copy.clone())));
+                    st.keep_shared(ctx, &copy);
+                    st.paid.insert((ctx.method.clone(), key.clone()));
+                    st.ledger
+                        .push(entry(ctx, role, Source::Shared, rec.usage, 0.0));
                     st.memo.insert(key.clone(), rec.result);
                 } else if queued.contains(key) {
                     // The same request twice in one batch is computed once.
@@ -273,6 +314,7 @@ impl Calls {
                     run_elapsed_s: self.elapsed_s(),
                 };
                 let mut st = self.lock();
+                st.keep_shared(ctx, &record);
                 // A failure is kept by the log and ends the run (see `log_failure`).
                 let _ = st.log.append(&Event::Call(Box::new(record)));
                 st.ledger
@@ -450,6 +492,13 @@ impl Calls {
 }
 
 impl State {
+    /// Keeps a successful call of the shared method for [`Calls::shared_records`].
+    fn keep_shared(&mut self, ctx: &Ctx, record: &CallRecord) {
+        if ctx.method == SHARED_METHOD && record.result.is_ok() {
+            self.shared.push(record.clone());
+        }
+    }
+
     /// Accounts a call answered from the memo: free when this method (or the shared
     /// initial evaluation, which every method has) made it before, shared (its tokens
     /// counted for this method) when only another method made it.
@@ -556,5 +605,37 @@ mod tests {
         assert!(calls
             .known_command(&ctx, "other")
             .is_some_and(|r| r.is_err()));
+    }
+
+    #[test]
+    fn a_borrowed_shared_call_is_not_made_again_and_lands_in_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let llm = ScriptedLlm::new(|r| format!("re: {}", r.messages[0].content));
+        let shared = Ctx::new(SHARED_METHOD, "initial_eval");
+        let first = Calls::in_memory();
+        first.complete(&llm, &shared, Role::Agent, &[request("a"), request("b")]);
+        first.complete(&llm, &Ctx::new("fgo", "x"), Role::Agent, &[request("c")]);
+        let records = first.shared_records();
+        assert_eq!(records.len(), 2, "only the shared method's calls");
+        assert_eq!(llm.requests(), 3);
+
+        let path = dir.path().join("events.jsonl");
+        let (log, _) = EventLog::open(&path).unwrap();
+        let second = Calls::new(log, Vec::new()).with_borrowed(records);
+        let out = second.complete(&llm, &shared, Role::Agent, &[request("a"), request("c")]);
+        assert_eq!(out[0].as_ref().unwrap().text, "re: a");
+        assert_eq!(llm.requests(), 4, "only `c` was made");
+        let ledger = second.ledger();
+        assert_eq!(ledger[0].source, Source::Shared);
+        assert!(ledger[0].usage.prompt_tokens > 0 || ledger[0].usage.completion_tokens > 0);
+        assert_eq!(ledger[1].source, Source::Live);
+        // Both are in this run's log: a resume needs no other run.
+        drop(second);
+        let (_, events) = EventLog::open(&path).unwrap();
+        assert_eq!(events.len(), 2);
+        // Accounted as shared, a borrowed call is not in the run's total.
+        let acc = crate::optimizer::report::Accounting::from_ledger(&ledger);
+        assert_eq!(acc.total.shared, 1);
+        assert_eq!(acc.total.live, 1);
     }
 }

@@ -1,0 +1,201 @@
+//! `fgo compare` end to end on real models: the agent is smollm2-135m, the optimizers are
+//! qwen2.5-coder-0.5b and then gemma3-270m, on a tiny task (one iteration, one candidate,
+//! a few tokens per call).
+//!
+//! - The initial evaluation is computed once: the second run answers it from the first
+//!   run's records (copied into its own event log), sending none of it to the model.
+//! - The first optimizer model is dropped before the second is loaded: the peak memory of
+//!   the comparison stays near that of a comparison of the first model alone, far below
+//!   what holding both would take. Memory is checked loosely, never timed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+mod common;
+
+const TRAIN: &str = r#"{"id": "t0", "question": "Mia has 4 goats, 6 ducks and a horse. How many animals did Mia have in total?", "answer": 11}
+{"id": "t1", "question": "Theo has 2 oranges, two pencils, a kiwi and 6 mangoes. How many pieces of fruit did Theo have in total?", "answer": 9}
+"#;
+const VAL: &str = r#"{"id": "v0", "question": "Liam packed four peppers, six zucchinis, 4 potatoes and a carrot. How many vegetables did Liam pack in total?", "answer": 15}
+"#;
+const TEST: &str = r#"{"id": "x0", "question": "Lena saw three pears, three plums, three mangoes, two kiwis and 4 bananas. How many pieces of fruit did Lena see in total?", "answer": 15}
+"#;
+
+fn work_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compare_e2e")
+}
+
+fn write_task(dir: &Path) -> PathBuf {
+    let agent = common::model_path("SmolLM2-135M-Instruct.Q4_1.gguf");
+    std::fs::create_dir_all(dir).expect("task dir");
+    for (name, text) in [
+        ("train.jsonl", TRAIN),
+        ("val.jsonl", VAL),
+        ("test.jsonl", TEST),
+    ] {
+        std::fs::write(dir.join(name), text).expect("write data");
+    }
+    let task = format!(
+        r#"name = "tiny-compare"
+
+[components.system_prompt]
+text = "Answer with one number."
+
+[agent]
+type = "chat"
+model = "{}"
+system = "{{{{system_prompt}}}}"
+user = "{{{{question}}}}"
+params = {{ temperature = 0.0, max_new_tokens = 8 }}
+extract = {{ type = "regex", pattern = "-?\\d+" }}
+
+[data]
+train = "train.jsonl"
+val = "val.jsonl"
+test = "test.jsonl"
+
+[metric]
+type = "numeric"
+
+[optimizer]
+params = {{ temperature = 0.7, max_new_tokens = 16 }}
+diagnosis_params = {{ temperature = 0.0, max_new_tokens = 8 }}
+subset_count = 1
+iterations = 1
+candidates = 1
+operators = ["rewrite"]
+max_reasks = 0
+show_failures = 1
+show_successes = 0
+trajectory_chars = 120
+"#,
+        agent.display()
+    );
+    let path = dir.join("task.toml");
+    std::fs::write(&path, task).expect("write task");
+    path
+}
+
+/// Runs `fgo compare` with `models` as optimizers; returns its peak resident memory in
+/// bytes (from the kernel's accounting of the finished child).
+fn compare(task: &Path, out: &Path, models: &[&Path]) -> u64 {
+    let _ = std::fs::remove_dir_all(out);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fgo"));
+    cmd.env_remove("RUST_LOG")
+        .args(["-q", "compare"])
+        .arg(task)
+        .arg("--out")
+        .arg(out)
+        .args(["--kv-budget", "64M", "--json"]);
+    for m in models {
+        cmd.arg("--optimizer-model").arg(m);
+    }
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn fgo compare");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: `rusage` is plain data the kernel fills in; `pid` is our own child, reaped
+    // here once (the `Child` handle is not waited on afterwards).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(reaped, pid, "wait4 failed");
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr {
+        use std::io::Read as _;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "fgo compare failed ({status}): {stderr}"
+    );
+    // ru_maxrss is in KiB on Linux.
+    usage.ru_maxrss as u64 * 1024
+}
+
+fn report(dir: &Path) -> Value {
+    let text = std::fs::read_to_string(dir.join("report.json")).expect("report.json");
+    serde_json::from_str(&text).expect("report JSON")
+}
+
+/// The run directories of a comparison, in the order the models were given.
+fn run_dirs(out: &Path, models: &[&Path]) -> Vec<PathBuf> {
+    let board: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("leaderboard.json")).expect("leaderboard"),
+    )
+    .expect("leaderboard JSON");
+    models
+        .iter()
+        .map(|m| {
+            let row = board
+                .as_array()
+                .expect("rows")
+                .iter()
+                .find(|r| r["optimizer_model"] == m.to_str().expect("utf-8"))
+                .expect("a row per model");
+            PathBuf::from(row["run_dir"].as_str().expect("run_dir"))
+        })
+        .collect()
+}
+
+/// The (source counts, tokens) of a run's rows of `stage` of the shared method.
+fn shared_row(report: &Value, stage: &str) -> (u64, u64, u64) {
+    let rows = report["accounting"]["rows"].as_array().expect("rows");
+    let row = rows
+        .iter()
+        .find(|r| r["method"] == "shared" && r["stage"] == stage && r["role"] == "agent")
+        .unwrap_or_else(|| panic!("no shared {stage} row: {rows:?}"));
+    let n = |k: &str| row[k].as_u64().unwrap_or(0);
+    (n("live"), n("shared"), n("prompt_tokens"))
+}
+
+#[test]
+fn compare_computes_the_initial_evaluation_once_and_holds_one_optimizer_at_a_time() {
+    let dir = work_dir();
+    let task = write_task(&dir);
+    let qwen = common::model_path("qwen2.5-coder-0.5b-instruct.gguf");
+    let gemma = common::model_path("gemma-3-270m-q4_k_m.gguf");
+
+    let alone = compare(&task, &dir.join("alone"), &[&qwen]);
+    let models = [qwen.as_path(), gemma.as_path()];
+    let both = compare(&task, &dir.join("both"), &models);
+
+    // Memory: the second model replaced the first. Holding both would add gemma3's
+    // weights (about 300 MB resident) to the first comparison's peak.
+    let mb = |b: u64| b / (1 << 20);
+    let bound = alone + alone / 8 + (64 << 20);
+    assert!(
+        both <= bound,
+        "peak {} MB with two optimizers against {} MB with the first alone (bound {} MB)",
+        mb(both),
+        mb(alone),
+        mb(bound)
+    );
+
+    // The initial evaluation: made live by the first run, answered from it in the second.
+    let dirs = run_dirs(&dir.join("both"), &models);
+    let first = report(&dirs[0]);
+    let second = report(&dirs[1]);
+    let (live1, _, tokens1) = shared_row(&first, "initial_eval");
+    let (live2, shared2, tokens2) = shared_row(&second, "initial_eval");
+    assert_eq!(live1, 3, "two train and one val example");
+    assert_eq!((live2, shared2), (0, 3), "{:?}", second["accounting"]);
+    assert_eq!(tokens1, tokens2, "the same calls, the same tokens");
+    assert_eq!(first["initial"], second["initial"]);
+    let (_, shared_test, _) = shared_row(&second, "final_eval");
+    assert_eq!(
+        shared_test, 1,
+        "the initial component on test, from the first run"
+    );
+    // The second run's own log holds the borrowed records, so that it resumes alone.
+    let log = std::fs::read_to_string(dirs[1].join("events.jsonl")).expect("events");
+    let initial_records = log
+        .lines()
+        .filter(|l| l.contains(r#""method":"shared""#) && l.contains(r#""stage":"initial_eval""#))
+        .count();
+    assert_eq!(initial_records, 3);
+}
