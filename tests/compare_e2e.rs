@@ -92,9 +92,13 @@ fn compare(task: &Path, out: &Path, models: &[&Path]) -> u64 {
     for m in models {
         cmd.arg("--optimizer-model").arg(m);
     }
+    let stderr_path = out.with_extension("stderr");
+    let stderr_file = std::fs::File::create(&stderr_path).expect("stderr file");
+    // Reaped below by wait4, which also reports the child's peak memory.
+    #[allow(clippy::zombie_processes)]
     let child = cmd
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
+        .stderr(stderr_file)
         .spawn()
         .expect("spawn fgo compare");
     let pid = child.id() as libc::pid_t;
@@ -104,11 +108,7 @@ fn compare(task: &Path, out: &Path, models: &[&Path]) -> u64 {
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     assert_eq!(reaped, pid, "wait4 failed");
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr {
-        use std::io::Read as _;
-        let _ = e.read_to_string(&mut stderr);
-    }
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
     assert!(
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "fgo compare failed ({status}): {stderr}"
