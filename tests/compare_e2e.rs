@@ -164,6 +164,11 @@ fn compare_computes_the_initial_evaluation_once_and_holds_one_optimizer_at_a_tim
     let models = [qwen.as_path(), gemma.as_path()];
     let both = compare(&task, &dir.join("both"), &models);
 
+    eprintln!(
+        "peak memory: {} MB with the first optimizer alone, {} MB with both",
+        alone >> 20,
+        both >> 20
+    );
     // Memory: the second model replaced the first. Holding both would add gemma3's
     // weights (about 300 MB resident) to the first comparison's peak.
     let mb = |b: u64| b / (1 << 20);
