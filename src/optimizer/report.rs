@@ -39,7 +39,8 @@
 //!   "accounting": { "rows": [ { "method", "stage", "role", "calls", "live", "replayed",
 //!                               "memo_hits", "prompt_tokens", "cached_prompt_tokens",
 //!                               "completion_tokens", "time_s" } ],
-//!                   "total": { same fields, method/stage/role = "all" } },
+//!                   "total": { same fields, method/stage/role = "all" },
+//!                   "model_notes": { model: [sentence] } },   // remote models only, if any
 //!   "elapsed_s": f
 //! }
 //! ```
@@ -259,6 +260,11 @@ impl Totals {
 pub struct Accounting {
     pub rows: Vec<Totals>,
     pub total: Totals,
+    /// For each remote model of this process: whether its server reported cached prompt
+    /// tokens, and where its token counts and context length come from
+    /// ([`crate::llm::notes`]), so that a 0 or an estimate is not read as a measurement.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub model_notes: BTreeMap<String, Vec<String>>,
 }
 
 impl Accounting {
@@ -286,7 +292,22 @@ impl Accounting {
         Self {
             rows: rows.into_values().collect(),
             total,
+            model_notes: crate::llm::notes::snapshot(),
         }
+    }
+}
+
+impl RunReport {
+    /// The notes of this run's remote models (agent and optimizer), by name.
+    pub fn model_notes(&self) -> Vec<(&str, &[String])> {
+        self.accounting
+            .model_notes
+            .iter()
+            .filter(|(name, _)| {
+                **name == self.agent_model || self.optimizer_model.as_ref() == Some(*name)
+            })
+            .map(|(name, notes)| (name.as_str(), notes.as_slice()))
+            .collect()
     }
 }
 
@@ -417,6 +438,9 @@ impl RunReport {
                 t.completion_tokens,
                 t.time_s
             );
+        }
+        for (model, notes) in self.model_notes() {
+            let _ = writeln!(s, "\nModel `{model}`: {}.", notes.join("; "));
         }
         for m in &self.methods {
             let _ = writeln!(s, "\n## Method `{}`\n", m.method);
