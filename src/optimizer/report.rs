@@ -39,8 +39,7 @@
 //!   "accounting": { "rows": [ { "method", "stage", "role", "calls", "live", "replayed",
 //!                               "memo_hits", "prompt_tokens", "cached_prompt_tokens",
 //!                               "completion_tokens", "time_s" } ],
-//!                   "total": { same fields, method/stage/role = "all" },
-//!                   "model_notes": { model: [sentence] } },   // remote models only, if any
+//!                   "total": { same fields, method/stage/role = "all" } },
 //!   "elapsed_s": f
 //! }
 //! ```
@@ -260,11 +259,6 @@ impl Totals {
 pub struct Accounting {
     pub rows: Vec<Totals>,
     pub total: Totals,
-    /// For each remote model of this process: whether its server reported cached prompt
-    /// tokens, and where its token counts and context length come from
-    /// ([`crate::llm::notes`]), so that a 0 or an estimate is not read as a measurement.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub model_notes: BTreeMap<String, Vec<String>>,
 }
 
 impl Accounting {
@@ -292,21 +286,22 @@ impl Accounting {
         Self {
             rows: rows.into_values().collect(),
             total,
-            model_notes: crate::llm::notes::snapshot(),
         }
     }
 }
 
 impl RunReport {
-    /// The notes of this run's remote models (agent and optimizer), by name.
-    pub fn model_notes(&self) -> Vec<(&str, &[String])> {
-        self.accounting
-            .model_notes
-            .iter()
+    /// What this process knows of how the run's remote models (agent and optimizer) were
+    /// measured ([`crate::llm::notes`]): whether their servers reported cached prompt
+    /// tokens, and where their token counts and context lengths come from, so that a 0 or
+    /// an estimate is not read as a measurement. Empty for local models, and in a process
+    /// that did not connect to the run's servers (`fgo report` re-rendering a run).
+    pub fn model_notes(&self) -> Vec<(String, Vec<String>)> {
+        crate::llm::notes::snapshot()
+            .into_iter()
             .filter(|(name, _)| {
-                **name == self.agent_model || self.optimizer_model.as_ref() == Some(*name)
+                *name == self.agent_model || self.optimizer_model.as_ref() == Some(name)
             })
-            .map(|(name, notes)| (name.as_str(), notes.as_slice()))
             .collect()
     }
 }
