@@ -73,7 +73,7 @@ struct Fake {
     stop: Arc<AtomicBool>,
     /// Every request received, in order.
     received: Arc<Mutex<Vec<Request>>>,
-    /// The prompts of chat requests answered with a 200.
+    /// The prompts of chat requests answered with a 200 (recorded as the reply is sent).
     answered: Arc<Mutex<Vec<String>>>,
 }
 
@@ -161,13 +161,15 @@ fn serve(
                 "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             );
-            let sent = stream
+            // Recorded before the reply is written, so that the client never sees a reply
+            // the record does not hold yet.
+            if status == 200 && is_chat {
+                answered.lock().unwrap().push(request.prompt());
+            }
+            let _ = stream
                 .write_all(head.as_bytes())
                 .and_then(|_| stream.write_all(body.as_bytes()))
                 .and_then(|_| stream.flush());
-            if sent.is_ok() && status == 200 && is_chat {
-                answered.lock().unwrap().push(request.prompt());
-            }
         }
         Reply::Hang => {
             let until = Instant::now() + Duration::from_secs(30);
