@@ -128,8 +128,8 @@ pub(crate) fn parse_bytes(text: &str) -> Result<usize, String> {
 
 /// A model loaded by [`EngineArgs::load_model`].
 pub enum LoadedModel {
-    Local(fgo::engine::Engine),
-    Remote(fgo::llm::openai::OpenAiLlm),
+    Local(Box<fgo::engine::Engine>),
+    Remote(Box<fgo::llm::openai::OpenAiLlm>),
 }
 
 impl EngineArgs {
@@ -149,9 +149,9 @@ impl EngineArgs {
                         field.replace('_', "-")
                     )
                 })?;
-                Ok(LoadedModel::Remote(fgo::llm::openai::OpenAiLlm::connect(
-                    &remote, &options,
-                )?))
+                Ok(LoadedModel::Remote(Box::new(
+                    fgo::llm::openai::OpenAiLlm::connect(&remote, &options)?,
+                )))
             }
             ModelSpec::Local(_) => {
                 if self.api_key_env.is_some() {
@@ -159,7 +159,7 @@ impl EngineArgs {
                         "invalid value for `--api-key-env`: only used with a remote model (NAME@URL)"
                     );
                 }
-                Ok(LoadedModel::Local(self.load()?))
+                Ok(LoadedModel::Local(Box::new(self.load()?)))
             }
         }
     }

@@ -115,7 +115,7 @@ pub enum AgentSpec {
         extract: Extract,
         /// Options of a remote model (`model = "NAME@URL"`): `[agent.server]`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        server: Option<ServerOptions>,
+        server: Option<Box<ServerOptions>>,
     },
     /// An external program: reads `{"components": {..}, "example": {..}}` on stdin and
     /// prints `{"trajectory": "..", "answer": "..", "score": optional number}`.
@@ -663,7 +663,7 @@ impl Task {
             AgentSpec::Command { .. } => None,
         };
         let tables = [
-            ("agent.server", agent.and_then(|(m, s)| s.map(|s| (m, s)))),
+            ("agent.server", agent.and_then(|(m, s)| s.map(|s| (m, *s)))),
             (
                 "optimizer.server",
                 self.spec
