@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: fetches the test models (verified, cached
-# under ~/.cache/fgo), then builds and runs every test.
+# under ~/.cache/fgo), builds llama.cpp's server for the HTTP backend's tests (cached too),
+# then builds and runs every test.
 #
 #   scripts/test.sh [extra cargo test arguments]
 set -euo pipefail
@@ -9,4 +10,7 @@ cd "$root"
 # Build outputs live outside the clone by default so that fresh clones reuse them.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fgo/target}"
 scripts/fetch-models.sh all
+# The HTTP backend's tests run llama.cpp's server; its build is cached under ~/.cache/fgo.
+FGO_LLAMA_SERVER="$(scripts/llama-build.sh llama-server)"
+export FGO_LLAMA_SERVER
 cargo test --all-targets "$@"

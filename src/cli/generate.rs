@@ -8,7 +8,10 @@ use fgo::engine::sampling::SamplingParams;
 use fgo::engine::{GenerationRequest, Prompt};
 use serde_json::json;
 
-use super::EngineArgs;
+use fgo::llm::openai::OpenAiLlm;
+use fgo::llm::{ChatRequest, Llm};
+
+use super::{EngineArgs, LoadedModel};
 
 /// The most bytes of prompt read from standard input (any context window fills far sooner).
 const STDIN_LIMIT: u64 = 64 << 20;
@@ -49,7 +52,7 @@ pub struct GenerateArgs {
     json: bool,
 }
 
-pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+pub fn run(mut args: GenerateArgs) -> anyhow::Result<()> {
     let params = SamplingParams {
         temperature: args.temperature,
         top_k: args.top_k,
@@ -60,7 +63,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         ignore_eos: false,
     };
     params.validate()?;
-    let user = match args.prompt {
+    let user = match args.prompt.take() {
         Some(p) => p,
         None => {
             let mut bytes = Vec::new();
@@ -78,19 +81,22 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         }
     };
     let prompt = if args.raw {
-        let system = args.system.map(|s| s + "\n").unwrap_or_default();
+        let system = args.system.take().map(|s| s + "\n").unwrap_or_default();
         Prompt::Text {
             text: system + &user,
         }
     } else {
         let mut messages = Vec::new();
-        if let Some(system) = args.system {
+        if let Some(system) = args.system.take() {
             messages.push(ChatMessage::system(system));
         }
         messages.push(ChatMessage::user(user));
         Prompt::Chat { messages }
     };
-    let engine = args.engine.load()?;
+    let engine = match args.engine.load_model()? {
+        LoadedModel::Local(engine) => engine,
+        LoadedModel::Remote(llm) => return run_remote(&llm, prompt, params, &args),
+    };
     let context = engine.config().context_length;
     if args.max_tokens > context {
         anyhow::bail!(
@@ -116,6 +122,50 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 "generation_s": t.decode_s,
                 "prompt_tokens_per_s": rate(u.prompt_tokens - u.cached_prompt_tokens, t.prefill_s),
                 "generation_tokens_per_s": rate(u.completion_tokens.saturating_sub(1), t.decode_s),
+            },
+        });
+        outln!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        outln!("{}", completion.text);
+    }
+    Ok(())
+}
+
+/// `fgo generate` on a remote model: one chat completion request.
+fn run_remote(
+    llm: &OpenAiLlm,
+    prompt: Prompt,
+    params: SamplingParams,
+    args: &GenerateArgs,
+) -> anyhow::Result<()> {
+    let Prompt::Chat { messages } = prompt else {
+        anyhow::bail!(
+            "invalid value for `--raw`: a remote model completes chat messages only; drop `--raw`"
+        );
+    };
+    let context = llm.context_length();
+    if args.max_tokens > context {
+        anyhow::bail!(
+            "invalid value for `--max-tokens`: {} is more than the context window of {context} tokens",
+            args.max_tokens
+        );
+    }
+    let completion = llm
+        .complete(&[ChatRequest { messages, params }])
+        .pop()
+        .unwrap_or_else(|| Err(fgo::Error::Request("no completion produced".into())))?;
+    if args.json {
+        let t = completion.timings;
+        let out = json!({
+            "model": llm.name(),
+            "endpoints": llm.endpoints(),
+            "text": completion.text,
+            "finish_reason": completion.finish_reason,
+            "usage": completion.usage,
+            "timings": {
+                "queue_s": t.queue_s,
+                "prompt_s": t.prefill_s,
+                "generation_s": t.decode_s,
             },
         });
         outln!("{}", serde_json::to_string_pretty(&out)?);

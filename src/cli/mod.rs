@@ -73,9 +73,13 @@ pub enum Command {
 /// Where and how to run a model.
 #[derive(Debug, Clone, Args)]
 pub struct EngineArgs {
-    /// Model: a GGUF path, an alias from models/ (see `fgo models`), or hf:OWNER/REPO/FILE.gguf.
+    /// Model: a GGUF path, an alias from models/ (see `fgo models`), hf:OWNER/REPO/FILE.gguf,
+    /// or NAME@URL[,URL...] for a model on OpenAI-compatible servers (docs/remote.md).
     #[arg(short, long, default_value = "qwen2.5-coder-1.5b")]
     pub model: String,
+    /// For a remote model: the environment variable holding its API key.
+    #[arg(long, value_name = "VAR")]
+    pub api_key_env: Option<String>,
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -122,7 +126,44 @@ pub(crate) fn parse_bytes(text: &str) -> Result<usize, String> {
     Ok((value * scale) as usize)
 }
 
+/// A model loaded by [`EngineArgs::load_model`].
+pub enum LoadedModel {
+    Local(Box<fgo::engine::Engine>),
+    Remote(Box<fgo::llm::openai::OpenAiLlm>),
+}
+
 impl EngineArgs {
+    /// Loads a local model or connects to a remote one (`NAME@URL`); the engine options
+    /// (device, tokenizer, key/value budget) apply to a local model only.
+    pub fn load_model(&self) -> anyhow::Result<LoadedModel> {
+        use fgo::llm::spec::{ModelSpec, ServerOptions};
+        match ModelSpec::parse(&self.model)? {
+            ModelSpec::Remote(remote) => {
+                let options = ServerOptions {
+                    api_key_env: self.api_key_env.clone(),
+                    ..ServerOptions::default()
+                };
+                options.validate().map_err(|(field, reason)| {
+                    anyhow::anyhow!(
+                        "invalid value for `--{}`: {reason}",
+                        field.replace('_', "-")
+                    )
+                })?;
+                Ok(LoadedModel::Remote(Box::new(
+                    fgo::llm::openai::OpenAiLlm::connect(&remote, &options)?,
+                )))
+            }
+            ModelSpec::Local(_) => {
+                if self.api_key_env.is_some() {
+                    anyhow::bail!(
+                        "invalid value for `--api-key-env`: only used with a remote model (NAME@URL)"
+                    );
+                }
+                Ok(LoadedModel::Local(Box::new(self.load()?)))
+            }
+        }
+    }
+
     /// Resolves the model and loads it.
     pub fn load(&self) -> anyhow::Result<fgo::engine::Engine> {
         configure_threads(self.threads)?;

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
+use fgo::llm::openai::OpenAiLlm;
+use fgo::llm::spec::{ModelSpec, ServerOptions};
 use fgo::llm::Llm;
 use fgo::optimizer::report::RunReport;
 use fgo::optimizer::run::{execute, Method, Models};
@@ -196,9 +198,30 @@ impl ModelCache {
         })
     }
 
-    pub(crate) fn get(&mut self, spec: &str) -> anyhow::Result<Arc<dyn Llm>> {
-        if let Some(m) = self.loaded.get(spec) {
+    /// The model of `spec`, loaded (a local model) or connected to (a remote one, with
+    /// `server`'s options, ignored for a local model) on first use.
+    pub(crate) fn get(
+        &mut self,
+        spec: &str,
+        server: Option<&ServerOptions>,
+    ) -> anyhow::Result<Arc<dyn Llm>> {
+        let remote = match ModelSpec::parse(spec)? {
+            ModelSpec::Remote(remote) => Some(remote),
+            ModelSpec::Local(_) => None,
+        };
+        let options = server.cloned().unwrap_or_default();
+        let cache_key = match &remote {
+            Some(_) => format!("{spec}\n{options:?}"),
+            None => spec.to_string(),
+        };
+        if let Some(m) = self.loaded.get(&cache_key) {
             return Ok(m.clone());
+        }
+        if let Some(remote) = remote {
+            tracing::info!(model = %remote.display(), "connecting to a remote model");
+            let m: Arc<dyn Llm> = Arc::new(OpenAiLlm::connect(&remote, &options)?);
+            self.loaded.insert(cache_key, m.clone());
+            return Ok(m);
         }
         let path = fgo::engine::source::resolve(spec)?;
         let options = fgo::engine::LoadOptions {
@@ -220,17 +243,21 @@ impl ModelCache {
     /// optimizer model at a time (a model still used elsewhere lives until its last user
     /// lets it go).
     pub(crate) fn keep_only(&mut self, keep: &[String]) {
-        self.loaded.retain(|spec, _| keep.contains(spec));
+        // A remote model's cache key is its spec, a newline, then its options.
+        self.loaded.retain(|key, _| {
+            let spec = key.split('\n').next().unwrap_or(key);
+            keep.iter().any(|k| k == spec)
+        });
     }
 
     /// The agent's and optimizer's models for `task` run with `method`.
     pub(crate) fn models(&mut self, task: &Task, method: Method) -> anyhow::Result<Models> {
         let agent = match &task.spec.agent {
-            AgentSpec::Chat { model, .. } => Some(self.get(model)?),
+            AgentSpec::Chat { model, .. } => Some(self.get(model, task.agent_server().as_ref())?),
             AgentSpec::Command { .. } => None,
         };
         let optimizer = if method.needs_optimizer() {
-            Some(self.get(&task.optimizer_model())?)
+            Some(self.get(&task.optimizer_model(), task.optimizer_server().as_ref())?)
         } else {
             None
         };
@@ -287,6 +314,16 @@ pub(crate) fn print_report(report: &RunReport, dir: &Path, json: bool) -> anyhow
         "{} calls ({} live, {} replayed, {} memo hits), {} prompt tokens ({} cached), {} completion tokens, {:.1}s",
         t.calls, t.live, t.replayed, t.memo_hits, t.prompt_tokens, t.cached_prompt_tokens, t.completion_tokens, report.elapsed_s
     );
+    // What a remote model's server did not measure (the table's 0 or a guess).
+    for (model, notes) in report.model_notes() {
+        let unmeasured = ["not reported", "estimates", "assumed"];
+        for note in notes
+            .iter()
+            .filter(|n| unmeasured.iter().any(|u| n.contains(u)))
+        {
+            outln!("model {model}: {note}");
+        }
+    }
     outln!();
     outln!(
         "{:<14} {:>8} {:>8} {:>8}",

@@ -1,7 +1,9 @@
 //! The recording call layer: every LLM call and agent command of a run goes through
 //! [`Calls`].
 //!
-//! A call is keyed by a hash of (role, model name, request). The layer answers, in order:
+//! A call is keyed by a hash of (role, model identity, request): the identity
+//! ([`Llm::identity`]) names the model by what it is (a file's hash, a served name and its
+//! endpoints), not by what it is called. The layer answers, in order:
 //! from the run-wide memo (the same input twice in a run is never computed twice), from the
 //! records of an earlier session (a resumed run replays them and never repeats a finished
 //! call), or live, submitting all remaining requests of a batch to the model in one
@@ -221,10 +223,10 @@ impl Calls {
         self.wall_offset_s + self.started.elapsed().as_secs_f64()
     }
 
-    /// The key of an LLM call.
-    pub fn key(role: Role, model: &str, request: &ChatRequest) -> String {
+    /// The key of an LLM call; `identity` is the model's [`Llm::identity`].
+    pub fn key(role: Role, identity: &str, request: &ChatRequest) -> String {
         let body = serde_json::to_string(request).unwrap_or_default();
-        stable_hash(format!("{}\n{}\n{}", role.name(), model, body).as_bytes())
+        stable_hash(format!("{}\n{}\n{}", role.name(), identity, body).as_bytes())
     }
 
     /// Completes `requests` on `llm`, answering from memo and replay where possible and
@@ -237,9 +239,10 @@ impl Calls {
         requests: &[ChatRequest],
     ) -> Vec<Result<Completion>> {
         let model = llm.name();
+        let identity = llm.identity();
         let keys: Vec<String> = requests
             .iter()
-            .map(|r| Self::key(role, &model, r))
+            .map(|r| Self::key(role, &identity, r))
             .collect();
         // Keys another thread has in flight: answered once that thread records them.
         let mut waiting: Vec<usize> = Vec::new();

@@ -301,6 +301,22 @@ impl Accounting {
     }
 }
 
+impl RunReport {
+    /// What this process knows of how the run's remote models (agent and optimizer) were
+    /// measured ([`crate::llm::notes`]): whether their servers reported cached prompt
+    /// tokens, and where their token counts and context lengths come from, so that a 0 or
+    /// an estimate is not read as a measurement. Empty for local models, and in a process
+    /// that did not connect to the run's servers (`fgo report` re-rendering a run).
+    pub fn model_notes(&self) -> Vec<(String, Vec<String>)> {
+        crate::llm::notes::snapshot()
+            .into_iter()
+            .filter(|(name, _)| {
+                *name == self.agent_model || self.optimizer_model.as_ref() == Some(name)
+            })
+            .collect()
+    }
+}
+
 fn pct(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{:.1}%", 100.0 * v))
 }
@@ -429,6 +445,9 @@ impl RunReport {
                 t.completion_tokens,
                 t.time_s
             );
+        }
+        for (model, notes) in self.model_notes() {
+            let _ = writeln!(s, "\nModel `{model}`: {}.", notes.join("; "));
         }
         for m in &self.methods {
             let _ = writeln!(s, "\n## Method `{}`\n", m.method);

@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::sampling::SamplingParams;
 use crate::error::{Error, Result};
+use crate::llm::spec::{ModelSpec, ServerOptions};
 use crate::optimizer::metric::MetricSpec;
 use crate::optimizer::operators::{Operator, DEFAULT_OPERATORS};
 
@@ -112,6 +113,9 @@ pub enum AgentSpec {
         /// How the answer is taken from the reply (default: the last non-empty line).
         #[serde(default)]
         extract: Extract,
+        /// Options of a remote model (`model = "NAME@URL"`): `[agent.server]`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        server: Option<Box<ServerOptions>>,
     },
     /// An external program: reads `{"components": {..}, "example": {..}}` on stdin and
     /// prints `{"trajectory": "..", "answer": "..", "score": optional number}`.
@@ -234,6 +238,10 @@ pub enum Selection {
 pub struct OptimizerSpec {
     /// Optimizer model (default: the agent's model).
     pub model: Option<String>,
+    /// Options of a remote optimizer model: `[optimizer.server]` (default: the agent's
+    /// when the optimizer uses the agent's model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerOptions>,
     /// Generation parameters of rewrite and merge calls (default: temperature 0.7, 512 tokens).
     pub params: SamplingParams,
     /// Generation parameters of diagnosis calls (default: greedy, 256 tokens).
@@ -300,6 +308,7 @@ impl Default for OptimizerSpec {
     fn default() -> Self {
         Self {
             model: None,
+            server: None,
             params: SamplingParams {
                 temperature: 0.7,
                 max_new_tokens: 512,
@@ -488,6 +497,7 @@ impl Task {
         }
         self.validate_data()?;
         self.validate_optimizer()?;
+        self.validate_servers()?;
         let b = &spec.budget;
         if b.optimizer_tokens == Some(0) {
             return Err(self.err("budget.optimizer_tokens", "must be positive"));
@@ -621,6 +631,86 @@ impl Task {
     }
 }
 
+impl Task {
+    /// The `[agent.server]` options, paths resolved against the task's directory.
+    pub fn agent_server(&self) -> Option<ServerOptions> {
+        match &self.spec.agent {
+            AgentSpec::Chat { server, .. } => server.as_ref().map(|o| self.resolved(o)),
+            AgentSpec::Command { .. } => None,
+        }
+    }
+
+    /// The `[optimizer.server]` options, else the agent's when the optimizer runs the
+    /// agent's model; paths resolved against the task's directory.
+    pub fn optimizer_server(&self) -> Option<ServerOptions> {
+        match &self.spec.optimizer.server {
+            Some(o) => Some(self.resolved(o)),
+            None => match &self.spec.agent {
+                AgentSpec::Chat { model, .. } if *model == self.optimizer_model() => {
+                    self.agent_server()
+                }
+                _ => None,
+            },
+        }
+    }
+
+    fn resolved(&self, options: &ServerOptions) -> ServerOptions {
+        let mut options = options.clone();
+        options.tokenizer = options.tokenizer.map(|p| self.resolve(&p));
+        options
+    }
+
+    /// Checks the `server` tables: valid fields, and a remote model to apply to.
+    fn validate_servers(&self) -> Result<()> {
+        let agent = match &self.spec.agent {
+            AgentSpec::Chat { model, server, .. } => Some((model.clone(), server.clone())),
+            AgentSpec::Command { .. } => None,
+        };
+        let tables = [
+            ("agent.server", agent.and_then(|(m, s)| s.map(|s| (m, *s)))),
+            (
+                "optimizer.server",
+                self.spec
+                    .optimizer
+                    .server
+                    .clone()
+                    .map(|s| (self.optimizer_model(), s)),
+            ),
+        ];
+        for (table, entry) in tables {
+            let Some((model, options)) = entry else {
+                continue;
+            };
+            options
+                .validate()
+                .map_err(|(field, reason)| self.err(&format!("{table}.{field}"), reason))?;
+            let model_field = table.replace(".server", ".model");
+            match ModelSpec::parse(&model).map_err(|e| self.err(&model_field, e.to_string()))? {
+                ModelSpec::Remote(_) => {}
+                ModelSpec::Local(_) => {
+                    return Err(self.err(
+                        table,
+                        format!(
+                            "only used with a remote model (NAME@URL), but `{model_field}` is `{}`",
+                            crate::error::printable(&model)
+                        ),
+                    ))
+                }
+            }
+            if let Some(path) = &options.tokenizer {
+                let p = self.resolve(path);
+                if !p.is_file() {
+                    return Err(self.err(
+                        &format!("{table}.tokenizer"),
+                        format!("{} is not a file", p.display()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Whether `s` is a template-friendly name.
 pub(crate) fn is_identifier(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -698,6 +788,37 @@ type = "exact"
     fn missing_agent_is_an_error() {
         let text = MINIMAL.replace("[agent]\ntype = \"chat\"", "[agentx]\ntype = \"chat\"");
         assert!(load(&text).is_err());
+    }
+
+    #[test]
+    fn server_tables_are_validated_and_need_a_remote_model() {
+        let remote = MINIMAL.replace("model = \"m\"", "model = \"m@http://127.0.0.1:8080\"");
+        let text = format!("{remote}\n[agent.server]\nmax_in_flight = 4\napi_key_env = \"K\"\n");
+        let t = load(&text.replace("[data]", "[data]\n")).expect("valid");
+        assert_eq!(t.agent_server().unwrap().max_in_flight, 4);
+        assert_eq!(
+            t.optimizer_server().unwrap().max_in_flight,
+            4,
+            "the optimizer reuses the agent's model and options"
+        );
+        let text = remote.replace("[data]", "[agent.server]\nmax_in_flight = 0\n[data]");
+        let err = load(&text).unwrap_err().to_string();
+        assert!(err.contains("`agent.server.max_in_flight`"), "{err}");
+        let text = remote.replace("[data]", "[agent.server]\nbogus = 1\n[data]");
+        assert!(load(&text).unwrap_err().to_string().contains("bogus"));
+        let text = format!("{MINIMAL}\n[optimizer.server]\nretries = 1\n");
+        let err = load(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("`optimizer.server`") && err.contains("remote model"),
+            "{err}"
+        );
+        let text = format!("{MINIMAL}\n[optimizer]\nmodel = \"o@http://h:1\"\n[optimizer.server]\ntokenizer = \"missing.json\"\n");
+        let err = load(&text).unwrap_err().to_string();
+        assert!(err.contains("optimizer.server.tokenizer"), "{err}");
+        let text = format!("{MINIMAL}\n[optimizer]\nmodel = \"o@http://h:1\"\n[optimizer.server]\nread_timeout_s = 2.5\n");
+        let t = load(&text).expect("valid");
+        assert_eq!(t.optimizer_server().unwrap().read_timeout_s, 2.5);
+        assert!(t.agent_server().is_none());
     }
 
     #[test]

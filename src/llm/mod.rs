@@ -1,9 +1,17 @@
 //! The seam between the optimizer and whatever runs the language model.
 //!
 //! The optimizer sees only [`Llm`]: submit many chat requests at once, get each completion
-//! back with its usage. The embedded [`Engine`] implements it; an HTTP client for an
-//! OpenAI-compatible server can implement it too, so a user can move to a bigger machine
-//! without touching the optimizer.
+//! back with its usage. The embedded [`Engine`] implements it, and so does
+//! [`openai::OpenAiLlm`], a client of OpenAI-compatible servers (vLLM, SGLang, llama.cpp),
+//! so a user can move to a bigger machine without touching the optimizer. A model spec
+//! ([`spec::ModelSpec`]) says which: `NAME@URL[,URL...]` is remote, anything else local.
+
+pub mod identity;
+pub mod notes;
+pub mod openai;
+pub mod retry;
+pub mod spec;
+pub mod wire;
 
 use crate::engine::chat::ChatMessage;
 use crate::engine::generate::{Engine, GenerationRequest, Prompt};
@@ -23,6 +31,13 @@ pub struct ChatRequest {
 pub trait Llm: Send + Sync {
     /// A short name for reports (the model file or endpoint).
     fn name(&self) -> String;
+
+    /// What the model is, for call keys: two models with the same identity give the same
+    /// answers to the same request. The engine's is its GGUF file's SHA-256; a remote
+    /// model's is its served name and sorted endpoints. Defaults to [`Llm::name`].
+    fn identity(&self) -> String {
+        self.name()
+    }
 
     /// The context window, in tokens.
     fn context_length(&self) -> usize;
@@ -55,6 +70,15 @@ impl Llm for Engine {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
+    }
+
+    /// The file's SHA-256 (hashed once per file version, see [`identity`]); the path
+    /// where the file cannot be read.
+    fn identity(&self) -> String {
+        identity::file_identity(self.path()).unwrap_or_else(|e| {
+            tracing::warn!("model identity falls back to the path: {e}");
+            format!("path:{}", self.path().display())
+        })
     }
 
     fn context_length(&self) -> usize {
