@@ -132,6 +132,7 @@ impl EngineArgs {
             tokenizer_json: self.tokenizer.clone(),
             kv_budget_bytes: self.kv_budget,
             prefix_reuse: !self.no_prefix_reuse,
+            max_batch: None,
         };
         tracing::info!(path = %path.display(), "loading model");
         Ok(fgo::engine::Engine::load(&path, &options)?)

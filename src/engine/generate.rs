@@ -19,7 +19,7 @@ use crate::engine::gguf::GgufFile;
 use crate::engine::kv::KvStats;
 use crate::engine::model::{Model, ModelConfig};
 use crate::engine::sampling::SamplingParams;
-use crate::engine::scheduler::{Pending, Scheduler};
+use crate::engine::scheduler::{Pending, Scheduler, MAX_RUNNING};
 use crate::engine::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 
@@ -33,6 +33,9 @@ pub struct LoadOptions {
     pub kv_budget_bytes: Option<usize>,
     /// Reuse cached prompt prefixes across requests.
     pub prefix_reuse: bool,
+    /// The most sequences in the running batch; `None`: [`MAX_RUNNING`]. `Some(1)` runs
+    /// one sequence per forward step (no batching, for ablations).
+    pub max_batch: Option<usize>,
 }
 
 impl Default for LoadOptions {
@@ -42,6 +45,7 @@ impl Default for LoadOptions {
             tokenizer_json: None,
             kv_budget_bytes: None,
             prefix_reuse: true,
+            max_batch: None,
         }
     }
 }
@@ -198,6 +202,13 @@ impl Engine {
         if let Some(budget) = options.kv_budget_bytes {
             check_kv_budget(budget, available_memory())?;
         }
+        let max_batch = options.max_batch.unwrap_or(MAX_RUNNING);
+        if max_batch == 0 {
+            return Err(Error::InvalidArgument {
+                name: "max-batch".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
         let token_text = |id: Option<u32>| {
             id.and_then(|i| tokenizer.token_text(i))
                 .unwrap_or_default()
@@ -218,7 +229,7 @@ impl Engine {
             .unwrap_or(0)
             .max(1);
         Ok(Self {
-            scheduler: Mutex::new(Scheduler::new(store)),
+            scheduler: Mutex::new(Scheduler::new(store).with_max_batch(max_batch)),
             model,
             max_token_bytes,
             tokenizer,

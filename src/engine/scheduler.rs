@@ -28,7 +28,8 @@ use crate::error::{Error, Result};
 /// Prompt tokens processed per forward step, summed over prefilling sequences.
 pub const PREFILL_CHUNK_TOKENS: usize = 512;
 
-/// Most sequences in the running batch at once.
+/// Most sequences in the running batch at once, unless [`Scheduler::with_max_batch`] says
+/// fewer.
 pub const MAX_RUNNING: usize = 256;
 
 /// Where a finished request's result goes: the submitter's channel and its index there.
@@ -144,6 +145,8 @@ pub struct Scheduler {
     pub store: KvStore,
     waiting: VecDeque<Pending>,
     running: Vec<Running>,
+    /// The most sequences in the running batch.
+    max_batch: usize,
 }
 
 impl Scheduler {
@@ -152,7 +155,20 @@ impl Scheduler {
             store,
             waiting: VecDeque::new(),
             running: Vec::new(),
+            max_batch: MAX_RUNNING,
         }
+    }
+
+    /// Limits the running batch to `max_batch` sequences (at least one); `1` runs one
+    /// sequence per forward step.
+    pub fn with_max_batch(mut self, max_batch: usize) -> Self {
+        self.max_batch = max_batch.max(1);
+        self
+    }
+
+    /// The most sequences in the running batch.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
     }
 
     /// Whether any request is waiting or running.
@@ -204,7 +220,7 @@ impl Scheduler {
             .flat_map(|r| r.hashes.iter().skip(r.kv.len() / bs).copied())
             .collect();
         let mut i = 0;
-        while i < self.waiting.len() && self.running.len() < MAX_RUNNING {
+        while i < self.waiting.len() && self.running.len() < self.max_batch {
             let w = &self.waiting[i];
             let cached = self.store.cached_prefix_blocks(&w.hashes);
             if self.store.prefix_reuse()
@@ -373,5 +389,58 @@ impl Scheduler {
                 let _ = r.reply.0.send((r.reply.1, Ok(completion)));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::engine::generate::Prompt;
+    use crate::engine::kv::KvLayout;
+    use crate::engine::sampling::SamplingParams;
+
+    const CONTEXT: usize = 1024;
+
+    fn store(n_blocks: usize) -> KvStore {
+        let layout = KvLayout {
+            n_layers: 1,
+            n_kv_heads: 1,
+            head_dim: 4,
+            block_size: 16,
+        };
+        KvStore::with_blocks(layout, n_blocks)
+    }
+
+    fn pending(tx: &Sender<(usize, Result<Completion>)>, index: usize) -> Pending {
+        // Distinct first tokens: nothing is shared between the requests.
+        let prompt: Vec<u32> = (0..20).map(|t| t + 100 * index as u32).collect();
+        let request = GenerationRequest {
+            prompt: Prompt::Tokens {
+                ids: prompt.clone(),
+            },
+            params: SamplingParams {
+                max_new_tokens: 8,
+                ..SamplingParams::default()
+            },
+        };
+        Pending::new((tx.clone(), index), prompt, request, 16)
+    }
+
+    #[test]
+    fn max_batch_limits_the_running_batch() {
+        let (tx, _rx) = mpsc::channel();
+        for (max_batch, want) in [(1, 1), (2, 2), (MAX_RUNNING, 4)] {
+            let mut scheduler = Scheduler::new(store(64)).with_max_batch(max_batch);
+            for i in 0..4 {
+                scheduler.submit(pending(&tx, i), CONTEXT);
+            }
+            scheduler.admit(CONTEXT);
+            assert_eq!(scheduler.running.len(), want, "max_batch {max_batch}");
+            assert_eq!(scheduler.waiting.len(), 4 - want);
+        }
+        assert_eq!(Scheduler::new(store(4)).with_max_batch(0).max_batch(), 1);
+        assert_eq!(Scheduler::new(store(4)).max_batch(), MAX_RUNNING);
     }
 }
