@@ -8,5 +8,6 @@ pub mod engine;
 pub mod error;
 pub mod llm;
 pub mod optimizer;
+pub mod serve;
 
 pub use error::{Error, Result};

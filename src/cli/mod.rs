@@ -30,6 +30,7 @@ mod optimize;
 mod progress;
 mod report;
 mod resume;
+mod serve;
 mod study;
 
 use clap::{Args, Parser, Subcommand};
@@ -68,6 +69,8 @@ pub enum Command {
     Models(models::ModelsArgs),
     /// Measure prompt-processing and generation speed of one sequence.
     Bench(bench::BenchArgs),
+    /// Serve a local model over an OpenAI-compatible HTTP API.
+    Serve(serve::ServeArgs),
 }
 
 /// Where and how to run a model.
@@ -241,5 +244,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Models(args) => models::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }

@@ -167,6 +167,18 @@ pub struct Completion {
     pub timings: Timings,
 }
 
+/// What an engine holds at one moment: sequences and key/value blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineLoad {
+    /// Requests waiting for admission.
+    pub waiting: usize,
+    /// Sequences in the running batch.
+    pub running: usize,
+    pub kv: KvStats,
+    /// The most sequences in the running batch.
+    pub max_batch: usize,
+}
+
 /// A model ready to generate.
 pub struct Engine {
     model: Model,
@@ -348,23 +360,8 @@ impl Engine {
         on_done: &mut dyn FnMut(usize, Result<Completion>),
     ) {
         let context = self.config().context_length;
-        let prepared: Vec<Result<Vec<u32>>> = requests
-            .par_iter()
-            .map(|r| {
-                r.params.validate()?;
-                let ids = self.prompt_tokens(&r.prompt)?;
-                if ids.is_empty() {
-                    return Err(Error::Request("the prompt is empty".into()));
-                }
-                if ids.len() >= context {
-                    return Err(Error::Request(format!(
-                        "prompt of {} tokens does not fit the context window of {context} tokens",
-                        ids.len()
-                    )));
-                }
-                Ok(ids)
-            })
-            .collect();
+        let prepared: Vec<Result<Vec<u32>>> =
+            requests.par_iter().map(|r| self.prepare(r)).collect();
         let (tx, rx) = mpsc::channel();
         let mut remaining = 0;
         {
@@ -401,6 +398,60 @@ impl Engine {
                     on_done(index, result);
                 }
             }
+        }
+    }
+
+    /// Checks a request's parameters and returns the prompt tokens it runs with, refusing
+    /// an empty prompt and one that leaves no room in the context window.
+    pub fn prepare(&self, request: &GenerationRequest) -> Result<Vec<u32>> {
+        let context = self.config().context_length;
+        request.params.validate()?;
+        let ids = self.prompt_tokens(&request.prompt)?;
+        if ids.is_empty() {
+            return Err(Error::Request("the prompt is empty".into()));
+        }
+        if ids.len() >= context {
+            return Err(Error::Request(format!(
+                "prompt of {} tokens does not fit the context window of {context} tokens",
+                ids.len()
+            )));
+        }
+        Ok(ids)
+    }
+
+    /// Queues a request whose prompt came from [`Engine::prepare`], for a caller that
+    /// drives the scheduler itself with [`Engine::step`] (a server): the result goes to
+    /// the request's reply channel.
+    pub fn submit(&self, pending: Pending) {
+        let context = self.config().context_length;
+        self.scheduler().submit(pending, context);
+    }
+
+    /// Positions per key/value block (for [`Pending::new`]).
+    pub fn block_size(&self) -> usize {
+        self.scheduler().store.block_size()
+    }
+
+    /// Runs one scheduling round if any request is waiting or running; returns whether
+    /// there was one. Requests of [`Engine::generate_each`] callers share it.
+    pub fn step(&self) -> bool {
+        let mut scheduler = self.scheduler();
+        if !scheduler.has_work() {
+            return false;
+        }
+        scheduler.step(&self.model, &self.tokenizer);
+        true
+    }
+
+    /// What the engine holds now.
+    pub fn current_load(&self) -> EngineLoad {
+        let scheduler = self.scheduler();
+        let (waiting, running) = scheduler.load();
+        EngineLoad {
+            waiting,
+            running,
+            kv: scheduler.store.stats(),
+            max_batch: scheduler.max_batch(),
         }
     }
 

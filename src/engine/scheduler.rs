@@ -8,12 +8,19 @@
 //! that produced logits (in parallel), and retires finished sequences, whose blocks return
 //! to the pool with their full blocks still indexed for reuse.
 //!
+//! A request may carry a cancel flag and a text sink ([`Pending::with_cancel`],
+//! [`Pending::with_text_sink`]): a cancelled request leaves at the next step with its
+//! blocks freed, and a sink receives the generated text as it settles, never any text at
+//! or past a stop string (see [`streamable_len`]), so that a server can stream it.
+//!
 //! A request whose prompt continues into blocks that another running sequence is about to
 //! compute waits one step instead of computing them twice, so requests of one batch that
 //! share a system prompt compute it once.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -35,6 +42,14 @@ pub const MAX_RUNNING: usize = 256;
 /// Where a finished request's result goes: the submitter's channel and its index there.
 pub type Reply = (Sender<(usize, Result<Completion>)>, usize);
 
+/// Receives a sequence's generated text piece by piece, in order; the pieces joined are
+/// the completion's text. Returning `false` (the reader has gone) cancels the sequence.
+/// Called from the thread running the step, so it must not block.
+pub type TextSink = Box<dyn FnMut(&str) -> bool + Send>;
+
+/// The answer of a request that was cancelled before it finished.
+pub const CANCELLED: &str = "the request was cancelled";
+
 /// A tokenized request waiting for admission.
 pub struct Pending {
     pub reply: Reply,
@@ -43,6 +58,8 @@ pub struct Pending {
     pub submitted: Instant,
     /// Chained hashes of the prompt's reusable blocks (all full blocks but the last token's).
     hashes: Vec<PrefixHash>,
+    cancel: Option<Arc<AtomicBool>>,
+    sink: Option<TextSink>,
 }
 
 impl Pending {
@@ -60,8 +77,41 @@ impl Pending {
             request,
             submitted: Instant::now(),
             hashes,
+            cancel: None,
+            sink: None,
         }
     }
+
+    /// Cancels the request once `flag` is set: it leaves the queue or the running batch at
+    /// the next step, its blocks return to the pool, and its reply is an error
+    /// ([`CANCELLED`]).
+    pub fn with_cancel(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.cancel = Some(flag);
+        self
+    }
+
+    /// Streams the generated text into `sink` as it settles.
+    pub fn with_text_sink(mut self, sink: TextSink) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    fn cancelled(&self) -> bool {
+        is_set(self.cancel.as_ref())
+    }
+}
+
+fn is_set(flag: Option<&Arc<AtomicBool>>) -> bool {
+    flag.is_some_and(|f| f.load(Ordering::Relaxed))
+}
+
+/// How many leading bytes of `text`, all the text generated so far, can be streamed
+/// without ever taking back a byte: not a trailing replacement character (a UTF-8 sequence
+/// the next token may complete), and then not a trailing part that could still grow into
+/// a stop string. Always a `char` boundary.
+pub fn streamable_len(text: &str, stop: Option<&StopMatcher>) -> usize {
+    let settled = text.trim_end_matches(char::REPLACEMENT_CHARACTER);
+    settled.len() - stop.map_or(0, |s| s.holdback(settled))
 }
 
 /// A request in the running batch.
@@ -84,6 +134,12 @@ struct Running {
     started: bool,
     /// Already answered with an error.
     failed: bool,
+    /// To be answered with [`CANCELLED`].
+    cancelled: bool,
+    cancel: Option<Arc<AtomicBool>>,
+    sink: Option<TextSink>,
+    /// Bytes of text given to `sink` so far.
+    streamed: usize,
     timings: Timings,
 }
 
@@ -105,19 +161,42 @@ impl Running {
             return;
         }
         self.generated.push(token);
-        if let Some(stop) = &self.stop {
-            if let Ok(text) = tokenizer.decode(&self.generated) {
-                if let Some(at) = stop.find(&text) {
-                    self.stop_text = Some(text[..at].to_string());
-                    self.finish = Some(FinishReason::StopString);
-                    return;
-                }
+        let text = if self.stop.is_some() || self.sink.is_some() {
+            tokenizer.decode(&self.generated).ok()
+        } else {
+            None
+        };
+        if let (Some(stop), Some(text)) = (&self.stop, &text) {
+            if let Some(at) = stop.find(text) {
+                self.stop_text = Some(text[..at].to_string());
+                self.finish = Some(FinishReason::StopString);
+                return;
             }
         }
         if self.generated.len() >= self.max_new_tokens {
             self.finish = Some(FinishReason::Length);
         } else if self.prompt.len() + self.generated.len() >= context {
             self.finish = Some(FinishReason::ContextFull);
+        }
+        // A finished sequence streams the rest with its completion.
+        if let (None, Some(text)) = (self.finish, &text) {
+            self.stream(text, streamable_len(text, self.stop.as_ref()));
+        }
+    }
+
+    /// Gives `text[streamed..upto]` to the sink, if any; a sink whose reader has gone
+    /// cancels the sequence.
+    fn stream(&mut self, text: &str, upto: usize) {
+        let Some(sink) = &mut self.sink else { return };
+        // `text` always extends what was streamed (decoding is stable under appending
+        // tokens once trailing replacement characters are held back).
+        let Some(piece) = text.get(self.streamed..upto).filter(|p| !p.is_empty()) else {
+            return;
+        };
+        self.streamed = upto;
+        if !sink(piece) {
+            self.cancelled = true;
+            self.finish = Some(FinishReason::Length);
         }
     }
 
@@ -126,6 +205,7 @@ impl Running {
             Some(text) => text,
             None => tokenizer.decode(&self.generated).unwrap_or_default(),
         };
+        self.stream(&text, text.len());
         Completion {
             text,
             usage: Usage {
@@ -209,6 +289,41 @@ impl Scheduler {
         self.waiting.push_back(pending);
     }
 
+    /// Numbers of waiting and running sequences.
+    pub fn load(&self) -> (usize, usize) {
+        (self.waiting.len(), self.running.len())
+    }
+
+    /// Answers every cancelled request, waiting or running, and frees its blocks.
+    fn drop_cancelled(&mut self) {
+        let mut i = 0;
+        while i < self.waiting.len() {
+            if self.waiting[i].cancelled() {
+                if let Some(w) = self.waiting.remove(i) {
+                    let _ = w
+                        .reply
+                        .0
+                        .send((w.reply.1, Err(Error::Request(CANCELLED.into()))));
+                }
+            } else {
+                i += 1;
+            }
+        }
+        let mut i = 0;
+        while i < self.running.len() {
+            if is_set(self.running[i].cancel.as_ref()) {
+                let mut r = self.running.remove(i);
+                self.store.release(&mut r.kv);
+                let _ = r
+                    .reply
+                    .0
+                    .send((r.reply.1, Err(Error::Request(CANCELLED.into()))));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     /// Moves waiting requests into the running batch while room can be reserved for them.
     fn admit(&mut self, context: usize) {
         let bs = self.store.block_size();
@@ -263,6 +378,10 @@ impl Scheduler {
                 submitted: w.submitted,
                 started: false,
                 failed: false,
+                cancelled: false,
+                cancel: w.cancel,
+                sink: w.sink,
+                streamed: 0,
                 timings: Timings::default(),
                 prompt: w.prompt,
             });
@@ -273,6 +392,7 @@ impl Scheduler {
     /// step fail the sequences it held, not the scheduler.
     pub fn step(&mut self, model: &Model, tokenizer: &Tokenizer) {
         let context = model.config().context_length;
+        self.drop_cancelled();
         self.admit(context);
         if self.running.is_empty() {
             return;
@@ -384,7 +504,14 @@ impl Scheduler {
             }
             let mut r = self.running.remove(i);
             self.store.release(&mut r.kv);
-            if !r.failed {
+            if r.failed {
+                // Answered when it failed.
+            } else if r.cancelled {
+                let _ = r
+                    .reply
+                    .0
+                    .send((r.reply.1, Err(Error::Request(CANCELLED.into()))));
+            } else {
                 let completion = r.completion(tokenizer);
                 let _ = r.reply.0.send((r.reply.1, Ok(completion)));
             }
@@ -442,5 +569,106 @@ mod tests {
         }
         assert_eq!(Scheduler::new(store(4)).with_max_batch(0).max_batch(), 1);
         assert_eq!(Scheduler::new(store(4)).max_batch(), MAX_RUNNING);
+    }
+
+    #[test]
+    fn a_cancelled_request_leaves_and_frees_its_blocks() {
+        let (tx, rx) = mpsc::channel();
+        let mut scheduler = Scheduler::new(store(64)).with_max_batch(2);
+        let flags: Vec<Arc<AtomicBool>> = (0..3).map(|_| Arc::default()).collect();
+        for (i, flag) in flags.iter().enumerate() {
+            scheduler.submit(pending(&tx, i).with_cancel(flag.clone()), CONTEXT);
+        }
+        scheduler.admit(CONTEXT);
+        assert_eq!(scheduler.load(), (1, 2));
+        // The running ones hold blocks, as after a forward step.
+        for r in &mut scheduler.running {
+            scheduler
+                .store
+                .ensure_capacity(&mut r.kv, 20)
+                .expect("room");
+        }
+        assert_eq!(scheduler.store.stats().used_blocks, 4);
+        // Nothing is cancelled yet: nothing leaves.
+        scheduler.drop_cancelled();
+        assert_eq!(scheduler.load(), (1, 2));
+        assert!(rx.try_recv().is_err());
+        // One running and the waiting one are cancelled.
+        flags[0].store(true, Ordering::Relaxed);
+        flags[2].store(true, Ordering::Relaxed);
+        scheduler.drop_cancelled();
+        assert_eq!(scheduler.load(), (0, 1));
+        assert_eq!(scheduler.store.stats().used_blocks, 2);
+        let mut answered: Vec<(usize, String)> = rx
+            .try_iter()
+            .map(|(i, r)| (i, r.expect_err("cancelled").to_string()))
+            .collect();
+        answered.sort();
+        assert_eq!(answered.len(), 2);
+        assert_eq!(answered[0].0, 0);
+        assert_eq!(answered[1].0, 2);
+        assert!(answered.iter().all(|(_, e)| e.contains(CANCELLED)));
+        // The other one is still running and answers nothing yet.
+        assert_eq!(scheduler.running[0].reply.1, 1);
+        flags[1].store(true, Ordering::Relaxed);
+        scheduler.drop_cancelled();
+        assert_eq!(scheduler.load(), (0, 0));
+        assert_eq!(scheduler.store.stats().used_blocks, 0);
+        assert_eq!(rx.try_iter().count(), 1);
+        assert!(!scheduler.has_work());
+    }
+
+    #[test]
+    fn streaming_holds_back_what_a_stop_string_may_still_take() {
+        let stop = StopMatcher::new(&["</s>".to_string(), "\n\nQ:".to_string()]);
+        let stop = Some(&stop);
+        assert_eq!(streamable_len("hello", stop), 5);
+        assert_eq!(streamable_len("hello <", stop), 6);
+        assert_eq!(streamable_len("hello </", stop), 6);
+        assert_eq!(streamable_len("a\n\n", stop), 1);
+        assert_eq!(streamable_len("a\n\nQ", stop), 1);
+        assert_eq!(streamable_len("a\n\nQuite", stop), "a\n\nQuite".len());
+        assert_eq!(streamable_len("anything", None), 8);
+        // A trailing incomplete UTF-8 sequence waits for its next bytes, and what it
+        // hides cannot be streamed ahead of a stop string either.
+        let partial = format!("ok <{}", char::REPLACEMENT_CHARACTER);
+        assert_eq!(streamable_len(&partial, None), 4);
+        assert_eq!(streamable_len(&partial, stop), 3);
+    }
+
+    /// Simulates streaming a text token by token through the hold-back rule: the pieces
+    /// joined are a prefix of the final text, never include a stop string, and the
+    /// final flush completes them exactly.
+    #[test]
+    fn streamed_pieces_never_pass_a_stop_string() {
+        let stops = ["END".to_string(), "ab".to_string()];
+        let matcher = StopMatcher::new(&stops);
+        for text in [
+            "xxEN Dyy ENDzz",
+            "a a b aab",
+            "no stop here",
+            "EEEND",
+            "aaab",
+        ] {
+            let mut streamed = 0;
+            let mut out = String::new();
+            let mut final_text = text.to_string();
+            for end in (1..=text.len()).filter(|&e| text.is_char_boundary(e)) {
+                let so_far = &text[..end];
+                if let Some(at) = matcher.find(so_far) {
+                    final_text = so_far[..at].to_string();
+                    break;
+                }
+                let upto = streamable_len(so_far, Some(&matcher));
+                if upto > streamed {
+                    out.push_str(&so_far[streamed..upto]);
+                    streamed = upto;
+                }
+            }
+            assert!(final_text.starts_with(&out), "{text:?}: {out:?}");
+            out.push_str(&final_text[streamed..]);
+            assert_eq!(out, final_text, "{text:?}");
+            assert!(!out.contains("END") && !out.contains("ab"), "{text:?}");
+        }
     }
 }
