@@ -20,6 +20,9 @@ const STDIN_LIMIT: u64 = 64 << 20;
 pub struct GenerateArgs {
     #[command(flatten)]
     engine: EngineArgs,
+    /// For a remote model (NAME@URL): the environment variable holding its API key.
+    #[arg(long, value_name = "VAR")]
+    api_key_env: Option<String>,
     /// System message.
     #[arg(long)]
     system: Option<String>,
@@ -93,7 +96,7 @@ pub fn run(mut args: GenerateArgs) -> anyhow::Result<()> {
         messages.push(ChatMessage::user(user));
         Prompt::Chat { messages }
     };
-    let engine = match args.engine.load_model()? {
+    let engine = match args.engine.load_model(args.api_key_env.as_deref())? {
         LoadedModel::Local(engine) => engine,
         LoadedModel::Remote(llm) => return run_remote(&llm, prompt, params, &args),
     };

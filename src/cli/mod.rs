@@ -80,9 +80,6 @@ pub struct EngineArgs {
     /// or NAME@URL[,URL...] for a model on OpenAI-compatible servers (docs/remote.md).
     #[arg(short, long, default_value = "qwen2.5-coder-1.5b")]
     pub model: String,
-    /// For a remote model: the environment variable holding its API key.
-    #[arg(long, value_name = "VAR")]
-    pub api_key_env: Option<String>,
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -136,14 +133,15 @@ pub enum LoadedModel {
 }
 
 impl EngineArgs {
-    /// Loads a local model or connects to a remote one (`NAME@URL`); the engine options
-    /// (device, tokenizer, key/value budget) apply to a local model only.
-    pub fn load_model(&self) -> anyhow::Result<LoadedModel> {
+    /// Loads a local model or connects to a remote one (`NAME@URL`, its API key in the
+    /// environment variable `api_key_env`); the engine options (device, tokenizer,
+    /// key/value budget) apply to a local model only.
+    pub fn load_model(&self, api_key_env: Option<&str>) -> anyhow::Result<LoadedModel> {
         use fgo::llm::spec::{ModelSpec, ServerOptions};
         match ModelSpec::parse(&self.model)? {
             ModelSpec::Remote(remote) => {
                 let options = ServerOptions {
-                    api_key_env: self.api_key_env.clone(),
+                    api_key_env: api_key_env.map(str::to_string),
                     ..ServerOptions::default()
                 };
                 options.validate().map_err(|(field, reason)| {
@@ -157,7 +155,7 @@ impl EngineArgs {
                 )))
             }
             ModelSpec::Local(_) => {
-                if self.api_key_env.is_some() {
+                if api_key_env.is_some() {
                     anyhow::bail!(
                         "invalid value for `--api-key-env`: only used with a remote model (NAME@URL)"
                     );
@@ -245,5 +243,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Models(args) => models::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Serve(args) => serve::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// Every subcommand's options are consistent (unique names, valid defaults): clap checks
+    /// this only when a subcommand is parsed, so a clash would otherwise surface as a panic
+    /// of that one subcommand.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }
