@@ -14,14 +14,10 @@ use std::process::Command;
 use serde_json::Value;
 
 mod common;
+#[path = "common/tiny_task.rs"]
+mod tiny_task;
 
-const TRAIN: &str = r#"{"id": "t0", "question": "Mia has 4 goats, 6 ducks and a horse. How many animals did Mia have in total?", "answer": 11}
-{"id": "t1", "question": "Theo has 2 oranges, two pencils, a kiwi and 6 mangoes. How many pieces of fruit did Theo have in total?", "answer": 9}
-"#;
-const VAL: &str = r#"{"id": "v0", "question": "Liam packed four peppers, six zucchinis, 4 potatoes and a carrot. How many vegetables did Liam pack in total?", "answer": 15}
-"#;
-const TEST: &str = r#"{"id": "x0", "question": "Lena saw three pears, three plums, three mangoes, two kiwis and 4 bananas. How many pieces of fruit did Lena see in total?", "answer": 15}
-"#;
+use tiny_task::TinyTask;
 
 fn work_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compare_e2e")
@@ -29,53 +25,17 @@ fn work_dir() -> PathBuf {
 
 fn write_task(dir: &Path) -> PathBuf {
     let agent = common::model_path("SmolLM2-135M-Instruct.Q4_1.gguf");
-    std::fs::create_dir_all(dir).expect("task dir");
-    for (name, text) in [
-        ("train.jsonl", TRAIN),
-        ("val.jsonl", VAL),
-        ("test.jsonl", TEST),
-    ] {
-        std::fs::write(dir.join(name), text).expect("write data");
-    }
-    let task = format!(
-        r#"name = "tiny-compare"
-
-[components.system_prompt]
-text = "Answer with one number."
-
-[agent]
-type = "chat"
-model = "{}"
-system = "{{{{system_prompt}}}}"
-user = "{{{{question}}}}"
-params = {{ temperature = 0.0, max_new_tokens = 8 }}
-extract = {{ type = "regex", pattern = "-?\\d+" }}
-
-[data]
-train = "train.jsonl"
-val = "val.jsonl"
-test = "test.jsonl"
-
-[metric]
-type = "numeric"
-
-[optimizer]
-params = {{ temperature = 0.7, max_new_tokens = 16 }}
-diagnosis_params = {{ temperature = 0.0, max_new_tokens = 8 }}
-subset_count = 1
-iterations = 1
-candidates = 1
-operators = ["rewrite"]
-max_reasks = 0
-show_failures = 1
-show_successes = 0
-trajectory_chars = 120
-"#,
-        agent.display()
-    );
-    let path = dir.join("task.toml");
-    std::fs::write(&path, task).expect("write task");
-    path
+    tiny_task::write(
+        dir,
+        &TinyTask {
+            name: "tiny-compare",
+            agent_model: agent.to_str().expect("utf-8 model path"),
+            optimizer_model: None,
+            optimizer_temperature: 0.7,
+            optimizer_tokens: 16,
+            subset_count: 1,
+        },
+    )
 }
 
 /// Runs `fgo compare` with `models` as optimizers; returns its peak resident memory in
