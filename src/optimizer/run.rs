@@ -179,24 +179,24 @@ pub fn execute(
             ),
         );
         let all_test: Vec<usize> = (0..data.test.len()).collect();
-        // Job 0 is the initial component on test (val is known); then each method on val
-        // and test. Each is one agent batch on its own thread, so that all reach the engine
-        // together.
-        let mut finals: Vec<(Ctx, Vec<(&Components, &Example)>)> = vec![(
-            Ctx::new(SHARED_METHOD, "final_eval"),
-            jobs(&initial, &data.test, &all_test),
-        )];
-        for m in &methods {
-            let mut both = jobs(&m.final_components, &data.val, &all_val);
-            both.extend(jobs(&m.final_components, &data.test, &all_test));
-            finals.push((Ctx::new(&m.method, "final_eval"), both));
-        }
-        let evaluate =
-            |(ctx, batch): &(Ctx, Vec<(&Components, &Example)>)| agent.evaluate(calls, ctx, batch);
-        let mut outs = side_by_side(finals.iter().collect(), &evaluate).into_iter();
-        let test_out = outs.next().unwrap_or_default();
+        // The initial component on test first (val is known), so that its calls are the
+        // shared method's whatever a method's final component is; then every method on val
+        // and test, each batch on its own thread, so that they reach the engine together.
+        let shared_final = Ctx::new(SHARED_METHOD, "final_eval");
+        let test_out = agent.evaluate(calls, &shared_final, &jobs(&initial, &data.test, &all_test));
         initial_test = Some(mean_score(&test_out));
         initial_per_example.test = test_out.iter().map(|o| o.score).collect();
+        let finals: Vec<(Ctx, Vec<(&Components, &Example)>)> = methods
+            .iter()
+            .map(|m| {
+                let mut both = jobs(&m.final_components, &data.val, &all_val);
+                both.extend(jobs(&m.final_components, &data.test, &all_test));
+                (Ctx::new(&m.method, "final_eval"), both)
+            })
+            .collect();
+        let evaluate =
+            |(ctx, batch): &(Ctx, Vec<(&Components, &Example)>)| agent.evaluate(calls, ctx, batch);
+        let outs = side_by_side(finals.iter().collect(), &evaluate);
         let nv = data.val.len();
         for (m, out) in methods.iter_mut().zip(outs) {
             let nv = nv.min(out.len());
