@@ -6,20 +6,22 @@
 use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use fgo::engine::kv::{KvLayout, KvStore, SeqKv};
+use fgo::engine::kv::{KvDtype, KvLayer, KvLayout, KvStore, SeqKv};
 use fgo::engine::model::attention::AttentionSpec;
 use fgo::engine::model::paged_attention::{paged_attention, PagedSeq};
 use fgo::engine::sampling::SamplingParams;
 use fgo::engine::{Engine, GenerationRequest, LoadOptions, Prompt};
 
 /// One decode step of `sequences` sequences, each attending over `context` cached
-/// positions in scattered blocks (qwen2.5-1.5b's head layout: 12 query, 2 key/value heads).
+/// positions in scattered blocks (qwen2.5-1.5b's head layout: 12 query, 2 key/value heads),
+/// with keys and values in single and in half precision.
 fn attention_over_blocks(c: &mut Criterion) {
     let layout = KvLayout {
         n_layers: 1,
         n_kv_heads: 2,
         head_dim: 128,
         block_size: 16,
+        dtype: KvDtype::F32,
     };
     let spec = AttentionSpec {
         n_heads: 12,
@@ -32,7 +34,7 @@ fn attention_over_blocks(c: &mut Criterion) {
     for &(sequences, context) in &[(1usize, 512usize), (16, 512), (32, 1024)] {
         let blocks_each = context.div_ceil(16);
         let n_blocks = sequences * blocks_each;
-        let floats = n_blocks * layout.block_floats();
+        let floats = n_blocks * layout.block_elements();
         let keys: Vec<f32> = (0..floats)
             .map(|i| ((i % 97) as f32 - 48.0) / 97.0)
             .collect();
@@ -62,10 +64,17 @@ fn attention_over_blocks(c: &mut Criterion) {
             .map(|i| (i % 7) as f32 / 7.0)
             .collect();
         let mut out = vec![0f32; q.len()];
-        group.bench_function(
-            BenchmarkId::from_parameter(format!("{sequences}x{context}")),
-            |b| b.iter(|| paged_attention(&spec, &layout, &keys, &values, &q, &seqs, &mut out)),
-        );
+        let half = |x: &[f32]| -> Vec<half::f16> { x.iter().map(|&v| half::f16::from_f32(v)).collect() };
+        let (keys_f16, values_f16) = (half(&keys), half(&values));
+        for (name, kv) in [
+            ("f32", KvLayer::F32 { keys: &keys, values: &values }),
+            ("f16", KvLayer::F16 { keys: &keys_f16, values: &values_f16 }),
+        ] {
+            group.bench_function(
+                BenchmarkId::from_parameter(format!("{sequences}x{context}-{name}")),
+                |b| b.iter(|| paged_attention(&spec, &layout, kv, &q, &seqs, &mut out)),
+            );
+        }
     }
     group.finish();
 }
@@ -77,6 +86,7 @@ fn prefix_lookup(c: &mut Criterion) {
         n_kv_heads: 1,
         head_dim: 1,
         block_size: 16,
+        dtype: KvDtype::default(),
     };
     let mut store = KvStore::with_blocks(layout, 4096);
     let prompt = |i: u32| -> Vec<u32> {

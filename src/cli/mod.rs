@@ -96,6 +96,9 @@ pub struct EngineArgs {
     /// Do not reuse cached prompt prefixes across requests.
     #[arg(long)]
     pub no_prefix_reuse: bool,
+    /// Element type of cached keys and values: f16 (half the memory and the reads) or f32.
+    #[arg(long, default_value = "f16")]
+    pub kv_dtype: fgo::engine::kv::KvDtype,
 }
 
 /// Parses a byte count with an optional binary suffix: `1048576`, `512K`, `64M`, `1.5G`.
@@ -175,6 +178,7 @@ impl EngineArgs {
             kv_budget_bytes: self.kv_budget,
             prefix_reuse: !self.no_prefix_reuse,
             max_batch: None,
+            kv_dtype: self.kv_dtype,
         };
         tracing::info!(path = %path.display(), "loading model");
         Ok(fgo::engine::Engine::load(&path, &options)?)

@@ -64,6 +64,9 @@ pub struct RuntimeArgs {
     /// ablation switch).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub max_batch: Option<u64>,
+    /// Element type of cached keys and values: f16 (half the memory and the reads) or f32.
+    #[arg(long, default_value = "f16")]
+    pub kv_dtype: fgo::engine::kv::KvDtype,
 }
 
 /// Arguments of `fgo optimize`.
@@ -229,6 +232,7 @@ impl ModelCache {
             kv_budget_bytes: self.runtime.kv_budget,
             prefix_reuse: !self.runtime.no_prefix_reuse,
             max_batch: self.runtime.max_batch.map(|n| n as usize),
+            kv_dtype: self.runtime.kv_dtype,
             ..Default::default()
         };
         tracing::info!(path = %path.display(), "loading model");

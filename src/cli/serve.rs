@@ -100,6 +100,7 @@ fn load(engine: &EngineArgs, max_batch: Option<usize>) -> anyhow::Result<fgo::en
         kv_budget_bytes: engine.kv_budget,
         prefix_reuse: !engine.no_prefix_reuse,
         max_batch,
+        kv_dtype: engine.kv_dtype,
     };
     tracing::info!(path = %path.display(), "loading model");
     Ok(fgo::engine::Engine::load(&path, &options)?)

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::chat::{ChatMessage, ChatTemplate};
 use crate::engine::gguf::GgufFile;
-use crate::engine::kv::KvStats;
+use crate::engine::kv::{KvDtype, KvStats};
 use crate::engine::model::{Model, ModelConfig};
 use crate::engine::sampling::SamplingParams;
 use crate::engine::scheduler::{Pending, Scheduler, MAX_RUNNING};
@@ -36,6 +36,8 @@ pub struct LoadOptions {
     /// The most sequences in the running batch; `None`: [`MAX_RUNNING`]. `Some(1)` runs
     /// one sequence per forward step (no batching, for ablations).
     pub max_batch: Option<usize>,
+    /// The element type of cached keys and values.
+    pub kv_dtype: KvDtype,
 }
 
 impl Default for LoadOptions {
@@ -46,6 +48,7 @@ impl Default for LoadOptions {
             kv_budget_bytes: None,
             prefix_reuse: true,
             max_batch: None,
+            kv_dtype: KvDtype::default(),
         }
     }
 }
@@ -231,7 +234,8 @@ impl Engine {
             &token_text(tokenizer.bos_id()),
             &token_text(tokenizer.eos_id()),
         )?;
-        let model = Model::load(&mut file, &options.device)?;
+        let mut model = Model::load(&mut file, &options.device)?;
+        model.set_kv_dtype(options.kv_dtype);
         let budget = options.kv_budget_bytes.unwrap_or_else(default_kv_budget);
         let mut store = model.new_kv_store(budget)?;
         store.set_prefix_reuse(options.prefix_reuse);

@@ -525,7 +525,7 @@ mod tests {
 
     use super::*;
     use crate::engine::generate::Prompt;
-    use crate::engine::kv::KvLayout;
+    use crate::engine::kv::{KvDtype, KvLayout};
     use crate::engine::sampling::SamplingParams;
 
     const CONTEXT: usize = 1024;
@@ -536,6 +536,7 @@ mod tests {
             n_kv_heads: 1,
             head_dim: 4,
             block_size: 16,
+            dtype: KvDtype::default(),
         };
         KvStore::with_blocks(layout, n_blocks)
     }

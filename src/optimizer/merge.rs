@@ -6,21 +6,23 @@
 //! versions (rotated merge hints) from each child's change to the initial component, its
 //! score on its own and on the other children's examples and the examples only it solves;
 //! a section crossover (the best child's text plus the sections the others added) is made
-//! without a model call; the screened candidates are evaluated on the union. The best on the
-//! union goes up, children included, ties to the shorter text. Every subset is consumed
+//! without a model call; the screened candidates are evaluated on the union, with successive
+//! halving stopping those that can no longer beat the best child. The best on the union
+//! goes up, children included, ties to the shorter text. Every subset is consumed
 //! exactly once; the root covers all of train. Children and winning merges enter the pool
 //! of the final selection.
 
 use serde::{Deserialize, Serialize};
 
-use crate::optimizer::agent::{joined_text, Components};
+use crate::optimizer::agent::{joined_text, Components, Outcome};
 use crate::optimizer::calls::BudgetHit;
 use crate::optimizer::diff::line_diff;
 use crate::optimizer::env::{mean_score, Ask, Env, Expect};
+use crate::optimizer::halving;
 use crate::optimizer::operators::{self, Operator};
 use crate::optimizer::prompts;
 use crate::optimizer::select::{self, PoolEntry};
-use crate::optimizer::task::BudgetSpec;
+use crate::optimizer::task::{AcceptRule, BudgetSpec};
 
 /// A component on the merge frontier.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +53,10 @@ pub struct MergeRecord {
     /// The move that made each candidate (`merge`, `crossover`), beside its score.
     #[serde(default)]
     pub candidate_operators: Vec<String>,
+    /// Whether successive halving stopped each candidate early (its score is then the mean
+    /// over the examples it was scored on).
+    #[serde(default)]
+    pub candidate_dropped: Vec<bool>,
     /// The id that went up: this merge's id, or the winning child's.
     pub chosen: String,
     pub score: f64,
@@ -58,6 +64,92 @@ pub struct MergeRecord {
 
 /// Lessons kept per node, most recent last.
 const MAX_LESSONS: usize = 6;
+
+/// Scores the merge candidates `jobs` (`job_of`: each one's group) on their unions, with
+/// successive halving when it is on: a candidate stops once it cannot beat the group's best
+/// child or is certain to lose to another candidate, which cannot change which entry goes
+/// up. Returns each job's `(score, dropped)`: the mean over all of its union, or over the
+/// examples scored before it was dropped.
+fn evaluate_candidates(
+    env: &Env,
+    stage: &str,
+    jobs: &[(&Components, &[usize])],
+    job_of: &[(usize, Operator)],
+    groups: &[Vec<Node>],
+    child_scores: &[Vec<f64>],
+    child_example_scores: &[Vec<Vec<f64>>],
+) -> Vec<(f64, bool)> {
+    // One halving group per merge group with candidates; the best child (ties to the
+    // shorter text, then the earlier, as the final choice orders them) is what a candidate
+    // must reach.
+    let mut race: Vec<(usize, halving::Group)> = Vec::new();
+    for (k, &(g, _)) in job_of.iter().enumerate() {
+        let len = select::text_len(jobs[k].0);
+        if let Some((_, group)) = race.iter_mut().find(|(h, _)| *h == g) {
+            group.candidates.push((k, len));
+            continue;
+        }
+        let best = (0..groups[g].len())
+            .reduce(|b, c| {
+                let (sb, sc) = (child_scores[g][b], child_scores[g][c]);
+                let shorter = select::text_len(&groups[g][c].components)
+                    < select::text_len(&groups[g][b].components);
+                if sc > sb + 1e-12 || ((sc - sb).abs() <= 1e-12 && shorter) {
+                    c
+                } else {
+                    b
+                }
+            })
+            .unwrap_or(0);
+        let current = child_example_scores[g][best].clone();
+        race.push((
+            g,
+            halving::Group {
+                n_sub: current.len(),
+                current,
+                candidates: vec![(k, len)],
+            },
+        ));
+    }
+    let halving_groups: Vec<halving::Group> = race.iter().map(|(_, h)| h.clone()).collect();
+    let scored = halving::evaluate(
+        AcceptRule::NotWorse,
+        0.0,
+        &halving_groups,
+        env.spec.halving,
+        |batch| {
+            let positions: Vec<Vec<usize>> = batch
+                .iter()
+                .map(|(h, c, ps)| {
+                    let union = jobs[halving_groups[*h].candidates[*c].0].1;
+                    ps.iter().map(|&p| union[p]).collect()
+                })
+                .collect();
+            let run: Vec<(&Components, &[usize])> = batch
+                .iter()
+                .zip(&positions)
+                .map(|((h, c, _), idx)| (jobs[halving_groups[*h].candidates[*c].0].0, idx.as_slice()))
+                .collect();
+            env.evaluate(stage, env.train, &run)
+        },
+        |o: &Outcome| o.score,
+    );
+    let mut out = vec![(0.0, false); jobs.len()];
+    for (h, group) in halving_groups.iter().enumerate() {
+        for (c, &(k, _)) in group.candidates.iter().enumerate() {
+            let s = &scored[h][c];
+            let known: Vec<f64> = s.outcomes.iter().flatten().map(|o| o.score).collect();
+            env.counters.borrow_mut().halving_saved += s.outcomes.len() - known.len();
+            let mean = if known.is_empty() {
+                0.0
+            } else {
+                known.iter().sum::<f64>() / known.len() as f64
+            };
+            out[k] = (mean, s.dropped_after.is_some());
+        }
+    }
+    out
+}
 
 /// Merges until one node remains (or a budget stops it); returns the final frontier, the
 /// records, and the budget hit if any. `initial_scores` are the initial component's scores
@@ -109,12 +201,14 @@ pub fn merge_all(
         let child_out = env.evaluate(stage, env.train, &child_jobs);
         let mut child_solved: Vec<Vec<Vec<bool>>> = vec![Vec::new(); groups.len()];
         let mut child_scores: Vec<Vec<f64>> = vec![Vec::new(); groups.len()];
+        let mut child_example_scores: Vec<Vec<Vec<f64>>> = vec![Vec::new(); groups.len()];
         let mut it = child_out.iter();
         for &g in &mergeable {
             for _ in &groups[g] {
                 let out = it.next().map(Vec::as_slice).unwrap_or(&[]);
                 child_solved[g].push(out.iter().map(|o| o.solved()).collect());
                 child_scores[g].push(mean_score(out));
+                child_example_scores[g].push(out.iter().map(|o| o.score).collect());
             }
         }
 
@@ -205,7 +299,15 @@ pub fn merge_all(
             jobs.push((c, &unions[g]));
             job_of.push((g, op));
         }
-        let outcomes = env.evaluate(stage, env.train, &jobs);
+        let evaluated = evaluate_candidates(
+            env,
+            stage,
+            &jobs,
+            &job_of,
+            &groups,
+            &child_scores,
+            &child_example_scores,
+        );
         env.counters.borrow_mut().candidates_evaluated += jobs.len();
 
         // 4. The best on the union goes up (children included), ties to the shorter.
@@ -236,15 +338,20 @@ pub fn merge_all(
                 .collect();
             let mut cand_ops = Vec::new();
             let mut cand_scores = Vec::new();
+            let mut cand_dropped = Vec::new();
             for (k, (h, op)) in job_of.iter().enumerate() {
                 if *h != g {
                     continue;
                 }
-                let s = mean_score(&outcomes[k]);
+                let (s, dropped) = evaluated[k];
                 env.counters.borrow_mut().operator(op.name()).evaluated += 1;
                 cand_ops.push(op.name().to_string());
                 cand_scores.push(s);
-                entries.push((s, jobs[k].0, id.clone(), op.name()));
+                cand_dropped.push(dropped);
+                // A candidate stopped early cannot be the best (the drop rule is exact).
+                if !dropped {
+                    entries.push((s, jobs[k].0, id.clone(), op.name()));
+                }
             }
             for (c, node) in grp.iter().enumerate() {
                 env.pool.borrow_mut().push(PoolEntry {
@@ -301,6 +408,7 @@ pub fn merge_all(
                 child_scores: child_scores[g].clone(),
                 candidate_scores: cand_scores,
                 candidate_operators: cand_ops,
+                candidate_dropped: cand_dropped,
                 chosen,
                 score,
             });

@@ -25,7 +25,7 @@
 //!                                                          "check_score", "detail" } ] } ],
 //!                      "truncations": [ { "iteration", "shown", "total", "token_budget" } ] } ],
 //!       "merges": [ { "level", "id", "children", "n", "child_scores", "candidate_scores",
-//!                     "candidate_operators", "chosen", "score" } ],
+//!                     "candidate_operators", "candidate_dropped", "chosen", "score" } ],
 //!       "counters": { "reasks", "parse_failures", "call_errors", "leak_rejections",
 //!                     "copy_rejections", "content_rejections", "degenerate_rejections",
 //!                     "cut_off", "unchanged_candidates", "candidates_evaluated", "accepted",
@@ -529,7 +529,15 @@ impl RunReport {
                     mg.children.join(", "),
                     mg.n,
                     mg.child_scores.iter().map(|v| format!("{:.2}", v)).collect::<Vec<_>>(),
-                    mg.candidate_scores.iter().map(|v| format!("{:.2}", v)).collect::<Vec<_>>(),
+                    mg.candidate_scores
+                        .iter()
+                        .enumerate()
+                        .map(|(k, v)| if mg.candidate_dropped.get(k).copied().unwrap_or(false) {
+                            format!("{v:.2} (stopped early)")
+                        } else {
+                            format!("{v:.2}")
+                        })
+                        .collect::<Vec<_>>(),
                     mg.chosen
                 );
             }

@@ -508,6 +508,11 @@ fn successive_halving_changes_nothing_but_the_evaluations() {
             );
             assert_eq!(a.counters.accepted, b.counters.accepted);
             assert_eq!(b.counters.halving_saved, 0);
+            // Merges stop hopeless candidates too, and keep the same entry.
+            let merged = |m: &crate::optimizer::report::MethodReport| -> Vec<(String, f64)> {
+                m.merges.iter().map(|g| (g.chosen.clone(), g.score)).collect()
+            };
+            assert_eq!(merged(a), merged(b));
         }
         let saved: usize = on.methods.iter().map(|m| m.counters.halving_saved).sum();
         assert!(

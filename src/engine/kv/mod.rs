@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 pub use pool::{BlockId, BlockPool, PrefixHash};
-pub use storage::{KvLayout, KvStorage};
+pub use storage::{KvDtype, KvLayer, KvLayout, KvStorage};
 
 /// Positions per block: small enough that little is wasted at the end of a sequence or
 /// lost to a prefix that diverges mid-block, large enough that block tables stay short.

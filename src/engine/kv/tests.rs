@@ -12,6 +12,7 @@ fn layout(block_size: usize) -> KvLayout {
         n_kv_heads: 1,
         head_dim: 1,
         block_size,
+        dtype: KvDtype::default(),
     }
 }
 

@@ -22,7 +22,7 @@ use candle_core::{DType, Device, Tensor};
 pub use config::{Activation, Architecture, ModelConfig, RopeLayout};
 
 use crate::engine::gguf::GgufFile;
-use crate::engine::kv::{KvCache, KvLayout, KvStore, SeqKv, DEFAULT_BLOCK_SIZE};
+use crate::engine::kv::{KvCache, KvDtype, KvLayout, KvStore, SeqKv, DEFAULT_BLOCK_SIZE};
 use crate::error::{Error, Result};
 use attention::{attend, AttentionSpec};
 use paged_attention::{paged_attention, PagedSeq};
@@ -135,6 +135,8 @@ pub struct Model {
     rotary_global: Rotary,
     rotary_local: Rotary,
     device: Device,
+    /// The element type of the key/value caches this model makes.
+    kv_dtype: KvDtype,
 }
 
 impl std::fmt::Debug for Model {
@@ -219,6 +221,7 @@ impl Model {
             rotary_global,
             rotary_local,
             device: device.clone(),
+            kv_dtype: KvDtype::default(),
         })
     }
 
@@ -239,7 +242,18 @@ impl Model {
             n_kv_heads: self.config.n_kv_heads,
             head_dim: self.config.head_dim,
             block_size,
+            dtype: self.kv_dtype,
         }
+    }
+
+    /// Sets the element type of the key/value caches made from now on.
+    pub fn set_kv_dtype(&mut self, dtype: KvDtype) {
+        self.kv_dtype = dtype;
+    }
+
+    /// The element type of the key/value caches this model makes.
+    pub fn kv_dtype(&self) -> KvDtype {
+        self.kv_dtype
     }
 
     /// A paged store of `budget_bytes` for this model's keys and values.
@@ -382,7 +396,6 @@ impl Model {
             store.write(layer, step.seq, &k_host[rows.clone()], &v_host[rows]);
         }
         let layout = *store.layout();
-        let (keys, values) = store.storage().layer(layer);
         let paged: Vec<PagedSeq> = steps
             .iter()
             .zip(spans)
@@ -395,7 +408,14 @@ impl Model {
             })
             .collect();
         let mut out = vec![0f32; n_tokens * c.n_heads * hd];
-        paged_attention(spec, &layout, keys, values, &q_host, &paged, &mut out);
+        paged_attention(
+            spec,
+            &layout,
+            store.storage().layer(layer),
+            &q_host,
+            &paged,
+            &mut out,
+        );
         for seq in paged.iter().filter(|s| !s.include) {
             let total = seq.start + seq.new;
             let (k_all, v_all) = store.storage().gather(layer, seq.blocks, total);

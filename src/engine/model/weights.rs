@@ -32,7 +32,15 @@ const SUPPORTED_TYPES: &[GgmlDType] = &[
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Weight,
-    bias: Option<Tensor>,
+    bias: Option<Bias>,
+}
+
+/// A projection's bias, as a tensor for candle's path and on the host for the kernels' (so
+/// that no step copies it out of the tensor again).
+#[derive(Debug, Clone)]
+struct Bias {
+    tensor: Tensor,
+    host: Arc<[f32]>,
 }
 
 /// How a projection's weight is multiplied.
@@ -58,7 +66,7 @@ impl Linear {
             }
         };
         Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => y.broadcast_add(&b.tensor)?,
             None => y,
         })
     }
@@ -80,9 +88,8 @@ impl Linear {
         let mut outs = QuantMatrix::forward_many(&mats, &x)?;
         for (linear, y) in linears.iter().zip(&mut outs) {
             if let Some(bias) = &linear.bias {
-                let bias = bias.to_vec1::<f32>()?;
-                for row in y.chunks_mut(bias.len()) {
-                    row.iter_mut().zip(&bias).for_each(|(v, b)| *v += b);
+                for row in y.chunks_mut(bias.host.len()) {
+                    row.iter_mut().zip(bias.host.iter()).for_each(|(v, b)| *v += b);
                 }
             }
         }
@@ -155,7 +162,13 @@ impl<'a> WeightLoader<'a> {
         let weight = self.qtensor(&format!("{stem}.weight"), &[out_dim, in_dim])?;
         let bias = self.opt_vector(&format!("{stem}.bias"), out_dim)?;
         let mut linear = self.matrix(&format!("{stem}.weight"), Arc::new(weight))?;
-        linear.bias = bias;
+        linear.bias = match bias {
+            Some(tensor) => Some(Bias {
+                host: tensor.to_vec1::<f32>()?.into(),
+                tensor,
+            }),
+            None => None,
+        };
         Ok(linear)
     }
 
