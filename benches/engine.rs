@@ -64,11 +64,24 @@ fn attention_over_blocks(c: &mut Criterion) {
             .map(|i| (i % 7) as f32 / 7.0)
             .collect();
         let mut out = vec![0f32; q.len()];
-        let half = |x: &[f32]| -> Vec<half::f16> { x.iter().map(|&v| half::f16::from_f32(v)).collect() };
+        let half =
+            |x: &[f32]| -> Vec<half::f16> { x.iter().map(|&v| half::f16::from_f32(v)).collect() };
         let (keys_f16, values_f16) = (half(&keys), half(&values));
         for (name, kv) in [
-            ("f32", KvLayer::F32 { keys: &keys, values: &values }),
-            ("f16", KvLayer::F16 { keys: &keys_f16, values: &values_f16 }),
+            (
+                "f32",
+                KvLayer::F32 {
+                    keys: &keys,
+                    values: &values,
+                },
+            ),
+            (
+                "f16",
+                KvLayer::F16 {
+                    keys: &keys_f16,
+                    values: &values_f16,
+                },
+            ),
         ] {
             group.bench_function(
                 BenchmarkId::from_parameter(format!("{sequences}x{context}-{name}")),

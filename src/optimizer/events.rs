@@ -11,7 +11,7 @@
 //! which [`EventLog::open`] drops, and the run can be resumed from what was recorded.
 
 use std::fs::OpenOptions;
-use std::io::Write;
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,10 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::llm::{ChatRequest, Completion, Usage};
+
+/// The longest line the log reads back (a call record holds a prompt and a completion; an
+/// agent command's output is capped well below it).
+pub const EVENT_LINE_LIMIT: u64 = 64 << 20;
 
 /// One line of the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,39 +113,73 @@ impl EventLog {
     }
 
     /// Opens (or creates) `path` for appending and returns the replayable events already in
-    /// it. A torn last line is cut off; step and session events are dropped from the file
+    /// it, read one line at a time (a line longer than [`EVENT_LINE_LIMIT`] is an error
+    /// naming it). A torn last line is cut off; step events are dropped from the file
     /// because the resumed run writes them again.
     pub fn open(path: &Path) -> Result<(Self, Vec<Event>)> {
+        Self::open_limited(path, EVENT_LINE_LIMIT)
+    }
+
+    /// [`open`](Self::open) with lines of at most `line_limit` bytes.
+    fn open_limited(path: &Path, line_limit: u64) -> Result<(Self, Vec<Event>)> {
         let mut kept = Vec::new();
         if path.exists() {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+            let mut reader = BufReader::new(file);
             let mut sessions = Vec::new();
-            for (i, line) in text.lines().enumerate() {
-                if line.trim().is_empty() {
+            let mut line = Vec::new();
+            let mut number = 0;
+            loop {
+                line.clear();
+                let read = (&mut reader)
+                    .take(line_limit + 1)
+                    .read_until(b'\n', &mut line)
+                    .map_err(|e| Error::io(path, e))?;
+                if read == 0 {
+                    break;
+                }
+                number += 1;
+                let complete = line.last() == Some(&b'\n');
+                let at_end = reader
+                    .fill_buf()
+                    .map_err(|e| Error::io(path, e))?
+                    .is_empty();
+                let corrupt = |reason: String| Error::Data {
+                    file: path.to_path_buf(),
+                    line: number,
+                    reason,
+                };
+                if !complete && !at_end {
+                    return Err(corrupt(format!(
+                        "an event longer than the limit of {line_limit} bytes"
+                    )));
+                }
+                let text = match std::str::from_utf8(&line) {
+                    Ok(t) => t.trim(),
+                    Err(_) if at_end => break,
+                    Err(_) => return Err(corrupt("not UTF-8".into())),
+                };
+                if text.is_empty() {
                     continue;
                 }
-                match serde_json::from_str::<Event>(line) {
+                match serde_json::from_str::<Event>(text) {
                     Ok(ev @ (Event::Call(_) | Event::Command(_))) => kept.push(ev),
                     Ok(ev @ Event::Session { .. }) => sessions.push(ev),
                     Ok(Event::Step(_)) => {}
                     // Only a torn final line is expected; anything else is corruption.
-                    Err(e) if i + 1 < text.lines().count() => {
-                        return Err(Error::Data {
-                            file: path.to_path_buf(),
-                            line: i + 1,
-                            reason: format!("corrupt event: {e}"),
-                        })
-                    }
+                    Err(e) if !at_end => return Err(corrupt(format!("corrupt event: {e}"))),
                     Err(_) => {}
                 }
             }
-            let mut rewritten = String::new();
-            for ev in sessions.iter().chain(&kept) {
-                rewritten.push_str(&serde_json::to_string(ev).map_err(json_err(path))?);
-                rewritten.push('\n');
-            }
             let tmp = path.with_extension("jsonl.tmp");
-            std::fs::write(&tmp, rewritten).map_err(|e| Error::io(&tmp, e))?;
+            let io_tmp = |e| Error::io(&tmp, e);
+            let mut out = BufWriter::new(std::fs::File::create(&tmp).map_err(io_tmp)?);
+            for ev in sessions.iter().chain(&kept) {
+                serde_json::to_writer(&mut out, ev).map_err(json_err(path))?;
+                out.write_all(b"\n").map_err(io_tmp)?;
+            }
+            out.flush().map_err(io_tmp)?;
+            drop(out);
             std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
             kept.splice(0..0, sessions);
         }
@@ -224,6 +262,46 @@ mod tests {
         let (_, events) = EventLog::open(&p).unwrap();
         assert_eq!(events, vec![cmd]);
         assert_eq!(std::fs::read_to_string(&p).unwrap().lines().count(), 1);
+    }
+
+    /// A line over the limit is an error naming the line, wherever it is; a line that is not
+    /// UTF-8 is one before the end and a torn line (dropped) at the end.
+    #[test]
+    fn overlong_and_binary_lines_are_refused_unless_torn_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("events.jsonl");
+        let good = serde_json::to_string(&command("a")).unwrap();
+        let limit = good.len() as u64 + 1;
+        // (file, the line and reason of the expected error; none: opens to one event)
+        type Case = (Vec<u8>, Option<(usize, &'static str)>);
+        let cases: [Case; 4] = [
+            (
+                format!("{good}\n{}\n{good}\n", "x".repeat(1000)).into_bytes(),
+                Some((2, "longer than the limit")),
+            ),
+            (
+                [good.as_bytes(), b"\n\xff\xfe\n", good.as_bytes(), b"\n"].concat(),
+                Some((2, "not UTF-8")),
+            ),
+            (
+                format!("{good}\n{}", "x".repeat(1000)).into_bytes(),
+                Some((2, "longer than the limit")),
+            ),
+            ([good.as_bytes(), b"\n{\"type\xff"].concat(), None),
+        ];
+        for (bytes, expected) in cases {
+            std::fs::write(&p, &bytes).unwrap();
+            match (EventLog::open_limited(&p, limit), expected) {
+                (Err(e), Some((line, reason))) => {
+                    let m = e.to_string();
+                    assert!(m.contains(reason) && m.contains(&format!(":{line}")), "{m}");
+                    assert_eq!(std::fs::read(&p).unwrap(), bytes, "the log was rewritten");
+                }
+                (Ok((_, events)), None) => assert_eq!(events, vec![command("a")]),
+                (Err(e), None) => panic!("refused a torn last line: {e}"),
+                (Ok(_), Some(_)) => panic!("accepted {:?}", String::from_utf8_lossy(&bytes)),
+            }
+        }
     }
 
     /// Takes the first `room` bytes written, then fails as a full disk does.

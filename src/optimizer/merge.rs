@@ -128,7 +128,9 @@ fn evaluate_candidates(
             let run: Vec<(&Components, &[usize])> = batch
                 .iter()
                 .zip(&positions)
-                .map(|((h, c, _), idx)| (jobs[halving_groups[*h].candidates[*c].0].0, idx.as_slice()))
+                .map(|((h, c, _), idx)| {
+                    (jobs[halving_groups[*h].candidates[*c].0].0, idx.as_slice())
+                })
                 .collect();
             env.evaluate(stage, env.train, &run)
         },

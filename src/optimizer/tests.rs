@@ -510,7 +510,10 @@ fn successive_halving_changes_nothing_but_the_evaluations() {
             assert_eq!(b.counters.halving_saved, 0);
             // Merges stop hopeless candidates too, and keep the same entry.
             let merged = |m: &crate::optimizer::report::MethodReport| -> Vec<(String, f64)> {
-                m.merges.iter().map(|g| (g.chosen.clone(), g.score)).collect()
+                m.merges
+                    .iter()
+                    .map(|g| (g.chosen.clone(), g.score))
+                    .collect()
             };
             assert_eq!(merged(a), merged(b));
         }

@@ -130,8 +130,12 @@ impl<T: Element> Arrays<T> {
     fn new(layout: &KvLayout, n_blocks: usize) -> Self {
         let n = n_blocks * layout.block_elements();
         Self {
-            keys: (0..layout.n_layers).map(|_| vec![T::default(); n]).collect(),
-            values: (0..layout.n_layers).map(|_| vec![T::default(); n]).collect(),
+            keys: (0..layout.n_layers)
+                .map(|_| vec![T::default(); n])
+                .collect(),
+            values: (0..layout.n_layers)
+                .map(|_| vec![T::default(); n])
+                .collect(),
         }
     }
 

@@ -159,11 +159,7 @@ mod x86 {
             let mut c = 0;
             while c + 16 <= hd {
                 a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c)), E::load8(row.add(c)), a0);
-                a1 = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(qp.add(c + 8)),
-                    E::load8(row.add(c + 8)),
-                    a1,
-                );
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c + 8)), E::load8(row.add(c + 8)), a1);
                 c += 16;
             }
             if c < hd {
@@ -469,15 +465,16 @@ mod tests {
             };
             let mut storage = KvStorage::new(layout, 64);
             // Sequences: (stored before, new tokens, blocks scattered over the pool).
-            let plan: Vec<(usize, usize, Vec<BlockId>)> = [(0usize, 3usize), (9, 1), (5, 4), (30, 1)]
-                .iter()
-                .enumerate()
-                .map(|(s, &(start, new))| {
-                    let n_blocks = (start + new).div_ceil(block_size);
-                    let blocks = (0..n_blocks).map(|b| (63 - b * 4 - s) as BlockId).collect();
-                    (start, new, blocks)
-                })
-                .collect();
+            let plan: Vec<(usize, usize, Vec<BlockId>)> =
+                [(0usize, 3usize), (9, 1), (5, 4), (30, 1)]
+                    .iter()
+                    .enumerate()
+                    .map(|(s, &(start, new))| {
+                        let n_blocks = (start + new).div_ceil(block_size);
+                        let blocks = (0..n_blocks).map(|b| (63 - b * 4 - s) as BlockId).collect();
+                        (start, new, blocks)
+                    })
+                    .collect();
             let n_tokens: usize = plan.iter().map(|p| p.1).sum();
             let q = Tensor::randn(0f32, 1.0, (n_tokens, 6, hd), &dev)?;
             let q_host = q.flatten_all()?.to_vec1::<f32>()?;

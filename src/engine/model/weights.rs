@@ -89,7 +89,9 @@ impl Linear {
         for (linear, y) in linears.iter().zip(&mut outs) {
             if let Some(bias) = &linear.bias {
                 for row in y.chunks_mut(bias.host.len()) {
-                    row.iter_mut().zip(bias.host.iter()).for_each(|(v, b)| *v += b);
+                    row.iter_mut()
+                        .zip(bias.host.iter())
+                        .for_each(|(v, b)| *v += b);
                 }
             }
         }
