@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: fetches the test models (verified, cached
 # under ~/.cache/fgo), builds llama.cpp's server for the HTTP backend's tests (cached too),
-# then builds and runs every test.
+# then builds and runs every test, then replays and briefly runs every fuzz target.
 #
 #   scripts/test.sh [extra cargo test arguments]
 set -euo pipefail
@@ -14,3 +14,5 @@ scripts/fetch-models.sh all
 FGO_LLAMA_SERVER="$(scripts/llama-build.sh llama-server)"
 export FGO_LLAMA_SERVER
 cargo test --all-targets "$@"
+# Every fuzz target: its corpus and past crashes replayed, then a short run of new inputs.
+scripts/fuzz.sh --time "${FGO_FUZZ_SMOKE_S:-10}"
