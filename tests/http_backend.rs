@@ -18,7 +18,7 @@ use fgo::engine::sampling::SamplingParams;
 use fgo::llm::openai::OpenAiLlm;
 use fgo::llm::spec::{ModelSpec, ServerOptions};
 use fgo::llm::{ChatRequest, Llm};
-use fgo::optimizer::calls::{Calls, Role};
+use fgo::optimizer::exec::calls::{Calls, Role};
 use serde_json::{json, Value};
 
 mod common;

@@ -1,7 +1,7 @@
 //! A run's event log as `fgo resume` reads it back.
 #![no_main]
 
-use fgo::optimizer::events::EventLog;
+use fgo::optimizer::exec::events::EventLog;
 use libfuzzer_sys::fuzz_target;
 
 #[path = "../common.rs"]

@@ -1,7 +1,7 @@
 //! Data files (JSONL) with and without an id field.
 #![no_main]
 
-use fgo::optimizer::dataset::read_jsonl;
+use fgo::optimizer::data::dataset::read_jsonl;
 use libfuzzer_sys::fuzz_target;
 
 #[path = "../common.rs"]

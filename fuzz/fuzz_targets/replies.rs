@@ -2,10 +2,10 @@
 //! prompt templates, on arbitrary text.
 #![no_main]
 
-use fgo::optimizer::metric::parse_number;
-use fgo::optimizer::operators::parse_procedure;
-use fgo::optimizer::parse::parse_components;
-use fgo::optimizer::template::Template;
+use fgo::optimizer::data::metric::parse_number;
+use fgo::optimizer::data::template::Template;
+use fgo::optimizer::methods::operators::parse_procedure;
+use fgo::optimizer::methods::parse::parse_components;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use fgo::optimizer::task::Task;
+use fgo::optimizer::data::task::Task;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
+use fgo::optimizer::data::rng::stable_hash;
+use fgo::optimizer::report::rundir::RunDir;
+use fgo::optimizer::report::study::optimizer_tokens;
+use fgo::optimizer::report::Method;
 use fgo::optimizer::report::RunReport;
-use fgo::optimizer::rng::stable_hash;
-use fgo::optimizer::run::Method;
-use fgo::optimizer::rundir::RunDir;
-use fgo::optimizer::study::optimizer_tokens;
 
 use super::optimize::{agent_models, run_in_dir, MethodArg, ModelCache, RuntimeArgs, SharedCalls};
 
@@ -43,7 +43,7 @@ pub struct CompareArgs {
 
 /// Runs `fgo compare`.
 pub fn run(args: CompareArgs) -> anyhow::Result<()> {
-    let (task, data) = fgo::optimizer::prepare(&args.task)?;
+    let (task, data) = fgo::optimizer::data::prepare(&args.task)?;
     let method = Method::from(args.method);
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(format!("compare-{}-s{}", task.spec.name, args.seed))

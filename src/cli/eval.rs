@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use fgo::optimizer::calls::Calls;
-use fgo::optimizer::run::{execute, Method};
+use fgo::optimizer::exec::calls::Calls;
+use fgo::optimizer::report::run::execute;
+use fgo::optimizer::report::Method;
 
 use super::optimize::{print_report, ModelCache, RuntimeArgs};
 use super::progress::StderrProgress;
@@ -28,7 +29,7 @@ pub struct EvalArgs {
 
 /// Runs `fgo eval`.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let (mut task, data) = fgo::optimizer::prepare(&args.task)?;
+    let (mut task, data) = fgo::optimizer::data::prepare(&args.task)?;
     for spec in &args.components {
         let Some((name, file)) = spec.split_once('=') else {
             anyhow::bail!("invalid value for `--component`: `{spec}` is not NAME=FILE");
@@ -41,7 +42,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         }
         let text = fgo::error::read_text(
             std::path::Path::new(file),
-            fgo::optimizer::task::COMPONENT_FILE_LIMIT,
+            fgo::optimizer::data::task::COMPONENT_FILE_LIMIT,
             "a component file",
         )?;
         task.initial.insert(name.to_string(), text);

@@ -13,10 +13,11 @@ use clap::{Args, ValueEnum};
 use fgo::llm::openai::OpenAiLlm;
 use fgo::llm::spec::{ModelSpec, ServerOptions};
 use fgo::llm::Llm;
+use fgo::optimizer::data::task::{AgentSpec, Task};
+use fgo::optimizer::report::run::{execute, Models};
+use fgo::optimizer::report::rundir::{DirProgress, RunDir};
+use fgo::optimizer::report::Method;
 use fgo::optimizer::report::RunReport;
-use fgo::optimizer::run::{execute, Method, Models};
-use fgo::optimizer::rundir::{DirProgress, RunDir};
-use fgo::optimizer::task::{AgentSpec, Task};
 
 use super::progress::StderrProgress;
 
@@ -95,7 +96,7 @@ pub struct OptimizeArgs {
 
 /// Runs `fgo optimize`.
 pub fn run(args: OptimizeArgs) -> anyhow::Result<()> {
-    let (mut task, data) = fgo::optimizer::prepare(&args.task)?;
+    let (mut task, data) = fgo::optimizer::data::prepare(&args.task)?;
     if let Some(m) = &args.optimizer_model {
         task.spec.optimizer.model = Some(m.clone());
     }
@@ -131,11 +132,11 @@ pub fn run(args: OptimizeArgs) -> anyhow::Result<()> {
 /// computed once.
 #[derive(Default)]
 pub(crate) struct SharedCalls {
-    records: HashMap<String, fgo::optimizer::events::CallRecord>,
+    records: HashMap<String, fgo::optimizer::exec::events::CallRecord>,
 }
 
 impl SharedCalls {
-    fn take_from(&mut self, calls: &fgo::optimizer::calls::Calls) {
+    fn take_from(&mut self, calls: &fgo::optimizer::exec::calls::Calls) {
         for r in calls.shared_records() {
             self.records.entry(r.key.clone()).or_insert(r);
         }
@@ -147,7 +148,7 @@ impl SharedCalls {
 pub(crate) fn run_in_dir(
     dir: &RunDir,
     task: &Task,
-    data: &fgo::optimizer::dataset::Dataset,
+    data: &fgo::optimizer::data::dataset::Dataset,
     models: &Models,
     method: Method,
     seed: u64,
@@ -309,7 +310,7 @@ pub(crate) fn print_report(report: &RunReport, dir: &Path, json: bool) -> anyhow
             );
             outln!(
                 "what changed ([-removed-] {{+added+}}):\n{}\n",
-                fgo::optimizer::diff::word_diff(before, text)
+                fgo::optimizer::methods::diff::word_diff(before, text)
             );
         }
     }

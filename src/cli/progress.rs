@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use fgo::optimizer::agent::Components;
-use fgo::optimizer::calls::BatchObserver;
-use fgo::optimizer::env::Progress;
+use fgo::optimizer::exec::agent::Components;
+use fgo::optimizer::exec::calls::BatchObserver;
+use fgo::optimizer::methods::env::Progress;
 
 /// Width of the bar, in characters.
 const BAR_WIDTH: usize = 20;
@@ -294,7 +294,7 @@ impl StderrProgress {
         Self { shared, ticker }
     }
 
-    /// An observer for [`fgo::optimizer::calls::Calls`] that counts the calls of each batch.
+    /// An observer for [`fgo::optimizer::exec::calls::Calls`] that counts the calls of each batch.
     pub(crate) fn observer(&self) -> BatchObserver {
         let shared = self.shared.clone();
         Box::new(move |finished, submitted| shared.calls(finished, submitted))

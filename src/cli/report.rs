@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use fgo::optimizer::rundir::RunDir;
+use fgo::optimizer::report::rundir::RunDir;
 
 /// Arguments of `fgo report`.
 #[derive(Debug, Args)]

@@ -29,14 +29,14 @@ pub struct ResumeArgs {
 
 /// Runs `fgo resume`.
 pub fn run(args: ResumeArgs) -> anyhow::Result<()> {
-    let (mut dir, task) = fgo::optimizer::rundir::RunDir::open(&args.dir)?;
+    let (mut dir, task) = fgo::optimizer::report::rundir::RunDir::open(&args.dir)?;
     if args.allow_changed_task {
         dir.accept_changed_task(&task)?;
     } else {
         dir.check_task()?;
     }
-    let data = fgo::optimizer::dataset::Dataset::load(&task)?;
-    fgo::optimizer::validate(&task, &data)?;
+    let data = fgo::optimizer::data::dataset::Dataset::load(&task)?;
+    fgo::optimizer::data::validate(&task, &data)?;
     dir.check_data(&data)?;
     let mut cache = ModelCache::new(&args.runtime)?;
     let models = cache.models(&task, dir.meta.method)?;

@@ -12,11 +12,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
-use fgo::optimizer::dataset::Dataset;
-use fgo::optimizer::run::{check_same, Method};
-use fgo::optimizer::rundir::RunDir;
-use fgo::optimizer::study::{self, Cell, CellSource, Study};
-use fgo::optimizer::task::Task;
+use fgo::optimizer::data::dataset::Dataset;
+use fgo::optimizer::data::task::Task;
+use fgo::optimizer::report::run::check_same;
+use fgo::optimizer::report::rundir::RunDir;
+use fgo::optimizer::report::study::{self, Cell, CellSource, Study};
+use fgo::optimizer::report::Method;
 
 use super::optimize::{run_in_dir, ModelCache, RuntimeArgs, SharedCalls};
 
@@ -89,7 +90,7 @@ pub fn run(args: StudyArgs) -> anyhow::Result<()> {
     if args.seeds == 0 {
         anyhow::bail!("invalid value for `--seeds`: must be at least 1");
     }
-    let (task, data) = fgo::optimizer::prepare(&args.task)?;
+    let (task, data) = fgo::optimizer::data::prepare(&args.task)?;
     let methods: Vec<String> = args
         .methods
         .iter()
@@ -187,7 +188,7 @@ fn size_spec(
             data.train.len()
         );
     }
-    fgo::optimizer::validate(&sized_task, &data)?;
+    fgo::optimizer::data::validate(&sized_task, &data)?;
     sized_task.initial = task.initial.clone();
     override_optimizer(&mut sized_task, optimizer_model);
     Ok(SizeSpec {
@@ -225,7 +226,7 @@ fn run_cell(
             CellSource::Read
         } else {
             let data = Dataset::load(&task)?;
-            fgo::optimizer::validate(&task, &data)?;
+            fgo::optimizer::data::validate(&task, &data)?;
             run_dir.check_data(&data)?;
             run_dir.check_data(&size.data)?;
             let models = cache.models(&task, method)?;

@@ -9,13 +9,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::llm::{ChatRequest, Llm};
-use crate::optimizer::calls::Calls;
-use crate::optimizer::dataset::{Dataset, Example};
-use crate::optimizer::env::NoProgress;
+use crate::optimizer::data::dataset::{Dataset, Example};
+use crate::optimizer::data::task::Task;
+use crate::optimizer::exec::calls::Calls;
+use crate::optimizer::exec::testutil::ScriptedLlm;
+use crate::optimizer::methods::env::NoProgress;
+use crate::optimizer::report::run::{execute, Models};
+use crate::optimizer::report::Method;
 use crate::optimizer::report::RunReport;
-use crate::optimizer::run::{execute, Method, Models};
-use crate::optimizer::task::Task;
-use crate::optimizer::testutil::ScriptedLlm;
 
 const WORDS: [&str; 10] = [
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
@@ -351,7 +352,7 @@ fn resume_from_a_truncated_log_reproduces_the_uninterrupted_run() {
     let full_dir = dir.path().join("full");
     std::fs::create_dir_all(&full_dir).unwrap();
     let (log, _) =
-        crate::optimizer::events::EventLog::open(&full_dir.join("events.jsonl")).unwrap();
+        crate::optimizer::exec::events::EventLog::open(&full_dir.join("events.jsonl")).unwrap();
     let calls = Calls::new(log, Vec::new());
     let llm = Arc::new(world(Optimizer::Good));
     let full = run(&t, llm.clone(), Method::Both, &calls);
@@ -369,7 +370,7 @@ fn resume_from_a_truncated_log_reproduces_the_uninterrupted_run() {
     std::fs::write(killed.join("events.jsonl"), torn).unwrap();
 
     let (log, previous) =
-        crate::optimizer::events::EventLog::open(&killed.join("events.jsonl")).unwrap();
+        crate::optimizer::exec::events::EventLog::open(&killed.join("events.jsonl")).unwrap();
     let replayable = previous.len();
     let calls = Calls::new(log, previous);
     let llm2 = Arc::new(world(Optimizer::Good));
@@ -403,17 +404,18 @@ fn resume_from_a_truncated_log_reproduces_the_uninterrupted_run() {
     };
     assert_eq!(strip(&full), strip(&resumed));
     // The resumed log now holds every call once.
-    let (_, all) = crate::optimizer::events::EventLog::open(&killed.join("events.jsonl")).unwrap();
+    let (_, all) =
+        crate::optimizer::exec::events::EventLog::open(&killed.join("events.jsonl")).unwrap();
     assert_eq!(all.len(), total_live);
 }
 
 /// A run's event-log keys, each once.
 fn log_keys(path: &Path) -> std::collections::BTreeSet<String> {
-    let (_, events) = crate::optimizer::events::EventLog::open(path).unwrap();
+    let (_, events) = crate::optimizer::exec::events::EventLog::open(path).unwrap();
     events
         .into_iter()
         .filter_map(|e| match e {
-            crate::optimizer::events::Event::Call(r) => Some(r.key),
+            crate::optimizer::exec::events::Event::Call(r) => Some(r.key),
             _ => None,
         })
         .collect()
@@ -458,7 +460,7 @@ fn both_methods_side_by_side_give_what_each_gives_alone() {
     let t = task("");
     let run_in = |name: &str, method: Method| {
         let path = dir.path().join(format!("{name}.jsonl"));
-        let (log, _) = crate::optimizer::events::EventLog::open(&path).unwrap();
+        let (log, _) = crate::optimizer::exec::events::EventLog::open(&path).unwrap();
         let calls = Calls::new(log, Vec::new());
         let llm = Arc::new(world(Optimizer::Good));
         let r = run(&t, llm.clone(), method, &calls);

@@ -34,7 +34,7 @@ impl Template {
                 ));
             };
             let name = rest[start + 2..start + 2 + len].trim();
-            if !crate::optimizer::task::is_identifier(name) {
+            if !is_identifier(name) {
                 return Err(format!(
                     "`{{{{{name}}}}}` is not a placeholder (use letters, digits, _)"
                 ));
@@ -89,6 +89,11 @@ pub fn value_text(v: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
+}
+
+/// Whether `s` is a template-friendly name.
+pub(crate) fn is_identifier(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(test)]

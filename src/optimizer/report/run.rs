@@ -16,22 +16,23 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::llm::Llm;
-use crate::optimizer::agent::{joined_text, Agent, Components, Outcome};
-use crate::optimizer::calls::{BudgetHit, Calls, Ctx, SHARED_METHOD};
-use crate::optimizer::dataset::{Dataset, Example};
-use crate::optimizer::divide::{divide, sized_count, subset_count};
-use crate::optimizer::env::{mean_score, Counters, Env, Progress, StepPoint};
-use crate::optimizer::guard::{Guard, GuardConfig};
-use crate::optimizer::merge::{merge_all, MergeRecord, Node};
-use crate::optimizer::optimize::{optimize, Slot};
-use crate::optimizer::prompts;
+use crate::optimizer::data::dataset::{Dataset, Example};
+use crate::optimizer::data::rng::Rng;
+use crate::optimizer::data::task::Selection;
+use crate::optimizer::data::task::Task;
+use crate::optimizer::exec::agent::{joined_text, Agent, Components, Outcome};
+use crate::optimizer::exec::calls::{BudgetHit, Calls, Ctx, SHARED_METHOD};
+use crate::optimizer::methods::divide::{divide, sized_count, subset_count};
+use crate::optimizer::methods::env::{mean_score, Counters, Env, Progress, StepPoint};
+use crate::optimizer::methods::guard::{Guard, GuardConfig};
+use crate::optimizer::methods::merge::{merge_all, MergeRecord, Node};
+use crate::optimizer::methods::optimize::optimize;
+use crate::optimizer::methods::prompts;
+use crate::optimizer::methods::select::{self, PoolEntry};
+use crate::optimizer::methods::slot::Slot;
 use crate::optimizer::report::{Accounting, ExampleIds, ExampleScores, InitialScores, RunReport};
-use crate::optimizer::rng::Rng;
-use crate::optimizer::select::{self, PoolEntry};
-use crate::optimizer::task::Selection;
-use crate::optimizer::task::Task;
 
-pub use crate::optimizer::report::{Method, MethodReport};
+use crate::optimizer::report::{Method, MethodReport};
 
 /// The models of a run.
 #[derive(Clone)]
@@ -266,9 +267,9 @@ fn side_by_side<T: Send, R: Send>(items: Vec<T>, f: &(dyn Fn(T) -> R + Sync)) ->
 
 fn jobs<'a>(
     c: &'a Components,
-    examples: &'a [crate::optimizer::dataset::Example],
+    examples: &'a [crate::optimizer::data::dataset::Example],
     idx: &[usize],
-) -> Vec<(&'a Components, &'a crate::optimizer::dataset::Example)> {
+) -> Vec<(&'a Components, &'a crate::optimizer::data::dataset::Example)> {
     idx.iter()
         .filter_map(|&i| examples.get(i).map(|e| (c, e)))
         .collect()
@@ -281,8 +282,8 @@ fn point(method: &str, stage: &str, label: &str, outcomes: &[Outcome], calls: &C
         label: label.into(),
         n: outcomes.len(),
         score: mean_score(outcomes),
-        tokens: calls.tokens(crate::optimizer::calls::Role::Agent)
-            + calls.tokens(crate::optimizer::calls::Role::Optimizer),
+        tokens: calls.tokens(crate::optimizer::exec::calls::Role::Agent)
+            + calls.tokens(crate::optimizer::exec::calls::Role::Optimizer),
     }
 }
 
@@ -291,7 +292,7 @@ struct Start<'a> {
     components: &'a Components,
     train: &'a [Outcome],
     val: &'a [Outcome],
-    val_examples: &'a [crate::optimizer::dataset::Example],
+    val_examples: &'a [crate::optimizer::data::dataset::Example],
 }
 
 fn run_fgo(env: &Env, task: &Task, start: &Start) -> MethodReport {
@@ -534,12 +535,12 @@ fn subset_token_budget(env: &Env) -> usize {
 fn allowed_texts(task: &Task) -> String {
     let mut parts = vec![task.spec.name.clone(), task.spec.description.clone()];
     parts.extend(task.initial.values().cloned());
-    if let crate::optimizer::task::AgentSpec::Chat { system, user, .. } = &task.spec.agent {
+    if let crate::optimizer::data::task::AgentSpec::Chat { system, user, .. } = &task.spec.agent {
         parts.extend(system.clone());
         parts.push(user.clone());
     }
     parts.push(prompts::own_texts());
-    parts.push(crate::optimizer::operators::own_vocabulary());
+    parts.push(crate::optimizer::methods::operators::own_vocabulary());
     parts.join("\n")
 }
 

@@ -8,9 +8,11 @@
 use std::collections::BTreeMap;
 
 use crate::engine::chat::ChatMessage;
-use crate::optimizer::agent::{Components, Outcome};
-use crate::optimizer::operators::{jaccard, word_set, EDIT_HINTS, MERGE_HINTS};
-use crate::optimizer::template::Template;
+use crate::optimizer::data::template::Template;
+use crate::optimizer::exec::agent::{Components, Outcome};
+use crate::optimizer::methods::operators::{
+    jaccard, truncate_informative, word_set, EDIT_HINTS, MERGE_HINTS,
+};
 
 const SYSTEM: &str = include_str!("prompts/system.txt");
 const DIAGNOSE: &str = include_str!("prompts/diagnose.txt");
@@ -76,39 +78,6 @@ pub fn output_format(names: &[String]) -> String {
     format!(
         "End your reply with the complete new instructions between tags, exactly like this:\n{}",
         blocks.join("\n")
-    )
-}
-
-/// Collapses repeated lines and keeps the head and tail of `text` within `max_chars`.
-pub fn truncate_informative(text: &str, max_chars: usize) -> String {
-    let mut lines: Vec<String> = Vec::new();
-    let mut repeats = 0usize;
-    for line in text.lines() {
-        if lines.last().is_some_and(|l| l == line) && !line.trim().is_empty() {
-            repeats += 1;
-            continue;
-        }
-        if repeats > 0 {
-            lines.push(format!("[previous line repeated {repeats} more times]"));
-            repeats = 0;
-        }
-        lines.push(line.to_string());
-    }
-    if repeats > 0 {
-        lines.push(format!("[previous line repeated {repeats} more times]"));
-    }
-    let collapsed = lines.join("\n");
-    let chars: Vec<char> = collapsed.trim().chars().collect();
-    if chars.len() <= max_chars {
-        return chars.into_iter().collect();
-    }
-    let head = max_chars * 2 / 5;
-    let tail = max_chars - head;
-    let omitted = chars.len() - head - tail;
-    format!(
-        "{} [... {omitted} characters left out ...] {}",
-        chars[..head].iter().collect::<String>(),
-        chars[chars.len() - tail..].iter().collect::<String>()
     )
 }
 

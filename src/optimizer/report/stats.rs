@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::optimizer::rng::Rng;
+use crate::optimizer::data::rng::Rng;
 
 /// A score at or above this solves its example.
 pub const SOLVED: f64 = 1.0 - 1e-9;

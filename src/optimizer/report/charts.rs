@@ -5,8 +5,8 @@
 
 use std::fmt::Write as _;
 
+use crate::optimizer::report::stats::wilson95;
 use crate::optimizer::report::RunReport;
-use crate::optimizer::stats::wilson95;
 
 const W: f64 = 640.0;
 const H: f64 = 320.0;

@@ -14,15 +14,16 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::optimizer::agent::{joined_text, Components, Outcome};
-use crate::optimizer::calls::BudgetHit;
-use crate::optimizer::diff::line_diff;
-use crate::optimizer::env::{mean_score, Ask, Env, Expect};
-use crate::optimizer::halving;
-use crate::optimizer::operators::{self, Operator};
-use crate::optimizer::prompts;
-use crate::optimizer::select::{self, PoolEntry};
-use crate::optimizer::task::{AcceptRule, BudgetSpec};
+use crate::optimizer::data::task::Operator;
+use crate::optimizer::data::task::{AcceptRule, BudgetSpec};
+use crate::optimizer::exec::agent::{joined_text, Components, Outcome};
+use crate::optimizer::exec::calls::BudgetHit;
+use crate::optimizer::methods::diff::line_diff;
+use crate::optimizer::methods::env::{mean_score, Ask, Env, Expect};
+use crate::optimizer::methods::halving;
+use crate::optimizer::methods::operators;
+use crate::optimizer::methods::prompts;
+use crate::optimizer::methods::select::{self, PoolEntry};
 
 /// A component on the merge frontier.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -37,9 +37,9 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::llm::{ChatRequest, Completion, Llm, Usage};
-use crate::optimizer::events::{CallRecord, CommandRecord, Event, EventLog};
-use crate::optimizer::rng::stable_hash;
-use crate::optimizer::task::BudgetSpec;
+use crate::optimizer::data::rng::stable_hash;
+use crate::optimizer::data::task::BudgetSpec;
+use crate::optimizer::exec::events::{CallRecord, CommandRecord, Event, EventLog};
 
 /// Who makes a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -536,7 +536,7 @@ mod tests {
 
     use super::*;
     use crate::engine::chat::ChatMessage;
-    use crate::optimizer::testutil::ScriptedLlm;
+    use crate::optimizer::exec::testutil::ScriptedLlm;
 
     /// Takes nothing: every write fails as on a full disk.
     struct Full;
@@ -608,37 +608,5 @@ mod tests {
         assert!(calls
             .known_command(&ctx, "other")
             .is_some_and(|r| r.is_err()));
-    }
-
-    #[test]
-    fn a_borrowed_shared_call_is_not_made_again_and_lands_in_the_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let llm = ScriptedLlm::new(|r| format!("re: {}", r.messages[0].content));
-        let shared = Ctx::new(SHARED_METHOD, "initial_eval");
-        let first = Calls::in_memory();
-        first.complete(&llm, &shared, Role::Agent, &[request("a"), request("b")]);
-        first.complete(&llm, &Ctx::new("fgo", "x"), Role::Agent, &[request("c")]);
-        let records = first.shared_records();
-        assert_eq!(records.len(), 2, "only the shared method's calls");
-        assert_eq!(llm.requests(), 3);
-
-        let path = dir.path().join("events.jsonl");
-        let (log, _) = EventLog::open(&path).unwrap();
-        let second = Calls::new(log, Vec::new()).with_borrowed(records);
-        let out = second.complete(&llm, &shared, Role::Agent, &[request("a"), request("c")]);
-        assert_eq!(out[0].as_ref().unwrap().text, "re: a");
-        assert_eq!(llm.requests(), 4, "only `c` was made");
-        let ledger = second.ledger();
-        assert_eq!(ledger[0].source, Source::Shared);
-        assert!(ledger[0].usage.prompt_tokens > 0 || ledger[0].usage.completion_tokens > 0);
-        assert_eq!(ledger[1].source, Source::Live);
-        // Both are in this run's log: a resume needs no other run.
-        drop(second);
-        let (_, events) = EventLog::open(&path).unwrap();
-        assert_eq!(events.len(), 2);
-        // Accounted as shared, a borrowed call is not in the run's total.
-        let acc = crate::optimizer::report::Accounting::from_ledger(&ledger);
-        assert_eq!(acc.total.shared, 1);
-        assert_eq!(acc.total.live, 1);
     }
 }

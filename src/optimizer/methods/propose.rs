@@ -2,12 +2,13 @@
 //! one batch (re-asks batched too), the mechanical ones (strategies appended verbatim,
 //! worked examples) directly.
 
-use crate::optimizer::agent::{Components, Outcome};
-use crate::optimizer::env::{Ask, Env, Expect};
-use crate::optimizer::operators::{self, Operator, STRATEGIES};
-use crate::optimizer::optimize::Slot;
-use crate::optimizer::prompts;
-use crate::optimizer::rng::Rng;
+use crate::optimizer::data::rng::Rng;
+use crate::optimizer::data::task::Operator;
+use crate::optimizer::exec::agent::{Components, Outcome};
+use crate::optimizer::methods::env::{Ask, Env, Expect};
+use crate::optimizer::methods::operators::{self, STRATEGIES};
+use crate::optimizer::methods::prompts;
+use crate::optimizer::methods::slot::Slot;
 
 /// A candidate of one iteration, before evaluation.
 pub struct Proposal {

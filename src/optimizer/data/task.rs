@@ -4,7 +4,7 @@
 //! A task file is TOML. Every table denies unknown fields, and [`Task::load`] validates
 //! everything that can be checked without data (ranges, exclusive options, component files);
 //! checks that need the data (template fields, metric applicability) are done by
-//! [`crate::optimizer::validate`]. Every error names the file and the dotted field at fault.
+//! [`validate`](super::validate). Every error names the file and the dotted field at fault.
 //! Relative paths are relative to the directory that holds the task file.
 //!
 //! ```toml
@@ -37,8 +37,8 @@ use serde::{Deserialize, Serialize};
 use crate::engine::sampling::SamplingParams;
 use crate::error::{Error, Result};
 use crate::llm::spec::{ModelSpec, ServerOptions};
-use crate::optimizer::metric::MetricSpec;
-use crate::optimizer::operators::{Operator, DEFAULT_OPERATORS};
+use crate::optimizer::data::command::MAX_TIMEOUT_S;
+use crate::optimizer::data::template::is_identifier;
 
 /// The largest task file read (a task is a few dozen lines).
 pub const TASK_FILE_LIMIT: u64 = 1 << 20;
@@ -46,11 +46,59 @@ pub const TASK_FILE_LIMIT: u64 = 1 << 20;
 /// The largest component file read.
 pub const COMPONENT_FILE_LIMIT: u64 = 1 << 20;
 
-/// The longest timeout of one agent or metric command, in seconds: a day.
-pub const MAX_TIMEOUT_S: f64 = 86_400.0;
-
 /// The longest wall-time budget of a run, in seconds: 30 days.
 pub const MAX_WALL_TIME_S: f64 = 30.0 * 86_400.0;
+
+/// A way of making a candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operator {
+    Rewrite,
+    Induction,
+    Demos,
+    Seed,
+    Strategy,
+    Crossover,
+    Merge,
+}
+
+impl Operator {
+    /// The name used in task files and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operator::Rewrite => "rewrite",
+            Operator::Induction => "induction",
+            Operator::Demos => "demos",
+            Operator::Seed => "seed",
+            Operator::Strategy => "strategy",
+            Operator::Crossover => "crossover",
+            Operator::Merge => "merge",
+        }
+    }
+
+    /// Whether the move needs a diagnosis of the failures first.
+    pub fn needs_diagnosis(self) -> bool {
+        self == Operator::Rewrite
+    }
+
+    /// Whether the move calls the optimizer model.
+    pub fn calls_optimizer(self) -> bool {
+        matches!(
+            self,
+            Operator::Rewrite | Operator::Induction | Operator::Strategy | Operator::Merge
+        )
+    }
+}
+
+/// The default rotation of moves over the candidates of a subset's iterations: cheap moves
+/// that change the agent's procedure come early, so even a one-iteration run tries them.
+pub const DEFAULT_OPERATORS: [Operator; 5] = [
+    Operator::Seed,
+    Operator::Rewrite,
+    Operator::Induction,
+    Operator::Demos,
+    Operator::Strategy,
+];
 
 /// A whole task file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -123,13 +171,88 @@ pub enum AgentSpec {
         /// Program and arguments, passed as-is (never through a shell).
         command: Vec<String>,
         /// Seconds before the program is killed (default 60).
-        #[serde(default = "default_timeout_s")]
+        #[serde(default = "crate::optimizer::data::command::default_timeout_s")]
         timeout_s: f64,
     },
 }
 
-pub(crate) fn default_timeout_s() -> f64 {
-    60.0
+/// A metric, tagged by `type` in the task file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum MetricSpec {
+    /// Equality after normalisation.
+    Exact {
+        /// Compare case-insensitively (default true).
+        #[serde(default = "yes")]
+        ignore_case: bool,
+        /// Collapse and trim whitespace (default true).
+        #[serde(default = "yes")]
+        collapse_whitespace: bool,
+        /// Drop ASCII punctuation before comparing (default false).
+        #[serde(default)]
+        strip_punctuation: bool,
+    },
+    /// The expected answer appears in the prediction.
+    Contains {
+        #[serde(default = "yes")]
+        ignore_case: bool,
+    },
+    /// The expected answer is a regex the whole prediction must match.
+    Regex,
+    /// The last number in the prediction equals the expected number within `tolerance`.
+    Numeric {
+        #[serde(default)]
+        tolerance: f64,
+    },
+    /// The prediction names exactly one of `labels`, and it is the expected one.
+    Choice { labels: Vec<String> },
+    /// Token-level F1 between prediction and expected answer (partial credit).
+    TokenF1,
+    /// The prediction's first JSON object has `field` equal to the expected answer's (or to
+    /// the expected answer itself when that is not an object).
+    JsonField { field: String },
+    /// An external program reads `{"prediction": .., "example": {..}}` and prints
+    /// `{"score": x}`.
+    Command {
+        command: Vec<String>,
+        #[serde(default = "crate::optimizer::data::command::default_timeout_s")]
+        timeout_s: f64,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Static checks of a metric spec (no data needed); the reason names the sub-field.
+pub fn validate_spec(spec: &MetricSpec) -> Result<(), String> {
+    match spec {
+        MetricSpec::Numeric { tolerance } if !(tolerance.is_finite() && *tolerance >= 0.0) => {
+            Err("tolerance must be a non-negative number".into())
+        }
+        MetricSpec::Choice { labels } if labels.is_empty() => {
+            Err("labels must not be empty".into())
+        }
+        MetricSpec::JsonField { field } if field.is_empty() => {
+            Err("field must not be empty".into())
+        }
+        MetricSpec::Command { command, timeout_s } => {
+            if command.is_empty() || command[0].trim().is_empty() {
+                Err("command must name a program".into())
+            } else if !(timeout_s.is_finite()
+                && *timeout_s > 0.0
+                && *timeout_s <= crate::optimizer::data::command::MAX_TIMEOUT_S)
+            {
+                Err(format!(
+                    "timeout_s must be a positive number of seconds, at most {} (a day)",
+                    crate::optimizer::data::command::MAX_TIMEOUT_S
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        _ => Ok(()),
+    }
 }
 
 /// How the answer is extracted from the agent's reply.
@@ -515,7 +638,7 @@ impl Task {
                 ));
             }
         }
-        crate::optimizer::metric::validate_spec(&spec.metric).map_err(|r| self.err("metric", r))
+        validate_spec(&spec.metric).map_err(|r| self.err("metric", r))
     }
 
     fn validate_data(&self) -> Result<()> {
@@ -709,11 +832,6 @@ impl Task {
         }
         Ok(())
     }
-}
-
-/// Whether `s` is a template-friendly name.
-pub(crate) fn is_identifier(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Turns a TOML error into a task error naming the line and, when the message names one,

@@ -13,14 +13,14 @@ use crate::engine::chat::ChatMessage;
 use crate::engine::sampling::SamplingParams;
 use crate::llm::FinishReason;
 use crate::llm::{ChatRequest, Llm};
-use crate::optimizer::agent::{joined_text, Agent, Components, Outcome};
-use crate::optimizer::calls::{Calls, Ctx, Role};
-use crate::optimizer::dataset::Example;
-use crate::optimizer::guard::{Guard, Rejection};
-use crate::optimizer::operators;
-use crate::optimizer::parse::parse_components;
-use crate::optimizer::prompts;
-use crate::optimizer::task::OptimizerSpec;
+use crate::optimizer::data::dataset::Example;
+use crate::optimizer::data::task::OptimizerSpec;
+use crate::optimizer::exec::agent::{joined_text, Agent, Components, Outcome};
+use crate::optimizer::exec::calls::{Calls, Ctx, Role};
+use crate::optimizer::methods::guard::{Guard, Rejection};
+use crate::optimizer::methods::operators;
+use crate::optimizer::methods::parse::parse_components;
+use crate::optimizer::methods::prompts;
 
 /// Counts of the events small optimizers cause.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -127,7 +127,7 @@ pub struct Env<'a> {
     /// Worked-example blocks this method put into components (exempt from the guard).
     pub exempt: RefCell<Vec<String>>,
     /// Every component this method accepted or merged, for the final selection.
-    pub pool: RefCell<Vec<crate::optimizer::select::PoolEntry>>,
+    pub pool: RefCell<Vec<crate::optimizer::methods::select::PoolEntry>>,
 }
 
 impl Env<'_> {
@@ -262,7 +262,7 @@ impl Env<'_> {
     /// Sampling parameters for call `label`, with a seed derived from the run seed.
     pub fn params(&self, base: &SamplingParams, label: &str) -> SamplingParams {
         let mut p = base.clone();
-        p.seed = crate::optimizer::rng::Rng::derived(self.seed, label).next_u64() >> 11;
+        p.seed = crate::optimizer::data::rng::Rng::derived(self.seed, label).next_u64() >> 11;
         p
     }
 }

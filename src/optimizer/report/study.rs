@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::optimizer::report::stats::{self, Interval, Paired};
 use crate::optimizer::report::Method;
 use crate::optimizer::report::RunReport;
-use crate::optimizer::stats::{self, Interval, Paired};
 
 pub use chart::study_chart;
 

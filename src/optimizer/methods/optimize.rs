@@ -17,112 +17,17 @@
 //! The all-at-once baseline is the same loop on one subset holding all of train, with every
 //! trajectory in the prompt, truncated to the optimizer's context window.
 
-use serde::{Deserialize, Serialize};
-
-use crate::optimizer::agent::{Components, Outcome};
-use crate::optimizer::calls::BudgetHit;
-use crate::optimizer::env::{mean_score, solved, Env};
-use crate::optimizer::halving;
-use crate::optimizer::operators::{self, Operator};
-use crate::optimizer::prompts::{self, FailedAttempt};
-use crate::optimizer::propose::propose;
-use crate::optimizer::select::{self, PoolEntry};
-use crate::optimizer::task::{AcceptRule, BudgetSpec};
-
-/// What an optimizer prompt had to leave out.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Truncation {
-    pub iteration: usize,
-    /// Trajectories shown.
-    pub shown: usize,
-    /// Trajectories available.
-    pub total: usize,
-    /// Tokens available for trajectories.
-    pub token_budget: usize,
-}
-
-/// One candidate of one iteration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CandidateRecord {
-    /// The move that made it (`seed`, `rewrite`, `induction`, `demos`, `strategy`).
-    #[serde(default)]
-    pub operator: String,
-    /// `accepted`, `rolled_back`, `dropped` (stopped early by successive halving), `leak`, `copy`, `content`, `degenerate`, `unchanged`,
-    /// `unparsed`.
-    pub status: String,
-    /// Mean score on the subset.
-    pub score: Option<f64>,
-    /// Mean score on the check examples from outside the subset.
-    #[serde(default)]
-    pub check_score: Option<f64>,
-    pub detail: String,
-}
-
-/// One iteration of one subset.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IterationRecord {
-    pub iteration: usize,
-    pub score_before: f64,
-    pub score_after: f64,
-    pub diagnosis: String,
-    pub candidates: Vec<CandidateRecord>,
-}
-
-/// A subset being optimized.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Slot {
-    pub id: usize,
-    /// Indices into the training set.
-    pub examples: Vec<usize>,
-    pub current: Components,
-    #[serde(skip)]
-    pub outcomes: Vec<Outcome>,
-    /// Training examples from outside the subset a candidate must not be worse on.
-    #[serde(default)]
-    pub check: Vec<usize>,
-    #[serde(skip)]
-    pub check_outcomes: Vec<Outcome>,
-    pub initial_score: f64,
-    pub score: f64,
-    /// Diagnoses that led to accepted candidates.
-    pub lessons: Vec<String>,
-    pub failed: Vec<FailedAttempt>,
-    pub iterations: Vec<IterationRecord>,
-    /// Why it stopped: `solved`, `iterations`, `budget`.
-    pub stopped: String,
-    pub truncations: Vec<Truncation>,
-}
-
-impl Slot {
-    /// A subset starting from `initial` with its initial outcomes.
-    pub fn new(
-        id: usize,
-        examples: Vec<usize>,
-        initial: Components,
-        outcomes: Vec<Outcome>,
-    ) -> Self {
-        let score = mean_score(&outcomes);
-        Self {
-            id,
-            examples,
-            current: initial,
-            outcomes,
-            check: Vec::new(),
-            check_outcomes: Vec::new(),
-            initial_score: score,
-            score,
-            lessons: Vec::new(),
-            failed: Vec::new(),
-            iterations: Vec::new(),
-            stopped: String::new(),
-            truncations: Vec::new(),
-        }
-    }
-
-    fn solved(&self) -> bool {
-        solved(&self.outcomes) == self.outcomes.len()
-    }
-}
+use crate::optimizer::data::task::BudgetSpec;
+use crate::optimizer::data::task::Operator;
+use crate::optimizer::exec::agent::{Components, Outcome};
+use crate::optimizer::exec::calls::BudgetHit;
+use crate::optimizer::methods::env::{mean_score, Env};
+use crate::optimizer::methods::halving;
+use crate::optimizer::methods::operators;
+use crate::optimizer::methods::prompts::{self, FailedAttempt};
+use crate::optimizer::methods::propose::propose;
+use crate::optimizer::methods::select::{self, PoolEntry};
+use crate::optimizer::methods::slot::{CandidateRecord, IterationRecord, Slot, Truncation};
 
 /// Optimizes every slot; returns the budget that stopped it, if one did. The trajectories
 /// of one optimizer prompt are capped at `trajectory_tokens` (and the context window).
@@ -201,7 +106,7 @@ pub fn optimize(
         let replies = env.calls.complete(
             env.optimizer,
             &env.ctx(stage),
-            crate::optimizer::calls::Role::Optimizer,
+            crate::optimizer::exec::calls::Role::Optimizer,
             &diag_requests,
         );
         let replies: Vec<String> = replies
@@ -443,17 +348,6 @@ pub fn optimize(
     None
 }
 
-/// The acceptance rule: `gain` more solved examples on the subset (at least `min_gain`, and
-/// more than none, under `Better`; none lost under `NotWorse`) and no fewer solved on the
-/// check examples (`check_delta >= 0`).
-pub fn accepts(rule: AcceptRule, min_gain: f64, gain: f64, check_delta: f64) -> bool {
-    let real_gain = match rule {
-        AcceptRule::Better => gain > 1e-9 && gain >= min_gain - 1e-9,
-        AcceptRule::NotWorse => gain >= -1e-9,
-    };
-    real_gain && check_delta >= -1e-9
-}
-
 /// Every trajectory (failures first), as many as fit the optimizer's context window and
 /// `max_tokens`.
 fn all_trajectories(
@@ -503,24 +397,4 @@ fn all_trajectories(
         token_budget,
     };
     (parts.join("\n"), t)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn acceptance_needs_a_real_gain_and_no_loss_outside() {
-        // A one-example gain is noise at min_gain = 2.
-        assert!(!accepts(AcceptRule::Better, 2.0, 1.0, 0.0));
-        assert!(accepts(AcceptRule::Better, 2.0, 2.0, 0.0));
-        assert!(accepts(AcceptRule::Better, 2.0, 5.0, 1.0));
-        // Worse on the check examples outside the subset: rejected whatever the gain.
-        assert!(!accepts(AcceptRule::Better, 2.0, 5.0, -1.0));
-        // Better always needs some gain, even with min_gain = 0.
-        assert!(!accepts(AcceptRule::Better, 0.0, 0.0, 0.0));
-        assert!(accepts(AcceptRule::Better, 0.0, 0.5, 0.0));
-        assert!(accepts(AcceptRule::NotWorse, 2.0, 0.0, 0.0));
-        assert!(!accepts(AcceptRule::NotWorse, 2.0, -1.0, 0.0));
-    }
 }

@@ -8,91 +8,12 @@
 use std::time::Duration;
 
 use regex::Regex;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::optimizer::dataset::Example;
-use crate::optimizer::template::value_text;
-
-/// A metric, tagged by `type` in the task file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum MetricSpec {
-    /// Equality after normalisation.
-    Exact {
-        /// Compare case-insensitively (default true).
-        #[serde(default = "yes")]
-        ignore_case: bool,
-        /// Collapse and trim whitespace (default true).
-        #[serde(default = "yes")]
-        collapse_whitespace: bool,
-        /// Drop ASCII punctuation before comparing (default false).
-        #[serde(default)]
-        strip_punctuation: bool,
-    },
-    /// The expected answer appears in the prediction.
-    Contains {
-        #[serde(default = "yes")]
-        ignore_case: bool,
-    },
-    /// The expected answer is a regex the whole prediction must match.
-    Regex,
-    /// The last number in the prediction equals the expected number within `tolerance`.
-    Numeric {
-        #[serde(default)]
-        tolerance: f64,
-    },
-    /// The prediction names exactly one of `labels`, and it is the expected one.
-    Choice { labels: Vec<String> },
-    /// Token-level F1 between prediction and expected answer (partial credit).
-    TokenF1,
-    /// The prediction's first JSON object has `field` equal to the expected answer's (or to
-    /// the expected answer itself when that is not an object).
-    JsonField { field: String },
-    /// An external program reads `{"prediction": .., "example": {..}}` and prints
-    /// `{"score": x}`.
-    Command {
-        command: Vec<String>,
-        #[serde(default = "crate::optimizer::task::default_timeout_s")]
-        timeout_s: f64,
-    },
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// Static checks of a metric spec (no data needed); the reason names the sub-field.
-pub fn validate_spec(spec: &MetricSpec) -> Result<(), String> {
-    match spec {
-        MetricSpec::Numeric { tolerance } if !(tolerance.is_finite() && *tolerance >= 0.0) => {
-            Err("tolerance must be a non-negative number".into())
-        }
-        MetricSpec::Choice { labels } if labels.is_empty() => {
-            Err("labels must not be empty".into())
-        }
-        MetricSpec::JsonField { field } if field.is_empty() => {
-            Err("field must not be empty".into())
-        }
-        MetricSpec::Command { command, timeout_s } => {
-            if command.is_empty() || command[0].trim().is_empty() {
-                Err("command must name a program".into())
-            } else if !(timeout_s.is_finite()
-                && *timeout_s > 0.0
-                && *timeout_s <= crate::optimizer::task::MAX_TIMEOUT_S)
-            {
-                Err(format!(
-                    "timeout_s must be a positive number of seconds, at most {} (a day)",
-                    crate::optimizer::task::MAX_TIMEOUT_S
-                ))
-            } else {
-                Ok(())
-            }
-        }
-        _ => Ok(()),
-    }
-}
+use crate::optimizer::data::dataset::Example;
+use crate::optimizer::data::task::MetricSpec;
+use crate::optimizer::data::template::value_text;
 
 /// Checks that every example's expected answer suits the metric.
 pub fn check_applicable<'a>(
@@ -210,7 +131,7 @@ fn score_inner(
         }
         MetricSpec::Command { command, timeout_s } => {
             let input = serde_json::json!({"prediction": prediction, "example": Value::Object(ex.fields.clone())});
-            let out = crate::optimizer::agent::run_json_command(
+            let out = crate::optimizer::data::command::run_json_command(
                 command,
                 &input,
                 Duration::from_secs_f64(*timeout_s),
@@ -328,7 +249,7 @@ pub fn first_json_object(s: &str) -> Option<serde_json::Map<String, Value>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::optimizer::dataset::tests::examples;
+    use crate::optimizer::data::dataset::tests::examples;
 
     fn sc(spec: &MetricSpec, pred: &str, ans: &str) -> f64 {
         score(spec, pred, &examples(&[("q", ans)])[0]).unwrap()

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::optimizer::agent::Components;
+use crate::optimizer::exec::agent::Components;
 
 /// One component of the pool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

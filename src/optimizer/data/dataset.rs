@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
-use crate::optimizer::rng::Rng;
-use crate::optimizer::task::Task;
-use crate::optimizer::template::value_text;
+use crate::optimizer::data::rng::Rng;
+use crate::optimizer::data::task::Task;
+use crate::optimizer::data::template::value_text;
 
 /// One example.
 #[derive(Debug, Clone, PartialEq)]
@@ -175,7 +175,7 @@ impl Dataset {
                 text.push('\n');
             }
         }
-        crate::optimizer::rng::stable_hash(text.as_bytes())
+        crate::optimizer::data::rng::stable_hash(text.as_bytes())
     }
 }
 

@@ -26,15 +26,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{read_text, Error, Result};
-use crate::optimizer::agent::Components;
-use crate::optimizer::calls::Calls;
-use crate::optimizer::charts;
-use crate::optimizer::dataset::Dataset;
-use crate::optimizer::env::Progress;
-use crate::optimizer::events::{Event, EventLog};
+use crate::optimizer::data::dataset::Dataset;
+use crate::optimizer::data::task::{Task, TaskSpec, TASK_FILE_LIMIT};
+use crate::optimizer::exec::agent::Components;
+use crate::optimizer::exec::calls::Calls;
+use crate::optimizer::exec::events::{Event, EventLog};
+use crate::optimizer::methods::env::Progress;
+use crate::optimizer::report::charts;
 use crate::optimizer::report::Method;
 use crate::optimizer::report::RunReport;
-use crate::optimizer::task::{Task, TaskSpec, TASK_FILE_LIMIT};
 
 /// The largest run.json or report.json read (they hold components and per-example scores).
 const RUN_FILE_LIMIT: u64 = 256 << 20;

@@ -26,8 +26,8 @@ use std::collections::{HashMap, HashSet};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::optimizer::dataset::Example;
-use crate::optimizer::template::value_text;
+use crate::optimizer::data::dataset::Example;
+use crate::optimizer::data::template::value_text;
 
 /// Common English words that never count as content terms.
 const COMMON_WORDS: &str = include_str!("guard_words.txt");
@@ -357,7 +357,7 @@ fn repeated_sentence(text: &str) -> Option<(String, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::optimizer::dataset::tests::examples;
+    use crate::optimizer::data::dataset::tests::examples;
 
     fn cfg() -> GuardConfig {
         GuardConfig {

@@ -14,8 +14,7 @@
 //! current component fails first (where a gain can come from), then those it solves, then
 //! the check examples it solves (where a loss would show), then the rest.
 
-use crate::optimizer::optimize::accepts;
-use crate::optimizer::task::AcceptRule;
+use crate::optimizer::data::task::AcceptRule;
 
 /// Tolerance of score sums.
 const EPS: f64 = 1e-9;
@@ -232,6 +231,17 @@ pub fn pick(
     best.map(|(_, _, k)| k)
 }
 
+/// The acceptance rule: `gain` more solved examples on the subset (at least `min_gain`, and
+/// more than none, under `Better`; none lost under `NotWorse`) and no fewer solved on the
+/// check examples (`check_delta >= 0`).
+pub fn accepts(rule: AcceptRule, min_gain: f64, gain: f64, check_delta: f64) -> bool {
+    let real_gain = match rule {
+        AcceptRule::Better => gain > 1e-9 && gain >= min_gain - 1e-9,
+        AcceptRule::NotWorse => gain >= -1e-9,
+    };
+    real_gain && check_delta >= -1e-9
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -366,5 +376,20 @@ mod tests {
             candidates: vec![],
         };
         assert_eq!(group.order(), vec![1, 3, 0, 2, 5, 4]);
+    }
+
+    #[test]
+    fn acceptance_needs_a_real_gain_and_no_loss_outside() {
+        // A one-example gain is noise at min_gain = 2.
+        assert!(!accepts(AcceptRule::Better, 2.0, 1.0, 0.0));
+        assert!(accepts(AcceptRule::Better, 2.0, 2.0, 0.0));
+        assert!(accepts(AcceptRule::Better, 2.0, 5.0, 1.0));
+        // Worse on the check examples outside the subset: rejected whatever the gain.
+        assert!(!accepts(AcceptRule::Better, 2.0, 5.0, -1.0));
+        // Better always needs some gain, even with min_gain = 0.
+        assert!(!accepts(AcceptRule::Better, 0.0, 0.0, 0.0));
+        assert!(accepts(AcceptRule::Better, 0.0, 0.5, 0.0));
+        assert!(accepts(AcceptRule::NotWorse, 2.0, 0.0, 0.0));
+        assert!(!accepts(AcceptRule::NotWorse, 2.0, -1.0, 0.0));
     }
 }

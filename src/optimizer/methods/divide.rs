@@ -7,10 +7,10 @@
 //!   too high / too low / otherwise wrong, reply cut off) and cut into `k` runs, so similar
 //!   failures land together; successes are dealt round-robin.
 
-use crate::optimizer::agent::Outcome;
-use crate::optimizer::metric::last_number;
-use crate::optimizer::rng::Rng;
-use crate::optimizer::task::DivideStrategy;
+use crate::optimizer::data::metric::last_number;
+use crate::optimizer::data::rng::Rng;
+use crate::optimizer::data::task::DivideStrategy;
+use crate::optimizer::exec::agent::Outcome;
 
 /// How many subsets `n` examples make.
 pub fn subset_count(n: usize, subset_size: Option<usize>, subset_count: Option<usize>) -> usize {

@@ -23,62 +23,9 @@
 //! Nothing here may name a task, a domain or an example: the moves must work on tasks the
 //! project has never seen.
 
-use serde::{Deserialize, Serialize};
-
-use crate::optimizer::agent::{Components, Outcome};
-use crate::optimizer::prompts::truncate_informative;
-use crate::optimizer::rng::Rng;
-
-/// A way of making a candidate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Operator {
-    Rewrite,
-    Induction,
-    Demos,
-    Seed,
-    Strategy,
-    Crossover,
-    Merge,
-}
-
-impl Operator {
-    /// The name used in task files and reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Operator::Rewrite => "rewrite",
-            Operator::Induction => "induction",
-            Operator::Demos => "demos",
-            Operator::Seed => "seed",
-            Operator::Strategy => "strategy",
-            Operator::Crossover => "crossover",
-            Operator::Merge => "merge",
-        }
-    }
-
-    /// Whether the move needs a diagnosis of the failures first.
-    pub fn needs_diagnosis(self) -> bool {
-        self == Operator::Rewrite
-    }
-
-    /// Whether the move calls the optimizer model.
-    pub fn calls_optimizer(self) -> bool {
-        matches!(
-            self,
-            Operator::Rewrite | Operator::Induction | Operator::Strategy | Operator::Merge
-        )
-    }
-}
-
-/// The default rotation of moves over the candidates of a subset's iterations: cheap moves
-/// that change the agent's procedure come early, so even a one-iteration run tries them.
-pub const DEFAULT_OPERATORS: [Operator; 5] = [
-    Operator::Seed,
-    Operator::Rewrite,
-    Operator::Induction,
-    Operator::Demos,
-    Operator::Strategy,
-];
+use crate::optimizer::data::rng::Rng;
+use crate::optimizer::data::task::{Operator, DEFAULT_OPERATORS};
+use crate::optimizer::exec::agent::{Components, Outcome};
 
 /// Ways of working that change an agent's procedure on any task. Task-agnostic by design:
 /// none names a task, a domain or an example.
@@ -289,6 +236,39 @@ fn find_ascii_ci(haystack: &str, needle: &str) -> Option<usize> {
 
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Collapses repeated lines and keeps the head and tail of `text` within `max_chars`.
+pub fn truncate_informative(text: &str, max_chars: usize) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    let mut repeats = 0usize;
+    for line in text.lines() {
+        if lines.last().is_some_and(|l| l == line) && !line.trim().is_empty() {
+            repeats += 1;
+            continue;
+        }
+        if repeats > 0 {
+            lines.push(format!("[previous line repeated {repeats} more times]"));
+            repeats = 0;
+        }
+        lines.push(line.to_string());
+    }
+    if repeats > 0 {
+        lines.push(format!("[previous line repeated {repeats} more times]"));
+    }
+    let collapsed = lines.join("\n");
+    let chars: Vec<char> = collapsed.trim().chars().collect();
+    if chars.len() <= max_chars {
+        return chars.into_iter().collect();
+    }
+    let head = max_chars * 2 / 5;
+    let tail = max_chars - head;
+    let omitted = chars.len() - head - tail;
+    format!(
+        "{} [... {omitted} characters left out ...] {}",
+        chars[..head].iter().collect::<String>(),
+        chars[chars.len() - tail..].iter().collect::<String>()
+    )
 }
 
 /// The distinct lower-cased words (two characters or more) of `s`.

@@ -1,4 +1,10 @@
-//! The run report: `report.json` (machine-readable) and `report.md` (for people).
+//! The last stage of the flow: running the methods side by side and reporting on them.
+//! [`run`] evaluates the initial components, runs the chosen methods and builds the report;
+//! [`rundir`] keeps a run's directory (task snapshot, event log, report, charts);
+//! [`charts`], [`stats`] and [`study`] (sweeps over models, sizes and seeds) read reports.
+//!
+//! This module is the run report itself: `report.json` (machine-readable) and `report.md`
+//! (for people).
 //!
 //! # `report.json` schema (version 2)
 //!
@@ -45,21 +51,27 @@
 //! ```
 //! Scores are means over examples in `[0, 1]`.
 
+pub mod charts;
+pub mod run;
+pub mod rundir;
+pub mod stats;
+pub mod study;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::optimizer::agent::Components;
-use crate::optimizer::calls::BudgetHit;
-use crate::optimizer::calls::{LedgerEntry, Source};
-use crate::optimizer::diff::line_diff;
-use crate::optimizer::env::Counters;
-use crate::optimizer::env::StepPoint;
-use crate::optimizer::merge::MergeRecord;
-use crate::optimizer::optimize::Slot;
-use crate::optimizer::select::PoolEntry;
-use crate::optimizer::stats::{paired, Paired};
+use crate::optimizer::exec::agent::Components;
+use crate::optimizer::exec::calls::BudgetHit;
+use crate::optimizer::exec::calls::{LedgerEntry, Source};
+use crate::optimizer::methods::diff::line_diff;
+use crate::optimizer::methods::env::Counters;
+use crate::optimizer::methods::env::StepPoint;
+use crate::optimizer::methods::merge::MergeRecord;
+use crate::optimizer::methods::select::PoolEntry;
+use crate::optimizer::methods::slot::Slot;
+use crate::optimizer::report::stats::{paired, Paired};
 
 /// Which optimization to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -552,5 +564,54 @@ impl RunReport {
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::chat::ChatMessage;
+    use crate::llm::ChatRequest;
+    use crate::optimizer::exec::calls::{Calls, Ctx, Role, SHARED_METHOD};
+    use crate::optimizer::exec::events::EventLog;
+    use crate::optimizer::exec::testutil::ScriptedLlm;
+
+    fn request(text: &str) -> ChatRequest {
+        ChatRequest {
+            messages: vec![ChatMessage::user(text)],
+            params: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_borrowed_shared_call_is_not_made_again_and_lands_in_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let llm = ScriptedLlm::new(|r| format!("re: {}", r.messages[0].content));
+        let shared = Ctx::new(SHARED_METHOD, "initial_eval");
+        let first = Calls::in_memory();
+        first.complete(&llm, &shared, Role::Agent, &[request("a"), request("b")]);
+        first.complete(&llm, &Ctx::new("fgo", "x"), Role::Agent, &[request("c")]);
+        let records = first.shared_records();
+        assert_eq!(records.len(), 2, "only the shared method's calls");
+        assert_eq!(llm.requests(), 3);
+
+        let path = dir.path().join("events.jsonl");
+        let (log, _) = EventLog::open(&path).unwrap();
+        let second = Calls::new(log, Vec::new()).with_borrowed(records);
+        let out = second.complete(&llm, &shared, Role::Agent, &[request("a"), request("c")]);
+        assert_eq!(out[0].as_ref().unwrap().text, "re: a");
+        assert_eq!(llm.requests(), 4, "only `c` was made");
+        let ledger = second.ledger();
+        assert_eq!(ledger[0].source, Source::Shared);
+        assert!(ledger[0].usage.prompt_tokens > 0 || ledger[0].usage.completion_tokens > 0);
+        assert_eq!(ledger[1].source, Source::Live);
+        // Both are in this run's log: a resume needs no other run.
+        drop(second);
+        let (_, events) = EventLog::open(&path).unwrap();
+        assert_eq!(events.len(), 2);
+        // Accounted as shared, a borrowed call is not in the run's total.
+        let acc = Accounting::from_ledger(&ledger);
+        assert_eq!(acc.total.shared, 1);
+        assert_eq!(acc.total.live, 1);
     }
 }

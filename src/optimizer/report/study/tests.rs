@@ -1,11 +1,11 @@
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::optimizer::env::Counters;
+use crate::optimizer::methods::env::Counters;
+use crate::optimizer::report::MethodReport;
 use crate::optimizer::report::{
     Accounting, ExampleIds, ExampleScores, InitialScores, RunReport, Totals,
 };
-use crate::optimizer::run::MethodReport;
 
 fn method(name: &str, test: &[f64]) -> MethodReport {
     MethodReport {

@@ -1,0 +1,104 @@
+//! A subset being optimized ([`Slot`]) and the record of its iterations, shared by the
+//! optimization loop (`optimize`), which advances it, the candidate moves (`propose`), and
+//! the report.
+
+use serde::{Deserialize, Serialize};
+
+use crate::optimizer::exec::agent::{Components, Outcome};
+use crate::optimizer::methods::env::{mean_score, solved};
+use crate::optimizer::methods::prompts::FailedAttempt;
+
+/// What an optimizer prompt had to leave out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Truncation {
+    pub iteration: usize,
+    /// Trajectories shown.
+    pub shown: usize,
+    /// Trajectories available.
+    pub total: usize,
+    /// Tokens available for trajectories.
+    pub token_budget: usize,
+}
+
+/// One candidate of one iteration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CandidateRecord {
+    /// The move that made it (`seed`, `rewrite`, `induction`, `demos`, `strategy`).
+    #[serde(default)]
+    pub operator: String,
+    /// `accepted`, `rolled_back`, `dropped` (stopped early by successive halving), `leak`, `copy`, `content`, `degenerate`, `unchanged`,
+    /// `unparsed`.
+    pub status: String,
+    /// Mean score on the subset.
+    pub score: Option<f64>,
+    /// Mean score on the check examples from outside the subset.
+    #[serde(default)]
+    pub check_score: Option<f64>,
+    pub detail: String,
+}
+
+/// One iteration of one subset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IterationRecord {
+    pub iteration: usize,
+    pub score_before: f64,
+    pub score_after: f64,
+    pub diagnosis: String,
+    pub candidates: Vec<CandidateRecord>,
+}
+
+/// A subset being optimized.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Slot {
+    pub id: usize,
+    /// Indices into the training set.
+    pub examples: Vec<usize>,
+    pub current: Components,
+    #[serde(skip)]
+    pub outcomes: Vec<Outcome>,
+    /// Training examples from outside the subset a candidate must not be worse on.
+    #[serde(default)]
+    pub check: Vec<usize>,
+    #[serde(skip)]
+    pub check_outcomes: Vec<Outcome>,
+    pub initial_score: f64,
+    pub score: f64,
+    /// Diagnoses that led to accepted candidates.
+    pub lessons: Vec<String>,
+    pub failed: Vec<FailedAttempt>,
+    pub iterations: Vec<IterationRecord>,
+    /// Why it stopped: `solved`, `iterations`, `budget`.
+    pub stopped: String,
+    pub truncations: Vec<Truncation>,
+}
+
+impl Slot {
+    /// A subset starting from `initial` with its initial outcomes.
+    pub fn new(
+        id: usize,
+        examples: Vec<usize>,
+        initial: Components,
+        outcomes: Vec<Outcome>,
+    ) -> Self {
+        let score = mean_score(&outcomes);
+        Self {
+            id,
+            examples,
+            current: initial,
+            outcomes,
+            check: Vec::new(),
+            check_outcomes: Vec::new(),
+            initial_score: score,
+            score,
+            lessons: Vec::new(),
+            failed: Vec::new(),
+            iterations: Vec::new(),
+            stopped: String::new(),
+            truncations: Vec::new(),
+        }
+    }
+
+    pub(super) fn solved(&self) -> bool {
+        solved(&self.outcomes) == self.outcomes.len()
+    }
+}
