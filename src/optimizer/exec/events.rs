@@ -304,6 +304,25 @@ mod tests {
         }
     }
 
+    /// A value read back from the log and written again reads back the same (found by the
+    /// `event_log` fuzz target: without exact float parsing, 3e26 went to 3.0000000000000003e26
+    /// on each rewrite, and an agent's numeric output could change between sessions).
+    #[test]
+    fn floats_survive_the_rewrite_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("events.jsonl");
+        let line = r#"{"type":"command","key":"k","method":"fgo","stage":"s","result":{"Ok":{"answer":0.30000000000000004}},"time_s":0.1,"run_elapsed_s":299999999999999999999999999}"#;
+        std::fs::write(&p, format!("{line}\n")).unwrap();
+        let (_, first) = EventLog::open(&p).unwrap();
+        let (_, second) = EventLog::open(&p).unwrap();
+        assert_eq!(first, second);
+        let Event::Command(c) = &first[0] else {
+            panic!("{first:?}")
+        };
+        assert_eq!(c.run_elapsed_s, 299999999999999999999999999f64);
+        assert_eq!(c.result, Ok(serde_json::json!({"answer": 0.30000000000000004})));
+    }
+
     /// Takes the first `room` bytes written, then fails as a full disk does.
     struct FillsUp {
         kept: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
