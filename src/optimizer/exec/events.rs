@@ -320,7 +320,10 @@ mod tests {
             panic!("{first:?}")
         };
         assert_eq!(c.run_elapsed_s, 299999999999999999999999999f64);
-        assert_eq!(c.result, Ok(serde_json::json!({"answer": 0.30000000000000004})));
+        assert_eq!(
+            c.result,
+            Ok(serde_json::json!({"answer": 0.30000000000000004}))
+        );
     }
 
     /// Takes the first `room` bytes written, then fails as a full disk does.
