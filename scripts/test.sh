@@ -13,6 +13,8 @@ scripts/fetch-models.sh all
 # The HTTP backend's tests run llama.cpp's server; its build is cached under ~/.cache/fgo.
 FGO_LLAMA_SERVER="$(scripts/llama-build.sh llama-server)"
 export FGO_LLAMA_SERVER
+# The optimizer's folders follow its flow (data <- exec <- methods <- report).
+scripts/layers.sh
 cargo test --all-targets "$@"
 # Every fuzz target: its corpus and past crashes replayed, then a short run of new inputs.
 scripts/fuzz.sh --time "${FGO_FUZZ_SMOKE_S:-10}"
