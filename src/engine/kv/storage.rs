@@ -17,8 +17,7 @@ use half::slice::HalfFloatSliceExt;
 use crate::engine::kv::pool::BlockId;
 
 /// The element type of stored keys and values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KvDtype {
     /// IEEE half precision (11-bit significand), converted on write and on read.
     #[default]
@@ -33,14 +32,6 @@ impl KvDtype {
         match self {
             KvDtype::F16 => 2,
             KvDtype::F32 => 4,
-        }
-    }
-
-    /// The name used on the command line and in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            KvDtype::F16 => "f16",
-            KvDtype::F32 => "f32",
         }
     }
 }

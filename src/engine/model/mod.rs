@@ -251,11 +251,6 @@ impl Model {
         self.kv_dtype = dtype;
     }
 
-    /// The element type of the key/value caches this model makes.
-    pub fn kv_dtype(&self) -> KvDtype {
-        self.kv_dtype
-    }
-
     /// A paged store of `budget_bytes` for this model's keys and values.
     pub fn new_kv_store(&self, budget_bytes: usize) -> Result<KvStore> {
         KvStore::new(self.kv_layout(DEFAULT_BLOCK_SIZE), budget_bytes)

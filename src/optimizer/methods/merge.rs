@@ -66,6 +66,22 @@ pub struct MergeRecord {
 /// Lessons kept per node, most recent last.
 const MAX_LESSONS: usize = 6;
 
+/// The index of the entry that goes up among `(score, text length)` entries: the highest
+/// score, ties to the shorter text, then to the earlier entry (0 when there are none).
+fn best_entry(entries: impl Iterator<Item = (f64, usize)>) -> usize {
+    let mut best: Option<(usize, f64, usize)> = None;
+    for (k, (score, len)) in entries.enumerate() {
+        let beats = match best {
+            None => true,
+            Some((_, s, l)) => score > s + 1e-12 || ((score - s).abs() <= 1e-12 && len < l),
+        };
+        if beats {
+            best = Some((k, score, len));
+        }
+    }
+    best.map_or(0, |(k, _, _)| k)
+}
+
 /// Scores the merge candidates `jobs` (`job_of`: each one's group) on their unions, with
 /// successive halving when it is on: a candidate stops once it cannot beat the group's best
 /// child or is certain to lose to another candidate, which cannot change which entry goes
@@ -90,18 +106,12 @@ fn evaluate_candidates(
             group.candidates.push((k, len));
             continue;
         }
-        let best = (0..groups[g].len())
-            .reduce(|b, c| {
-                let (sb, sc) = (child_scores[g][b], child_scores[g][c]);
-                let shorter = select::text_len(&groups[g][c].components)
-                    < select::text_len(&groups[g][b].components);
-                if sc > sb + 1e-12 || ((sc - sb).abs() <= 1e-12 && shorter) {
-                    c
-                } else {
-                    b
-                }
-            })
-            .unwrap_or(0);
+        let best = best_entry(
+            groups[g]
+                .iter()
+                .enumerate()
+                .map(|(c, node)| (child_scores[g][c], select::text_len(&node.components))),
+        );
         let current = child_example_scores[g][best].clone();
         race.push((
             g,
@@ -366,20 +376,7 @@ pub fn merge_all(
                     val_score: None,
                 });
             }
-            let best = entries
-                .iter()
-                .enumerate()
-                .fold(None::<usize>, |acc, (k, e)| match acc {
-                    Some(b)
-                        if entries[b].0 > e.0 + 1e-12
-                            || ((entries[b].0 - e.0).abs() <= 1e-12
-                                && select::text_len(entries[b].1) <= select::text_len(e.1)) =>
-                    {
-                        Some(b)
-                    }
-                    _ => Some(k),
-                })
-                .unwrap_or(0);
+            let best = best_entry(entries.iter().map(|e| (e.0, select::text_len(e.1))));
             let (score, components, chosen, op) = entries[best].clone();
             let components = components.clone();
             if op != "child" {
