@@ -58,6 +58,7 @@ pub enum Operator {
     Demos,
     Seed,
     Strategy,
+    Format,
     Crossover,
     Merge,
 }
@@ -71,6 +72,7 @@ impl Operator {
             Operator::Demos => "demos",
             Operator::Seed => "seed",
             Operator::Strategy => "strategy",
+            Operator::Format => "format",
             Operator::Crossover => "crossover",
             Operator::Merge => "merge",
         }
@@ -92,12 +94,13 @@ impl Operator {
 
 /// The default rotation of moves over the candidates of a subset's iterations: cheap moves
 /// that change the agent's procedure come early, so even a one-iteration run tries them.
-pub const DEFAULT_OPERATORS: [Operator; 5] = [
+pub const DEFAULT_OPERATORS: [Operator; 6] = [
     Operator::Seed,
     Operator::Rewrite,
     Operator::Induction,
     Operator::Demos,
     Operator::Strategy,
+    Operator::Format,
 ];
 
 /// A whole task file.

@@ -124,7 +124,8 @@ pub struct Env<'a> {
     pub progress: &'a dyn Progress,
     pub counters: RefCell<Counters>,
     pub steps: RefCell<Vec<StepPoint>>,
-    /// Worked-example blocks this method put into components (exempt from the guard).
+    /// Worked-example blocks and answer-format sections this method put into components
+    /// (exempt from the guard).
     pub exempt: RefCell<Vec<String>>,
     /// Every component this method accepted or merged, for the final selection.
     pub pool: RefCell<Vec<crate::optimizer::methods::select::PoolEntry>>,

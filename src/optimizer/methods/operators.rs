@@ -16,6 +16,9 @@
 //!   verbatim (no model call).
 //! - [`Operator::Strategy`]: the optimizer rewrites the component so that the agent works
 //!   by one strategy of the library, adapted to the tasks it sees.
+//! - [`Operator::Format`]: the answer format, abstracted from the training answers (a label
+//!   set or a shape such as `<4 digits>-<2 digits>-<2 digits>`), is appended with one
+//!   training answer as its example (no model call; see [`crate::optimizer::methods::format`]).
 //! - [`Operator::Crossover`] (merges only): one child's text plus the sections the other
 //!   children added, without a model call.
 //! - [`Operator::Merge`] (merges only): the optimizer writes one version from the children.
@@ -69,6 +72,7 @@ pub fn own_vocabulary() -> String {
     s.extend(MERGE_HINTS);
     s.push(DEMOS_HEADING);
     s.push(PROCEDURE_HEADING);
+    s.push(crate::optimizer::methods::format::FORMAT_SENTENCES);
     s.join("\n")
 }
 

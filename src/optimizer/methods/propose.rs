@@ -1,11 +1,12 @@
 //! Making the candidates of one iteration: every active subset's moves, the optimizer's in
 //! one batch (re-asks batched too), the mechanical ones (strategies appended verbatim,
-//! worked examples) directly.
+//! worked examples, the answer format) directly.
 
 use crate::optimizer::data::rng::Rng;
 use crate::optimizer::data::task::Operator;
 use crate::optimizer::exec::agent::{Components, Outcome};
 use crate::optimizer::methods::env::{Ask, Env, Expect};
+use crate::optimizer::methods::format;
 use crate::optimizer::methods::operators::{self, STRATEGIES};
 use crate::optimizer::methods::prompts;
 use crate::optimizer::methods::slot::Slot;
@@ -95,6 +96,23 @@ pub fn propose(
                             env.exempt.borrow_mut().push(block);
                         }
                         None => p.missing = Some("no solved example to show".into()),
+                    }
+                    None
+                }
+                Operator::Format => {
+                    match format::format_of(&s.outcomes) {
+                        Some(section) => {
+                            let stated =
+                                s.current.get(&first).is_some_and(|t| t.contains(&section));
+                            if stated {
+                                p.missing = Some("the answer format is already stated".into());
+                            } else {
+                                p.components =
+                                    Some(operators::append_section(&s.current, &first, &section));
+                                env.exempt.borrow_mut().push(section);
+                            }
+                        }
+                        None => p.missing = Some("the answers have no common format".into()),
                     }
                     None
                 }
