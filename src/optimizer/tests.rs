@@ -216,6 +216,43 @@ fn leaking_candidates_are_rejected() {
 }
 
 #[test]
+fn the_format_move_states_the_answers_format_and_is_not_a_leak() {
+    // The agent counts right but wraps its answer in a sentence unless told the format.
+    let agent = ScriptedLlm::new(|r: &ChatRequest| {
+        let system = &r.messages[0].content;
+        let user = r
+            .messages
+            .last()
+            .map(|m| m.content.clone())
+            .unwrap_or_default();
+        let n = user.split(": ").nth(1).map_or(0, |l| l.split(", ").count());
+        if system.contains("Answer format:") && system.contains("For example:") {
+            format!("I count them.\n{}", WORDS[n.min(9)])
+        } else {
+            format!("There are {} items.", WORDS[n.min(9)])
+        }
+    });
+    let t = task("operators = [\"format\"]");
+    let r = run(&t, Arc::new(agent), Method::Fgo, &Calls::in_memory());
+    let m = &r.methods[0];
+    assert_eq!(r.initial.train, 0.0);
+    assert_eq!(m.train_score, 1.0, "{}", r.to_markdown());
+    let text = &m.final_components["system_prompt"];
+    assert!(
+        text.starts_with("Count the items.\n\nAnswer format:"),
+        "{text}"
+    );
+    assert!(text.contains("<word>"), "{text}");
+    // A training answer shown as the format's example is not a leak.
+    assert_eq!(m.counters.leak_rejections, 0, "{:?}", m.counters);
+    assert!(
+        m.counters.by_operator["format"].accepted > 0,
+        "{:?}",
+        m.counters
+    );
+}
+
+#[test]
 fn a_component_worse_than_the_initial_on_val_is_never_returned() {
     let r = run(
         &task(""),
