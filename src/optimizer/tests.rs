@@ -319,7 +319,8 @@ fn a_training_set_that_fits_one_prompt_is_one_subset() {
 
 #[test]
 fn budget_stops_the_run_with_the_best_so_far() {
-    let t = task("[budget]\noptimizer_tokens = 1");
+    // The rotation that makes an optimizer call in the first iteration.
+    let t = task("operators = [\"seed\", \"rewrite\"]\n[budget]\noptimizer_tokens = 1");
     let r = run(
         &t,
         Arc::new(world(Optimizer::Good)),

@@ -96,11 +96,11 @@ impl Operator {
 /// that change the agent's procedure come early, so even a one-iteration run tries them.
 pub const DEFAULT_OPERATORS: [Operator; 6] = [
     Operator::Seed,
+    Operator::Format,
     Operator::Rewrite,
     Operator::Induction,
     Operator::Demos,
     Operator::Strategy,
-    Operator::Format,
 ];
 
 /// A whole task file.
