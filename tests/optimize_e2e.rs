@@ -5,7 +5,9 @@
 //! One uninterrupted run is shared by the tests: its report is checked against the event
 //! log (scores recomputed from the recorded completions, tokens summed per method, stage and
 //! role), and a second run of the same seed, killed with SIGKILL half-way and resumed, must
-//! end with the same components, scores and calls, without repeating a finished call.
+//! end with the same components, scores and calls, without repeating a finished call; a
+//! third is killed at twenty moments (loading, replay, generation, log writes) and resumed
+//! after each.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -485,9 +487,23 @@ fn killed_run_resumes_to_the_uninterrupted_result() {
         started.elapsed().as_secs_f64()
     );
 
-    // The same components, scores and history as the uninterrupted run of the same seed.
+    same_as_uninterrupted(full, &dir, &resumed);
+    assert_eq!(
+        u(&resumed["accounting"]["total"]["replayed"]),
+        recorded as u64
+    );
+    assert_eq!(
+        u(&resumed["accounting"]["total"]["live"]),
+        (full_calls - recorded) as u64
+    );
+    assert_eq!(events(&dir, "session").len(), 2);
+}
+
+/// Asserts that the run in `dir`, finished with report `b`, equals the uninterrupted run:
+/// the same components, scores and history, each of its calls logged once, the same
+/// accounting.
+fn same_as_uninterrupted(full: &Run, dir: &Path, b: &Value) {
     let a = &full.report;
-    let b = &resumed;
     assert_eq!(b["status"], "completed");
     assert_eq!(a["initial"], b["initial"], "initial scores");
     assert_eq!(
@@ -497,7 +513,7 @@ fn killed_run_resumes_to_the_uninterrupted_result() {
     assert_eq!(a["steps"], b["steps"], "steps");
 
     // No finished call was repeated: the log holds each of the uninterrupted run's calls
-    // once, and the resumed session replayed every call recorded before the kill.
+    // once.
     let keys = |dir: &Path| -> Vec<String> {
         let mut k: Vec<String> = events(dir, "call")
             .iter()
@@ -506,14 +522,8 @@ fn killed_run_resumes_to_the_uninterrupted_result() {
         k.sort();
         k
     };
-    assert_eq!(keys(&dir), keys(&full.dir), "calls of the resumed log");
-    assert_eq!(u(&b["accounting"]["total"]["replayed"]), recorded as u64);
-    assert_eq!(
-        u(&b["accounting"]["total"]["live"]),
-        (full_calls - recorded) as u64
-    );
-    assert_eq!(events(&dir, "session").len(), 2);
-    check_accounting(b, &dir);
+    assert_eq!(keys(dir), keys(&full.dir), "calls of the resumed log");
+    check_accounting(b, dir);
     // Calls and tokens per row equal the uninterrupted run's (cached prompt tokens depend
     // on what the prefix cache held, which a restart empties).
     let rows = |r: &Value| -> Vec<(String, String, String, u64, u64, u64)> {
@@ -534,4 +544,79 @@ fn killed_run_resumes_to_the_uninterrupted_result() {
             .collect()
     };
     assert_eq!(rows(a), rows(b), "accounting rows");
+}
+
+#[test]
+fn killed_at_twenty_moments_resumes_to_the_uninterrupted_result() {
+    let full = uninterrupted();
+    let full_calls = count_calls(&full.dir);
+    let root = work_dir().join("killed-often");
+    let _ = std::fs::remove_dir_all(&root);
+    let task = write_task(&root.join("task"));
+    let dir = root.join("run");
+    // Kill moments from a fixed seed: a number of logged calls to wait for (spread over
+    // the run, starting while the model loads), then a delay of up to three seconds, so a
+    // kill lands during loading, replay, generation or a log write.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |bound: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % bound.max(1)
+    };
+    let (mut kills, mut sessions_started, mut logged_at_kill) = (0, 0, Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    for moment in 0..20u64 {
+        let wait_for = (moment * full_calls as u64 / 20) as usize;
+        let delay = Duration::from_millis(next(3000));
+        let mut cmd = fgo();
+        if dir.join("run.json").exists() {
+            cmd.args(["resume", dir.to_str().expect("utf-8"), "--json"]);
+        } else {
+            cmd.args(optimize_args(&task, &dir));
+        }
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("fgo starts");
+        sessions_started += 1;
+        let mut ended = None;
+        while count_calls(&dir) < wait_for && ended.is_none() {
+            ended = child.try_wait().expect("wait");
+            assert!(Instant::now() < deadline, "no progress in the event log");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if ended.is_none() {
+            std::thread::sleep(delay);
+            ended = child.try_wait().expect("wait");
+        }
+        if let Some(status) = ended {
+            assert!(status.success(), "a session ended on its own: {status}");
+            break;
+        }
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+        kills += 1;
+        logged_at_kill.push(count_calls(&dir));
+    }
+    assert!(
+        kills >= 15,
+        "only {kills} of 20 kills hit a running process"
+    );
+    let out = fgo()
+        .args(["resume", dir.to_str().expect("utf-8"), "--json"])
+        .output()
+        .expect("fgo resume runs");
+    let resumed = succeeded("fgo resume", &out);
+    eprintln!(
+        "killed {kills} times in {sessions_started} sessions, with {logged_at_kill:?} of {full_calls} calls logged"
+    );
+    same_as_uninterrupted(full, &dir, &resumed);
+    // Every session that got as far as opening the log recorded itself.
+    let sessions = events(&dir, "session").len();
+    assert!(
+        sessions >= 2 && sessions <= kills + 1,
+        "{sessions} sessions for {kills} kills"
+    );
 }
