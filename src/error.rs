@@ -161,6 +161,23 @@ pub fn printable(text: &str) -> String {
     out
 }
 
+/// `text` for a terminal: like [`printable`], but newlines and tabs are kept, so that
+/// multi-line results (a report, a component) stay readable while escape sequences,
+/// carriage returns and bidirectional overrides read from files or model output are shown
+/// as escapes instead of acting on the terminal.
+pub fn terminal_safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if (c.is_control() && c != '\n' && c != '\t') || bidi {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Reads a whole file as UTF-8 text, refusing one of more than `limit_bytes` (a whole
 /// number of MiB) with [`Error::TooLarge`] naming the file and `what` it is. Never reads
 /// more than `limit_bytes + 1` bytes, so an endless file costs no more than a large one.
@@ -187,7 +204,21 @@ pub fn read_text(path: &Path, limit_bytes: u64, what: &str) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{printable, read_text, Error};
+    use super::{printable, read_text, terminal_safe, Error};
+
+    #[test]
+    fn terminal_text_keeps_lines_and_escapes_what_drives_the_terminal() {
+        let hostile = "line one\n\tkept\x1b[2J\rover\u{7}\u{202e}txt.exe\u{9b}";
+        let safe = terminal_safe(hostile);
+        assert_eq!(
+            safe,
+            "line one\n\tkept\\u{1b}[2J\\rover\\u{7}\\u{202e}txt.exe\\u{9b}"
+        );
+        assert!(!safe
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t'));
+        assert_eq!(printable("a\nb"), "a\\nb");
+    }
 
     #[test]
     fn read_text_stops_at_the_limit_even_on_an_endless_file() {

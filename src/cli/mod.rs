@@ -1,24 +1,38 @@
 //! Subcommands and the options they share.
 //!
 //! Results go to standard output through [`outln!`] and [`out!`], which return write
-//! errors instead of panicking on them, so that a closed pipe ends the program cleanly.
+//! errors instead of panicking on them, so that a closed pipe ends the program cleanly,
+//! and which escape control characters (other than newlines and tabs) when standard output
+//! is a terminal: a component, a completion or a name read from a file cannot drive it.
 
 /// `println!` that returns an I/O error (a closed pipe) to the caller instead of panicking.
 macro_rules! outln {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        writeln!(std::io::stdout().lock(), $($arg)*)?
-    }};
+    () => {
+        crate::cli::write_stdout("\n")?
+    };
+    ($($arg:tt)*) => {
+        crate::cli::write_stdout(&format!("{}\n", format_args!($($arg)*)))?
+    };
 }
 
 /// `print!` that returns an I/O error to the caller instead of panicking.
 macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let mut stdout = std::io::stdout().lock();
-        write!(stdout, $($arg)*)?;
-        stdout.flush()?
-    }};
+    ($($arg:tt)*) => {
+        crate::cli::write_stdout(&format!($($arg)*))?
+    };
+}
+
+/// Writes `text` to standard output and flushes it; on a terminal, control characters
+/// other than newlines and tabs are escaped first ([`fgo::error::terminal_safe`]).
+pub(crate) fn write_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::{IsTerminal as _, Write as _};
+    let mut stdout = std::io::stdout().lock();
+    if stdout.is_terminal() {
+        stdout.write_all(fgo::error::terminal_safe(text).as_bytes())?;
+    } else {
+        stdout.write_all(text.as_bytes())?;
+    }
+    stdout.flush()
 }
 
 mod bench;

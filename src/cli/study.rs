@@ -263,11 +263,11 @@ fn run_cell(
 /// Prints study.json (with `--json`) or study.md on stdout.
 fn print_study(study: &Study, out: &Path, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(study)?);
+        outln!("{}", serde_json::to_string_pretty(study)?);
         return Ok(());
     }
     let count = |s: CellSource| study.cells.iter().filter(|c| c.source == s).count();
-    println!(
+    outln!(
         "study directory {}: {} cells ({} run, {} resumed, {} read)\n",
         out.display(),
         study.cells.len(),
@@ -275,6 +275,6 @@ fn print_study(study: &Study, out: &Path, json: bool) -> anyhow::Result<()> {
         count(CellSource::Resumed),
         count(CellSource::Read)
     );
-    print!("{}", study.to_markdown());
+    out!("{}", study.to_markdown());
     Ok(())
 }
