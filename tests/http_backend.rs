@@ -866,6 +866,9 @@ fn llama_cpp_server_completes_counts_caches_and_runs_an_optimization() {
         live > 0 && sent as u64 >= live,
         "{sent} requests for {live} live calls"
     );
+    // The notes are kept in report.json, so a re-rendered report still has them.
+    let kept = report["model_notes"][spec.as_str()].to_string();
+    assert!(kept.contains("reported by the server"), "{kept}");
     let markdown = std::fs::read_to_string(dir.join("report.md")).expect("report.md");
     assert!(
         markdown.contains(&format!("Model `{spec}`")) && markdown.contains("cached prompt tokens"),

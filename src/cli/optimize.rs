@@ -320,7 +320,7 @@ pub(crate) fn print_report(report: &RunReport, dir: &Path, json: bool) -> anyhow
         t.calls, t.live, t.replayed, t.memo_hits, t.prompt_tokens, t.cached_prompt_tokens, t.completion_tokens, report.elapsed_s
     );
     // What a remote model's server did not measure (the table's 0 or a guess).
-    for (model, notes) in report.model_notes() {
+    for (model, notes) in &report.model_notes {
         let unmeasured = ["not reported", "estimates", "assumed"];
         for note in notes
             .iter()

@@ -164,6 +164,10 @@ pub struct RunReport {
     /// methods against each other.
     #[serde(default)]
     pub comparisons: Vec<Comparison>,
+    /// How the run's remote models were measured, by model name ([`RunReport::notes_now`]):
+    /// kept in report.json so that a re-rendered report still says what was not measured.
+    #[serde(default)]
+    pub model_notes: BTreeMap<String, Vec<String>>,
 }
 
 /// One paired comparison of two components on the same test examples.
@@ -314,17 +318,14 @@ impl Accounting {
 }
 
 impl RunReport {
-    /// What this process knows of how the run's remote models (agent and optimizer) were
+    /// What this process knows of how the remote models `agent` and `optimizer` were
     /// measured ([`crate::llm::notes`]): whether their servers reported cached prompt
     /// tokens, and where their token counts and context lengths come from, so that a 0 or
-    /// an estimate is not read as a measurement. Empty for local models, and in a process
-    /// that did not connect to the run's servers (`fgo report` re-rendering a run).
-    pub fn model_notes(&self) -> Vec<(String, Vec<String>)> {
+    /// an estimate is not read as a measurement. Empty for local models.
+    pub fn notes_now(agent: &str, optimizer: Option<&str>) -> BTreeMap<String, Vec<String>> {
         crate::llm::notes::snapshot()
             .into_iter()
-            .filter(|(name, _)| {
-                *name == self.agent_model || self.optimizer_model.as_ref() == Some(name)
-            })
+            .filter(|(name, _)| name == agent || optimizer == Some(name.as_str()))
             .collect()
     }
 }
@@ -458,7 +459,7 @@ impl RunReport {
                 t.time_s
             );
         }
-        for (model, notes) in self.model_notes() {
+        for (model, notes) in &self.model_notes {
             let _ = writeln!(s, "\nModel `{model}`: {}.", notes.join("; "));
         }
         for m in &self.methods {

@@ -242,7 +242,10 @@ pub fn execute(
             test: data.test.iter().map(|e| e.id.clone()).collect(),
         },
         comparisons: Vec::new(),
+        model_notes: Default::default(),
     };
+    report.model_notes =
+        RunReport::notes_now(&report.agent_model, report.optimizer_model.as_deref());
     report.comparisons = report.paired_on_test();
     Ok(report)
 }

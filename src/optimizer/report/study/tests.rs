@@ -81,6 +81,7 @@ fn cell(train_size: usize, seed: u64, none: &[f64], fgo: &[f64], aao: &[f64]) ->
             test: (0..none.len()).map(|i| format!("x{i}")).collect(),
         },
         comparisons: Vec::new(),
+        model_notes: Default::default(),
     };
     Cell {
         train_size,
