@@ -200,6 +200,19 @@ fn task_cases() -> Vec<Case> {
         ("agent-timeout-over-a-day", &["agent.timeout_s", "a day"]),
         ("agent-timeout-zero", &["agent.timeout_s", "positive"]),
         (
+            "agent-max-output-zero",
+            &["agent.max_output_bytes", "between 1 and 67108864"],
+        ),
+        (
+            "agent-max-output-over-the-cap",
+            &["agent.max_output_bytes", "between 1 and 67108864"],
+        ),
+        (
+            "metric-max-output-zero",
+            &["metric", "max_output_bytes must be between 1 and"],
+        ),
+        ("metric-max-output-negative", &["line 11", "integer `-1`, expected u64"]),
+        (
             "agent-command-empty",
             &["agent.command", "must name a program"],
         ),
@@ -360,7 +373,7 @@ fn agent_cases(dir: &Path) -> Vec<Case> {
         ),
         (
             "prints-200mb",
-            &["printed 200000000 bytes, more than the limit of 16 MiB"],
+            &["printed 200000000 bytes, more than max_output_bytes (1048576)"],
         ),
         (
             "prints-200mb-stderr-and-fails",

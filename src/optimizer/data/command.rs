@@ -18,8 +18,52 @@ pub(crate) fn default_timeout_s() -> f64 {
     60.0
 }
 
-/// The most bytes of a command's standard output kept; more is counted, not stored.
-pub const COMMAND_STDOUT_LIMIT: usize = 16 << 20;
+/// The default of `max_output_bytes`: the most bytes of a command's standard output kept;
+/// more is counted and reported, not stored.
+pub const DEFAULT_OUTPUT_BYTES: u64 = 1 << 20;
+
+/// The largest `max_output_bytes` a task file may set.
+pub const MAX_OUTPUT_BYTES: u64 = 64 << 20;
+
+pub(crate) fn default_output_bytes() -> u64 {
+    DEFAULT_OUTPUT_BYTES
+}
+
+/// Whether `n` is the default (left out of the task recorded in a run directory, so that
+/// runs recorded before the field existed still match).
+pub(crate) fn is_default_output_bytes(n: &u64) -> bool {
+    *n == DEFAULT_OUTPUT_BYTES
+}
+
+/// Checks a `max_output_bytes` value; the reason names the field.
+pub fn check_output_bytes(n: u64) -> std::result::Result<(), String> {
+    if n == 0 || n > MAX_OUTPUT_BYTES {
+        Err(format!(
+            "max_output_bytes must be between 1 and {MAX_OUTPUT_BYTES} ({} MiB)",
+            MAX_OUTPUT_BYTES >> 20
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// How long a command may run and how much of its output is kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub output_bytes: usize,
+}
+
+impl Limits {
+    /// The limits of a task file's `timeout_s` and `max_output_bytes` (both validated).
+    pub fn of(timeout_s: f64, max_output_bytes: u64) -> Self {
+        Self {
+            timeout: Duration::from_secs_f64(timeout_s),
+            output_bytes: usize::try_from(max_output_bytes.min(MAX_OUTPUT_BYTES))
+                .unwrap_or(usize::MAX),
+        }
+    }
+}
 
 /// The most bytes of a command's standard error kept (its tail goes into errors).
 const COMMAND_STDERR_LIMIT: usize = 64 << 10;
@@ -99,9 +143,10 @@ fn kill_group(pgid: u32) {
 /// The command runs in its own process group. On a timeout the whole group is killed, and
 /// once the command exits its leftover children are killed too, so a background process
 /// holding the output pipe open can neither outlive the timeout nor make the wait hang.
-/// At most [`COMMAND_STDOUT_LIMIT`] bytes of output are kept: more is an error that says
-/// how much was printed.
-pub fn run_json_command(command: &[String], input: &Value, timeout: Duration) -> Result<Value> {
+/// At most `limits.output_bytes` of output are kept: more is an error that says how much
+/// was printed (the output itself is dropped, never stored).
+pub fn run_json_command(command: &[String], input: &Value, limits: Limits) -> Result<Value> {
+    let timeout = limits.timeout;
     use std::os::unix::process::CommandExt;
     let name = command.join(" ");
     let err = |reason: String| Error::Command {
@@ -128,7 +173,7 @@ pub fn run_json_command(command: &[String], input: &Value, timeout: Duration) ->
             let _ = s.write_all(body.as_bytes());
         }
     });
-    let stdout = Capture::start(child.stdout.take(), COMMAND_STDOUT_LIMIT);
+    let stdout = Capture::start(child.stdout.take(), limits.output_bytes);
     let stderr = Capture::start(child.stderr.take(), COMMAND_STDERR_LIMIT);
     let waited = child.wait_timeout(timeout);
     // The command has exited (or is to be stopped): nothing of its group may run on.
@@ -163,9 +208,8 @@ pub fn run_json_command(command: &[String], input: &Value, timeout: Duration) ->
     }
     if out.total > out.kept.len() as u64 {
         return Err(err(format!(
-            "printed {} bytes, more than the limit of {} MiB for its output",
-            out.total,
-            COMMAND_STDOUT_LIMIT >> 20
+            "printed {} bytes, more than max_output_bytes ({}); the output was dropped",
+            out.total, limits.output_bytes
         )));
     }
     let text = String::from_utf8_lossy(&out.kept);
@@ -176,23 +220,39 @@ pub fn run_json_command(command: &[String], input: &Value, timeout: Duration) ->
 mod tests {
     use super::*;
 
+    fn within(timeout: Duration) -> Limits {
+        Limits {
+            timeout,
+            output_bytes: DEFAULT_OUTPUT_BYTES as usize,
+        }
+    }
+
     #[test]
     fn command_errors_are_reported() {
         let sh = |s: &str| vec!["sh".to_string(), "-c".to_string(), s.to_string()];
         let v = run_json_command(
             &sh("cat >/dev/null; echo '{\"answer\": 1}'"),
             &Value::Null,
-            Duration::from_secs(5),
+            within(Duration::from_secs(5)),
         )
         .unwrap();
         assert_eq!(v["answer"], 1);
-        let e = run_json_command(&sh("exit 3"), &Value::Null, Duration::from_secs(5)).unwrap_err();
+        let e = run_json_command(&sh("exit 3"), &Value::Null, within(Duration::from_secs(5)))
+            .unwrap_err();
         assert!(e.to_string().contains("exited"), "{e}");
-        let e =
-            run_json_command(&sh("sleep 5"), &Value::Null, Duration::from_millis(200)).unwrap_err();
+        let e = run_json_command(
+            &sh("sleep 5"),
+            &Value::Null,
+            within(Duration::from_millis(200)),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("timed out"), "{e}");
-        let e =
-            run_json_command(&sh("echo nope"), &Value::Null, Duration::from_secs(5)).unwrap_err();
+        let e = run_json_command(
+            &sh("echo nope"),
+            &Value::Null,
+            within(Duration::from_secs(5)),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("not JSON"), "{e}");
     }
 
@@ -212,7 +272,7 @@ mod tests {
         let v = run_json_command(
             &sh("sleep 1000 & echo '{\"answer\": 2}'"),
             &Value::Null,
-            Duration::from_secs(30),
+            within(Duration::from_secs(30)),
         )
         .unwrap();
         assert_eq!(v["answer"], 2);
@@ -229,7 +289,7 @@ mod tests {
         let v = run_json_command(
             &sh("setsid sleep 3 & echo '{\"answer\": 2}'"),
             &Value::Null,
-            Duration::from_secs(30),
+            within(Duration::from_secs(30)),
         )
         .unwrap();
         assert_eq!(v["answer"], 2);
@@ -246,8 +306,12 @@ mod tests {
             pid_file.display()
         );
         let started = Instant::now();
-        let e =
-            run_json_command(&sh(&script), &Value::Null, Duration::from_millis(500)).unwrap_err();
+        let e = run_json_command(
+            &sh(&script),
+            &Value::Null,
+            within(Duration::from_millis(500)),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("timed out after 0.5s"), "{e}");
         assert!(
             started.elapsed() < Duration::from_secs(5),
@@ -271,17 +335,17 @@ mod tests {
         let e = run_json_command(
             &sh("head -c 200000000 /dev/zero"),
             &Value::Null,
-            Duration::from_secs(60),
+            within(Duration::from_secs(60)),
         )
         .unwrap_err();
         assert!(
             e.to_string()
-                .contains("printed 200000000 bytes, more than the limit of 16 MiB"),
+                .contains("printed 200000000 bytes, more than max_output_bytes (1048576)"),
             "{e}"
         );
         // Input the program never reads does not block the call either.
         let big = Value::String("x".repeat(8 << 20));
-        let v = run_json_command(&sh("echo '{}'"), &big, Duration::from_secs(30)).unwrap();
+        let v = run_json_command(&sh("echo '{}'"), &big, within(Duration::from_secs(30))).unwrap();
         assert_eq!(v, serde_json::json!({}));
     }
 }

@@ -5,8 +5,6 @@
 //! for `numeric`, a label for `choice`, a valid pattern for `regex`, ...), naming the file and
 //! line of the first that does not.
 
-use std::time::Duration;
-
 use regex::Regex;
 use serde_json::Value;
 
@@ -129,12 +127,16 @@ fn score_inner(
                 got.is_some_and(|g| g == want || value_text(&g).trim() == value_text(&want).trim()),
             )
         }
-        MetricSpec::Command { command, timeout_s } => {
+        MetricSpec::Command {
+            command,
+            timeout_s,
+            max_output_bytes,
+        } => {
             let input = serde_json::json!({"prediction": prediction, "example": Value::Object(ex.fields.clone())});
             let out = crate::optimizer::data::command::run_json_command(
                 command,
                 &input,
-                Duration::from_secs_f64(*timeout_s),
+                crate::optimizer::data::command::Limits::of(*timeout_s, *max_output_bytes),
             )?;
             let s = out
                 .get("score")

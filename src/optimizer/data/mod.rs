@@ -51,7 +51,12 @@ pub fn validate(task: &Task, data: &Dataset) -> Result<()> {
         }
     }
     metric::check_applicable(&task.spec.metric, data.all())?;
-    if let AgentSpec::Command { command, timeout_s } = &task.spec.agent {
+    if let AgentSpec::Command {
+        command,
+        timeout_s,
+        max_output_bytes,
+    } = &task.spec.agent
+    {
         if let Some(ex) = data.train.first() {
             let input = serde_json::json!({
                 "components": task.initial,
@@ -60,7 +65,7 @@ pub fn validate(task: &Task, data: &Dataset) -> Result<()> {
             command::run_json_command(
                 command,
                 &input,
-                std::time::Duration::from_secs_f64(*timeout_s),
+                command::Limits::of(*timeout_s, *max_output_bytes),
             )
             .map_err(|e| {
                 task.err(

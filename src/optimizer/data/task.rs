@@ -176,6 +176,13 @@ pub enum AgentSpec {
         /// Seconds before the program is killed (default 60).
         #[serde(default = "crate::optimizer::data::command::default_timeout_s")]
         timeout_s: f64,
+        /// Bytes of output kept (default 1 MiB, at most 64 MiB); a program that prints
+        /// more fails that example, and its output is dropped, not stored.
+        #[serde(
+            default = "crate::optimizer::data::command::default_output_bytes",
+            skip_serializing_if = "crate::optimizer::data::command::is_default_output_bytes"
+        )]
+        max_output_bytes: u64,
     },
 }
 
@@ -220,6 +227,12 @@ pub enum MetricSpec {
         command: Vec<String>,
         #[serde(default = "crate::optimizer::data::command::default_timeout_s")]
         timeout_s: f64,
+        /// Bytes of output kept (default 1 MiB, at most 64 MiB), as for a command agent.
+        #[serde(
+            default = "crate::optimizer::data::command::default_output_bytes",
+            skip_serializing_if = "crate::optimizer::data::command::is_default_output_bytes"
+        )]
+        max_output_bytes: u64,
     },
 }
 
@@ -239,7 +252,11 @@ pub fn validate_spec(spec: &MetricSpec) -> Result<(), String> {
         MetricSpec::JsonField { field } if field.is_empty() => {
             Err("field must not be empty".into())
         }
-        MetricSpec::Command { command, timeout_s } => {
+        MetricSpec::Command {
+            command,
+            timeout_s,
+            max_output_bytes,
+        } => {
             if command.is_empty() || command[0].trim().is_empty() {
                 Err("command must name a program".into())
             } else if !(timeout_s.is_finite()
@@ -251,7 +268,7 @@ pub fn validate_spec(spec: &MetricSpec) -> Result<(), String> {
                     crate::optimizer::data::command::MAX_TIMEOUT_S
                 ))
             } else {
-                Ok(())
+                crate::optimizer::data::command::check_output_bytes(*max_output_bytes)
             }
         }
         _ => Ok(()),
@@ -601,9 +618,19 @@ impl Task {
                     }
                 }
             }
-            AgentSpec::Command { command, timeout_s } => {
+            AgentSpec::Command {
+                command,
+                timeout_s,
+                max_output_bytes,
+            } => {
                 if command.is_empty() || command[0].trim().is_empty() {
                     return Err(self.err("agent.command", "must name a program"));
+                }
+                if let Err(reason) =
+                    crate::optimizer::data::command::check_output_bytes(*max_output_bytes)
+                {
+                    let reason = reason.trim_start_matches("max_output_bytes ").to_string();
+                    return Err(self.err("agent.max_output_bytes", reason));
                 }
                 if !(timeout_s.is_finite() && *timeout_s > 0.0 && *timeout_s <= MAX_TIMEOUT_S) {
                     return Err(self.err(

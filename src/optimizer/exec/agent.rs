@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rayon::prelude::*;
 use regex::Regex;
@@ -19,7 +19,7 @@ use crate::engine::chat::ChatMessage;
 use crate::engine::sampling::SamplingParams;
 use crate::error::Result;
 use crate::llm::{ChatRequest, Llm};
-use crate::optimizer::data::command::run_json_command;
+use crate::optimizer::data::command::{run_json_command, Limits};
 use crate::optimizer::data::dataset::Example;
 use crate::optimizer::data::metric::{self, first_json_object};
 use crate::optimizer::data::rng::stable_hash;
@@ -94,7 +94,7 @@ pub enum Executor {
     /// An external program.
     Command {
         command: Vec<String>,
-        timeout: Duration,
+        limits: Limits,
     },
 }
 
@@ -127,9 +127,13 @@ impl Agent {
                 params: params.clone(),
                 extract: extract.clone(),
             },
-            AgentSpec::Command { command, timeout_s } => Executor::Command {
+            AgentSpec::Command {
+                command,
+                timeout_s,
+                max_output_bytes,
+            } => Executor::Command {
                 command: command.clone(),
-                timeout: Duration::from_secs_f64(*timeout_s),
+                limits: Limits::of(*timeout_s, *max_output_bytes),
             },
         };
         Ok(Self {
@@ -189,14 +193,14 @@ impl Agent {
                     })
                     .collect()
             }
-            Executor::Command { command, timeout } => {
+            Executor::Command { command, limits } => {
                 let inputs: Vec<Value> = jobs
                     .iter()
                     .map(|(c, ex)| {
                         serde_json::json!({"components": c, "example": Value::Object(ex.fields.clone())})
                     })
                     .collect();
-                let results = run_commands(calls, ctx, command, *timeout, &inputs);
+                let results = run_commands(calls, ctx, command, *limits, &inputs);
                 jobs.iter()
                     .zip(results)
                     .map(|((_, ex), result)| {
@@ -261,7 +265,7 @@ fn run_commands(
     calls: &Calls,
     ctx: &Ctx,
     command: &[String],
-    timeout: Duration,
+    limits: Limits,
     inputs: &[Value],
 ) -> Vec<Result<Value, String>> {
     let keys: Vec<String> = inputs
@@ -284,7 +288,7 @@ fn run_commands(
         .par_iter()
         .map(|&i| {
             let t = Instant::now();
-            let r = run_json_command(command, &inputs[i], timeout).map_err(|e| e.to_string());
+            let r = run_json_command(command, &inputs[i], limits).map_err(|e| e.to_string());
             calls.record_command(ctx, &keys[i], r.clone(), t.elapsed().as_secs_f64());
             (i, r)
         })
@@ -381,7 +385,10 @@ mod tests {
         let agent = Agent {
             executor: Executor::Command {
                 command: vec!["sh".into(), "-c".into(), script],
-                timeout: Duration::from_secs(20),
+                limits: Limits {
+                    timeout: std::time::Duration::from_secs(20),
+                    output_bytes: 1 << 20,
+                },
             },
             metric: MetricSpec::Numeric { tolerance: 0.0 },
         };
