@@ -34,37 +34,7 @@ fn path(p: &Path) -> &str {
 #[test]
 fn report_json_into_a_closed_pipe() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = common::crate_root().join("tests/hostile/data/ok.jsonl");
-    let task = dir.path().join("task.toml");
-    std::fs::write(
-        &task,
-        format!(
-            "name = \"pipe\"\n[components.system_prompt]\ntext = \"Answer with a number.\"\n\
-             [agent]\ntype = \"command\"\ncommand = [\"sh\", \"-c\", \"echo '{{\\\"answer\\\": 2}}'\"]\n\
-             [data]\nfile = {:?}\nsplit = {{ train = 0.5, val = 0.25, test = 0.25 }}\n\
-             [metric]\ntype = \"exact\"\n[optimizer]\nmodel = \"unused\"\n",
-            path(&data)
-        ),
-    )
-    .expect("write task");
-    let run = dir.path().join("run");
-    let made = Command::new(env!("CARGO_BIN_EXE_fgo"))
-        .args([
-            "optimize",
-            path(&task),
-            "--method",
-            "none",
-            "-q",
-            "--out",
-            path(&run),
-        ])
-        .output()
-        .expect("fgo runs");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let run = common::command_agent_run(dir.path(), "pipe", "Answer with a number.");
     assert_quiet(&fgo_into_a_closed_pipe(&["report", path(&run), "--json"]));
     assert_quiet(&fgo_into_a_closed_pipe(&["report", path(&run)]));
 }

@@ -211,7 +211,10 @@ fn task_cases() -> Vec<Case> {
             "metric-max-output-zero",
             &["metric", "max_output_bytes must be between 1 and"],
         ),
-        ("metric-max-output-negative", &["line 11", "integer `-1`, expected u64"]),
+        (
+            "metric-max-output-negative",
+            &["line 11", "integer `-1`, expected u64"],
+        ),
         (
             "agent-command-empty",
             &["agent.command", "must name a program"],

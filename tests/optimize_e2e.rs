@@ -477,11 +477,7 @@ fn killed_run_resumes_to_the_uninterrupted_result() {
     assert!(recorded < full_calls, "killed too late: {recorded} calls");
     assert!(!dir.join("report.json").exists(), "killed after the end");
 
-    let out = fgo()
-        .args(["resume", dir.to_str().expect("utf-8"), "--json"])
-        .output()
-        .expect("fgo resume runs");
-    let resumed = succeeded("fgo resume", &out);
+    let resumed = resume_to_the_end(&dir);
     eprintln!(
         "killed after {recorded} of {full_calls} calls; kill and resume: {:.1}s",
         started.elapsed().as_secs_f64()
@@ -497,6 +493,15 @@ fn killed_run_resumes_to_the_uninterrupted_result() {
         (full_calls - recorded) as u64
     );
     assert_eq!(events(&dir, "session").len(), 2);
+}
+
+/// Resumes the run in `dir` to its end; returns its report.
+fn resume_to_the_end(dir: &Path) -> Value {
+    let out = fgo()
+        .args(["resume", dir.to_str().expect("utf-8"), "--json"])
+        .output()
+        .expect("fgo resume runs");
+    succeeded("fgo resume", &out)
 }
 
 /// Asserts that the run in `dir`, finished with report `b`, equals the uninterrupted run:
@@ -604,11 +609,7 @@ fn killed_at_twenty_moments_resumes_to_the_uninterrupted_result() {
         kills >= 15,
         "only {kills} of 20 kills hit a running process"
     );
-    let out = fgo()
-        .args(["resume", dir.to_str().expect("utf-8"), "--json"])
-        .output()
-        .expect("fgo resume runs");
-    let resumed = succeeded("fgo resume", &out);
+    let resumed = resume_to_the_end(&dir);
     eprintln!(
         "killed {kills} times in {sessions_started} sessions, with {logged_at_kill:?} of {full_calls} calls logged"
     );

@@ -13,44 +13,6 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
-/// A run directory of a task whose name and component hold escape sequences.
-fn hostile_run(dir: &Path) -> std::path::PathBuf {
-    let data = common::crate_root().join("tests/hostile/data/ok.jsonl");
-    let task = dir.join("task.toml");
-    std::fs::write(
-        &task,
-        format!(
-            "name = \"term\\u001b]0;owned\\u0007\"\n\
-             [components.system_prompt]\ntext = \"Answer.\\u001b[2J\\rA number.\"\n\
-             [agent]\ntype = \"command\"\ncommand = [\"sh\", \"-c\", \"echo '{{\\\"answer\\\": 2}}'\"]\n\
-             [data]\nfile = {:?}\nsplit = {{ train = 0.5, val = 0.25, test = 0.25 }}\n\
-             [metric]\ntype = \"exact\"\n[optimizer]\nmodel = \"unused\"\n",
-            path(&data)
-        ),
-    )
-    .expect("write task");
-    let run = dir.join("run");
-    let made = Command::new(env!("CARGO_BIN_EXE_fgo"))
-        .args([
-            "optimize",
-            path(&task),
-            "--method",
-            "none",
-            "-q",
-            "--out",
-            path(&run),
-        ])
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("fgo runs");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    run
-}
-
 /// Runs fgo with standard output on a new pseudo-terminal; returns what the terminal got.
 fn on_a_terminal(args: &[&str]) -> String {
     let (mut master, mut slave) = (-1, -1);
@@ -96,7 +58,11 @@ fn on_a_terminal(args: &[&str]) -> String {
 #[test]
 fn a_report_on_a_terminal_is_escaped_and_in_a_pipe_unchanged() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let run = hostile_run(dir.path());
+    let run = common::command_agent_run(
+        dir.path(),
+        "term\\u001b]0;owned\\u0007",
+        "Answer.\\u001b[2J\\rA number.",
+    );
     let shown = on_a_terminal(&["report", path(&run)]);
     assert!(shown.contains("term\\u{1b}]0;owned\\u{7}"), "{shown}");
     assert!(

@@ -57,3 +57,38 @@ fn alias_in_manifest(manifest: &Path, file_name: &str) -> Option<String> {
             (columns.next()? == file_name).then(|| alias.to_string())
         })
 }
+
+/// A finished `--method none` run in `dir/run` of a task named `name` whose command agent
+/// answers 2 to every example of `tests/hostile/data/ok.jsonl`, with `component` as its
+/// system prompt (both TOML basic-string contents, escapes allowed). Returns the run
+/// directory.
+pub fn command_agent_run(dir: &Path, name: &str, component: &str) -> PathBuf {
+    let data = crate_root().join("tests/hostile/data/ok.jsonl");
+    let task = dir.join("task.toml");
+    std::fs::write(
+        &task,
+        format!(
+            "name = \"{name}\"\n[components.system_prompt]\ntext = \"{component}\"\n\
+             [agent]\ntype = \"command\"\ncommand = [\"sh\", \"-c\", \"echo '{{\\\"answer\\\": 2}}'\"]\n\
+             [data]\nfile = {:?}\nsplit = {{ train = 0.5, val = 0.25, test = 0.25 }}\n\
+             [metric]\ntype = \"exact\"\n[optimizer]\nmodel = \"unused\"\n",
+            data.to_str().expect("utf-8 path")
+        ),
+    )
+    .expect("write task");
+    let run = dir.join("run");
+    let made = std::process::Command::new(env!("CARGO_BIN_EXE_fgo"))
+        .arg("optimize")
+        .arg(&task)
+        .args(["--method", "none", "-q", "--out"])
+        .arg(&run)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("fgo runs");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    run
+}
