@@ -244,6 +244,11 @@ impl Calls {
             .iter()
             .map(|r| Self::key(role, &identity, r))
             .collect();
+        // Run directories written before call keys named the model's identity keyed each
+        // call by the model's name: their records are replayed under that key too, so that
+        // resuming such a run never sends a call again.
+        let legacy_key =
+            |i: usize| (identity != model).then(|| Self::key(role, &model, &requests[i]));
         // Keys another thread has in flight: answered once that thread records them.
         let mut waiting: Vec<usize> = Vec::new();
         let mut live: Vec<usize> = Vec::new();
@@ -253,7 +258,11 @@ impl Calls {
             for (i, key) in keys.iter().enumerate() {
                 if st.memo.contains_key(key) {
                     st.account_known(ctx, role, key);
-                } else if let Some(rec) = st.replay.remove(key) {
+                } else if let Some(rec) = st
+                    .replay
+                    .remove(key)
+                    .or_else(|| legacy_key(i).and_then(|k| st.replay.remove(&k)))
+                {
                     st.keep_shared(ctx, &rec);
                     st.paid.insert((ctx.method.clone(), key.clone()));
                     st.ledger
@@ -592,6 +601,53 @@ mod tests {
         assert!(calls
             .note(&Event::Step(serde_json::json!({"x": 1})))
             .is_err());
+    }
+
+    /// A scripted model known by another identity than its name (a local file's sha256).
+    struct Renamed(ScriptedLlm);
+
+    impl Llm for Renamed {
+        fn name(&self) -> String {
+            self.0.name()
+        }
+        fn identity(&self) -> String {
+            "sha256:0123".into()
+        }
+        fn context_length(&self) -> usize {
+            self.0.context_length()
+        }
+        fn count_tokens(&self, text: &str) -> Result<usize> {
+            self.0.count_tokens(text)
+        }
+        fn complete(&self, requests: &[ChatRequest]) -> Vec<Result<Completion>> {
+            self.0.complete(requests)
+        }
+    }
+
+    #[test]
+    fn a_run_keyed_by_model_name_replays_under_the_identity_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let ctx = Ctx::new("fgo", "train");
+        // An older run: its model's identity was its name, as every call key then was.
+        {
+            let (log, previous) = EventLog::open(&path).unwrap();
+            let calls = Calls::new(log, previous);
+            let llm = ScriptedLlm::new(|r| format!("old {}", r.messages[0].content));
+            let done = calls.complete(&llm, &ctx, Role::Agent, &[request("a"), request("b")]);
+            assert!(done.iter().all(|r| r.is_ok()));
+        }
+        // Resumed by a model with an identity of its own: nothing is sent again.
+        let (log, previous) = EventLog::open(&path).unwrap();
+        let calls = Calls::new(log, previous);
+        let llm = Renamed(ScriptedLlm::new(|_| "new".into()));
+        let again = calls.complete(&llm, &ctx, Role::Agent, &[request("a"), request("b")]);
+        assert_eq!(llm.0.requests(), 0, "a logged call was sent again");
+        assert_eq!(again[1].as_ref().unwrap().text, "old b");
+        // A request the old run did not make, or another role, is sent.
+        let fresh = calls.complete(&llm, &ctx, Role::Optimizer, &[request("a")]);
+        assert_eq!(llm.0.requests(), 1);
+        assert_eq!(fresh[0].as_ref().unwrap().text, "new");
     }
 
     #[test]
