@@ -3,9 +3,14 @@
 //! Every component a method accepted on a subset, and every merge input and output, enters
 //! the pool with its gain over the initial component on the training examples it was
 //! scored on. The final choice is made on held-out data: the `top` entries by gain per
-//! example are re-scored on val beside the initial component, and the best on val wins,
-//! ties going to the shorter text. The initial component is always in the running, so the
-//! choice never scores below it on val.
+//! example are re-scored on val beside the initial component, and the best on val wins.
+//! A small val set ties often; a tie goes to the larger gain per training example, then to
+//! the shorter text. A component that entered the pool more than once is judged by its
+//! widest evidence, the scores on the most training examples: a merge input is scored on
+//! the whole union of its group, most of which it was not optimized on, while its own
+//! subset's score is the one it was selected on. The initial component is always in the
+//! running and wins every tie with a candidate no shorter, so the choice never scores below
+//! it on val.
 
 use serde::{Deserialize, Serialize};
 
@@ -42,12 +47,30 @@ pub fn text_len(c: &Components) -> usize {
     c.values().map(|v| v.chars().count()).sum()
 }
 
-/// Indices of the (at most `top`) distinct pool entries to re-score on val, best first:
-/// by gain per example, then by examples covered, then shorter, then earlier. Entries
-/// identical to `initial` or to a better-ranked entry are left out, as are entries that
-/// gained nothing.
+/// Indices of the (at most `top`) distinct pool entries to re-score on val, best first.
+/// Identical components count once, by the entry scored on the most training examples
+/// (then the larger gain, then the earlier). These are ranked by gain per example, then by
+/// examples covered, then shorter, then earlier; components identical to `initial` are
+/// left out, as are those whose widest evidence shows no gain.
 pub fn shortlist(pool: &[PoolEntry], initial: &Components, top: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..pool.len())
+    let mut widest: Vec<usize> = Vec::new();
+    for i in 0..pool.len() {
+        match widest
+            .iter_mut()
+            .find(|j| pool[**j].components == pool[i].components)
+        {
+            Some(j) => {
+                let (x, y) = (&pool[i], &pool[*j]);
+                if x.train_n > y.train_n || (x.train_n == y.train_n && x.train_gain > y.train_gain)
+                {
+                    *j = i;
+                }
+            }
+            None => widest.push(i),
+        }
+    }
+    let mut order: Vec<usize> = widest
+        .into_iter()
         .filter(|&i| pool[i].components != *initial && pool[i].train_gain > 1e-9)
         .collect();
     order.sort_by(|&a, &b| {
@@ -58,24 +81,15 @@ pub fn shortlist(pool: &[PoolEntry], initial: &Components, top: usize) -> Vec<us
             .then(text_len(&x.components).cmp(&text_len(&y.components)))
             .then(a.cmp(&b))
     });
-    let mut out: Vec<usize> = Vec::new();
-    for i in order {
-        if out.len() == top {
-            break;
-        }
-        if !out
-            .iter()
-            .any(|&j| pool[j].components == pool[i].components)
-        {
-            out.push(i);
-        }
-    }
-    out
+    order.truncate(top);
+    order
 }
 
 /// The winner among `scored` (pool index, val score) and the initial component's val
-/// score: the highest val score, ties to the shorter text, then to the initial. Returns
-/// `None` when the initial component wins, with the reason either way.
+/// score: the highest val score; between candidates tied on val the larger gain per
+/// training example, then the shorter text; against the initial component a tie goes to
+/// the initial unless the candidate is shorter. Returns `None` when the initial component
+/// wins, with the reason either way.
 pub fn choose(
     pool: &[PoolEntry],
     scored: &[(usize, f64)],
@@ -87,9 +101,12 @@ pub fn choose(
         let better = match best {
             None => true,
             Some((b, bv)) => {
+                let (x, y) = (&pool[i], &pool[b]);
                 v > bv + 1e-12
                     || ((v - bv).abs() <= 1e-12
-                        && text_len(&pool[i].components) < text_len(&pool[b].components))
+                        && (x.gain_rate() > y.gain_rate() + 1e-12
+                            || ((x.gain_rate() - y.gain_rate()).abs() <= 1e-12
+                                && text_len(&x.components) < text_len(&y.components))))
             }
         };
         if better {
@@ -143,18 +160,21 @@ mod tests {
     }
 
     #[test]
-    fn shortlist_ranks_by_gain_rate_and_drops_duplicates() {
+    fn shortlist_ranks_by_gain_rate_and_judges_duplicates_by_their_widest_evidence() {
         let initial = Components::from([("p".to_string(), "init".to_string())]);
         let pool = vec![
             entry("a", "aaa", 10, 2.0),
             entry("b", "bbb", 10, 5.0),
-            entry("b again", "bbb", 20, 1.0),
+            entry("b on the union", "bbb", 20, 1.0),
             entry("init", "init", 10, 3.0),
             entry("none", "zzz", 10, 0.0),
             entry("c", "c", 40, 8.0),
+            entry("d", "ddd", 10, 3.0),
+            entry("d on the union", "ddd", 20, 0.0),
         ];
-        assert_eq!(shortlist(&pool, &initial, 3), vec![1, 5, 0]);
-        assert_eq!(shortlist(&pool, &initial, 1), vec![1]);
+        // "b" counts by its 20 examples (0.05 per example), "d" by its 20 (no gain: out).
+        assert_eq!(shortlist(&pool, &initial, 3), vec![5, 0, 2]);
+        assert_eq!(shortlist(&pool, &initial, 1), vec![5]);
     }
 
     #[test]
@@ -170,8 +190,17 @@ mod tests {
         // A tie with the initial goes to the shorter text: here the initial.
         let (won, _) = choose(&pool, &[(0, 0.5)], &initial, 0.5);
         assert_eq!(won, None);
-        // Better on val wins; between equal val scores the shorter wins.
+        // Better on val wins; between equal val scores the larger training gain wins, and
+        // between equal gains the shorter text.
         let (won, _) = choose(&pool, &[(0, 0.6), (1, 0.6)], &initial, 0.5);
+        assert_eq!(won, Some(0));
+        let (won, _) = choose(&pool, &[(1, 0.6), (0, 0.6)], &initial, 0.5);
+        assert_eq!(won, Some(0));
+        let even = vec![
+            entry("a", "longer text", 10, 3.0),
+            entry("b", "bb", 10, 3.0),
+        ];
+        let (won, _) = choose(&even, &[(0, 0.6), (1, 0.6)], &initial, 0.5);
         assert_eq!(won, Some(1));
         let (won, _) = choose(&pool, &[(0, 0.7), (1, 0.6)], &initial, 0.5);
         assert_eq!(won, Some(0));
