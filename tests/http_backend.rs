@@ -459,6 +459,44 @@ fn a_server_down_at_start_is_one_line_at_once() {
 }
 
 #[test]
+fn a_replica_down_at_start_is_tried_last_and_the_others_answer() {
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let down = format!("http://127.0.0.1:{port}");
+    let healthy = Fake::start(|r, _| routes(r, || chat_reply(&format!("echo {}", r.prompt()))));
+    let spec = format!("m@{down},{}", healthy.url);
+    let llm = connect(&spec, &options()).expect("one replica answers");
+    let requests: Vec<ChatRequest> = (0..6).map(|i| request(&format!("q{i}"))).collect();
+    for (i, result) in llm.complete(&requests).iter().enumerate() {
+        let completion = result.as_ref().unwrap_or_else(|e| panic!("q{i}: {e}"));
+        assert_eq!(completion.text, format!("echo q{i}"));
+    }
+    assert_eq!(healthy.chat_requests(), 6);
+    let notes = fgo::llm::notes::snapshot();
+    let said = notes.get(&llm.name()).expect("notes for the model");
+    assert!(
+        said.iter()
+            .any(|s| s.contains("down at start") && s.contains(&down)),
+        "{said:?}"
+    );
+    // No replica up: one line naming the first.
+    let port2 = {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let err = connect(&format!("m@{down},http://127.0.0.1:{port2}"), &options())
+        .expect_err("none up")
+        .to_string();
+    assert!(
+        err.contains("no endpoint reachable") && err.contains(&down),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1);
+}
+
+#[test]
 fn a_reply_without_choices_fails_that_request_and_odd_fields_do_not_panic() {
     let server = Fake::start(|r, _| {
         routes(r, || match r.prompt().as_str() {

@@ -22,6 +22,8 @@ struct ModelNotes {
     cached_missing: usize,
     /// Replies without `usage`.
     usage_missing: usize,
+    /// Endpoints that did not answer the probe at start (the run went on without them).
+    down_at_start: Vec<String>,
 }
 
 fn registry() -> &'static Mutex<BTreeMap<String, ModelNotes>> {
@@ -40,6 +42,11 @@ pub fn set_sources(name: &str, counting: &str, context: &str) {
         n.counting = counting.to_string();
         n.context = context.to_string();
     });
+}
+
+/// Records the endpoints of `name` that did not answer at start.
+pub fn set_down_at_start(name: &str, endpoints: &[String]) {
+    with(name, |n| n.down_at_start = endpoints.to_vec());
 }
 
 /// Records one reply of `name`.
@@ -89,6 +96,12 @@ fn sentences(n: &ModelNotes) -> Vec<String> {
         out.push(format!(
             "{} replies had no `usage`: their tokens count as 0",
             n.usage_missing
+        ));
+    }
+    if !n.down_at_start.is_empty() {
+        out.push(format!(
+            "endpoints down at start (tried last, as after any failure): {}",
+            n.down_at_start.join(", ")
         ));
     }
     if !n.counting.is_empty() {

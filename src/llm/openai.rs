@@ -120,6 +120,13 @@ impl Dispatcher {
         }
     }
 
+    /// Puts endpoint `index` behind the others for a while, as after a failed request.
+    fn mark_failed(&self, index: usize) {
+        if let Some(slot) = self.lock().get_mut(index) {
+            slot.failed_until = Some(Instant::now() + COOLDOWN);
+        }
+    }
+
     /// Gives the place back; `failed` puts the endpoint behind the others for a while.
     fn release(&self, index: usize, failed: bool) {
         let mut slots = self.lock();
@@ -207,13 +214,42 @@ impl OpenAiLlm {
             options.read_timeout_s.min(PROBE_READ_S),
             1,
         );
+        // A replica that is down at start is tried last (as after any failure) while the
+        // others answer; a refused key or a wrong reply from any endpoint is an error, and
+        // so is no endpoint answering.
         let mut served = Vec::new();
-        for endpoint in &spec.endpoints {
-            let body = llm
-                .exchange(&probe, endpoint, "/v1/models", None)
-                .map_err(|f| fail(llm.probe_reason(f)))?;
-            if served.is_empty() {
-                served = wire::parse_models(&body);
+        let mut first_up = None;
+        let mut down = Vec::new();
+        let mut first_down = None;
+        for (i, endpoint) in spec.endpoints.iter().enumerate() {
+            match llm.exchange(&probe, endpoint, "/v1/models", None) {
+                Ok(body) => {
+                    first_up.get_or_insert(i);
+                    if served.is_empty() {
+                        served = wire::parse_models(&body);
+                    }
+                }
+                Err(f @ Failure::Retry { .. }) => {
+                    first_down.get_or_insert_with(|| llm.probe_reason(f));
+                    down.push(i);
+                }
+                Err(f) => return Err(fail(llm.probe_reason(f))),
+            }
+        }
+        let Some(first_up) = first_up else {
+            let reason = first_down.unwrap_or_default();
+            return Err(fail(if spec.endpoints.len() > 1 {
+                format!("no endpoint reachable; the first: {reason}")
+            } else {
+                reason
+            }));
+        };
+        if !down.is_empty() {
+            let urls: Vec<String> = down.iter().map(|&i| spec.endpoints[i].clone()).collect();
+            tracing::warn!(model = %name, "endpoints down at start, tried last: {}", urls.join(", "));
+            notes::set_down_at_start(&name, &urls);
+            for &i in &down {
+                llm.dispatcher.mark_failed(i);
             }
         }
         let llama_cpp = !served.is_empty() && served.iter().all(|m| m.owned_by == "llamacpp");
@@ -222,12 +258,12 @@ impl OpenAiLlm {
             let ids: Vec<&str> = served.iter().take(8).map(|m| m.id.as_str()).collect();
             return Err(fail(format!(
                 "{} does not serve `{}` (it serves: {})",
-                spec.endpoints[0],
+                spec.endpoints[first_up],
                 spec.served_name,
                 crate::error::printable(&ids.join(", "))
             )));
         }
-        let first = &spec.endpoints[0];
+        let first = &spec.endpoints[first_up];
         let (context, context_note) = if let Some(n) = options.context_length {
             (
                 n,
@@ -259,7 +295,7 @@ impl OpenAiLlm {
             )
         };
         llm.context_length = context.max(1);
-        let (counter, counting_note) = llm.choose_counter(&probe, llama_cpp, options)?;
+        let (counter, counting_note) = llm.choose_counter(&probe, first_up, llama_cpp, options)?;
         llm.counter = counter;
         tracing::info!(model = %name, "{counting_note}; {context_note}");
         notes::set_sources(&name, &counting_note, &context_note);
@@ -271,6 +307,7 @@ impl OpenAiLlm {
     fn choose_counter(
         &self,
         probe: &ureq::Agent,
+        endpoint: usize,
         llama_cpp: bool,
         options: &ServerOptions,
     ) -> Result<(Counter, String)> {
@@ -281,7 +318,12 @@ impl OpenAiLlm {
         };
         let body = self.tokenize_body(&server, "fgo probe");
         let answered = self
-            .exchange(probe, &self.spec.endpoints[0], "/tokenize", body.as_ref())
+            .exchange(
+                probe,
+                &self.spec.endpoints[endpoint],
+                "/tokenize",
+                body.as_ref(),
+            )
             .ok()
             .and_then(|v| wire::parse_token_count(&v))
             .is_some();
