@@ -439,10 +439,7 @@ fn a_400_fails_that_request_alone_with_the_servers_message() {
 
 #[test]
 fn a_server_down_at_start_is_one_line_at_once() {
-    let port = {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr").port()
-    };
+    let port = free_port();
     let spec = format!("m@http://127.0.0.1:{port}");
     let err = connect(&spec, &options()).expect_err("down").to_string();
     assert!(
@@ -460,10 +457,7 @@ fn a_server_down_at_start_is_one_line_at_once() {
 
 #[test]
 fn a_replica_down_at_start_is_tried_last_and_the_others_answer() {
-    let port = {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr").port()
-    };
+    let port = free_port();
     let down = format!("http://127.0.0.1:{port}");
     let healthy = Fake::start(|r, _| routes(r, || chat_reply(&format!("echo {}", r.prompt()))));
     let spec = format!("m@{down},{}", healthy.url);
@@ -482,10 +476,7 @@ fn a_replica_down_at_start_is_tried_last_and_the_others_answer() {
         "{said:?}"
     );
     // No replica up: one line naming the first.
-    let port2 = {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr").port()
-    };
+    let port2 = free_port();
     let err = connect(&format!("m@{down},http://127.0.0.1:{port2}"), &options())
         .expect_err("none up")
         .to_string();
