@@ -304,8 +304,10 @@ fn a_training_set_that_fits_one_prompt_is_one_subset() {
         m.subset_sizing
     );
     assert!(m.merges.is_empty());
-    // A prompt budget too small for all of train divides it.
+    // A prompt budget too small for all of train divides it, into the fewest subsets that
+    // fit when no floor binds...
     t.spec.optimizer.prompt_tokens = 256;
+    t.spec.optimizer.min_subset_size = 1;
     let r = run(
         &t,
         Arc::new(world(Optimizer::Good)),
@@ -313,8 +315,29 @@ fn a_training_set_that_fits_one_prompt_is_one_subset() {
         &Calls::in_memory(),
     );
     let m = &r.methods[0];
-    assert!(m.subsets.len() > 1, "{}", m.subset_sizing);
+    assert!(m.subsets.len() > 2, "{}", m.subset_sizing);
     assert!(m.subset_sizing.contains("fewest"), "{}", m.subset_sizing);
+    // ... and into subsets of at least `min_subset_size` (16 examples, 8 each) when those
+    // would be smaller: each prompt then shows the trajectories that fit.
+    t.spec.optimizer.min_subset_size = 8;
+    let r = run(
+        &t,
+        Arc::new(world(Optimizer::Good)),
+        Method::Fgo,
+        &Calls::in_memory(),
+    );
+    let m = &r.methods[0];
+    assert_eq!(m.subsets.len(), 2, "{}", m.subset_sizing);
+    assert!(
+        m.subsets.iter().all(|s| s.examples.len() == 8),
+        "{}",
+        m.subset_sizing
+    );
+    assert!(
+        m.subset_sizing.contains("min_subset_size"),
+        "{}",
+        m.subset_sizing
+    );
 }
 
 #[test]

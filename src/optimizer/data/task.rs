@@ -393,6 +393,11 @@ pub struct OptimizerSpec {
     pub subset_size: Option<usize>,
     /// Number of subsets (default: sized to `prompt_tokens`).
     pub subset_count: Option<usize>,
+    /// The fewest examples a subset sized to `prompt_tokens` may hold (default 8): a subset
+    /// of 5 with `min_gain = 2` can accept only a 40% gain, so below the floor the subsets
+    /// stay larger and their prompts show the trajectories that fit. Ignored when
+    /// `subset_size` or `subset_count` is given.
+    pub min_subset_size: usize,
     /// How subsets are formed.
     pub divide: DivideStrategy,
     /// Optimization iterations per subset (default 3).
@@ -464,6 +469,7 @@ impl Default for OptimizerSpec {
             },
             subset_size: None,
             subset_count: None,
+            min_subset_size: 8,
             divide: DivideStrategy::Random,
             iterations: 3,
             candidates: 3,
@@ -746,6 +752,7 @@ impl Task {
             ("candidates", o.candidates),
             ("trajectory_chars", o.trajectory_chars),
             ("copy_ngram_words", o.copy_ngram_words),
+            ("min_subset_size", o.min_subset_size),
         ];
         for (field, v) in positive {
             if v == 0 {

@@ -9,8 +9,9 @@
 //! widest evidence, the scores on the most training examples: a merge input is scored on
 //! the whole union of its group, most of which it was not optimized on, while its own
 //! subset's score is the one it was selected on. The initial component is always in the
-//! running and wins every tie with a candidate no shorter, so the choice never scores below
-//! it on val.
+//! running: a candidate tied with it on val wins only with a real training gain (at least
+//! `min_gain` solved examples on its widest evidence) or a shorter text, so the choice
+//! never scores below it on val.
 
 use serde::{Deserialize, Serialize};
 
@@ -87,14 +88,19 @@ pub fn shortlist(pool: &[PoolEntry], initial: &Components, top: usize) -> Vec<us
 
 /// The winner among `scored` (pool index, val score) and the initial component's val
 /// score: the highest val score; between candidates tied on val the larger gain per
-/// training example, then the shorter text; against the initial component a tie goes to
-/// the initial unless the candidate is shorter. Returns `None` when the initial component
-/// wins, with the reason either way.
+/// training example, then the shorter text. Against the initial component a tie on val
+/// goes to the candidate when its widest training evidence shows a real gain (at least
+/// `min_gain` more solved examples, the acceptance rule's margin) or it is shorter, and to
+/// the initial otherwise: a small val set ties often, and the training examples beyond the
+/// subset a component was selected on are evidence too. Never a candidate below the
+/// initial on val. Returns `None` when the initial component wins, with the reason either
+/// way.
 pub fn choose(
     pool: &[PoolEntry],
     scored: &[(usize, f64)],
     initial: &Components,
     initial_val: f64,
+    min_gain: f64,
 ) -> (Option<usize>, String) {
     let mut best: Option<(usize, f64)> = None;
     for &(i, v) in scored {
@@ -113,28 +119,56 @@ pub fn choose(
             best = Some((i, v));
         }
     }
+    let pct = |x: f64| 100.0 * x;
     match best {
-        Some((i, v))
-            if v > initial_val + 1e-12
-                || ((v - initial_val).abs() <= 1e-12
-                    && text_len(&pool[i].components) < text_len(initial)) =>
-        {
-            (
-                Some(i),
-                format!(
-                    "best of {} shortlisted on val: {:.1}% vs {:.1}% for the initial component",
-                    scored.len(),
-                    100.0 * v,
-                    100.0 * initial_val
-                ),
-            )
+        Some((i, v)) if v > initial_val + 1e-12 => (
+            Some(i),
+            format!(
+                "best of {} shortlisted on val: {:.1}% vs {:.1}% for the initial component",
+                scored.len(),
+                pct(v),
+                pct(initial_val)
+            ),
+        ),
+        Some((i, v)) if (v - initial_val).abs() <= 1e-12 => {
+            let e = &pool[i];
+            if e.train_gain >= min_gain - 1e-9 {
+                (
+                    Some(i),
+                    format!(
+                        "tied with the initial component on val ({:.1}%) and solved {} more of {} training examples (at least min_gain = {})",
+                        pct(v),
+                        e.train_gain,
+                        e.train_n,
+                        min_gain
+                    ),
+                )
+            } else if text_len(&e.components) < text_len(initial) {
+                (
+                    Some(i),
+                    format!(
+                        "tied with the initial component on val ({:.1}%) and shorter",
+                        pct(v)
+                    ),
+                )
+            } else {
+                (
+                    None,
+                    format!(
+                        "the best shortlisted component tied with the initial one on val ({:.1}%) and gained only {} of {} training examples",
+                        pct(v),
+                        e.train_gain,
+                        e.train_n
+                    ),
+                )
+            }
         }
         Some((_, v)) => (
             None,
             format!(
                 "no shortlisted component beat the initial one on val (best {:.1}% vs {:.1}%)",
-                100.0 * v,
-                100.0 * initial_val
+                pct(v),
+                pct(initial_val)
             ),
         ),
         None => (
@@ -185,25 +219,30 @@ mod tests {
             entry("b", "bb", 10, 3.0),
         ];
         // Both below the initial on val: the initial wins.
-        let (won, why) = choose(&pool, &[(0, 0.4), (1, 0.45)], &initial, 0.5);
+        let (won, why) = choose(&pool, &[(0, 0.4), (1, 0.45)], &initial, 0.5, 2.0);
         assert_eq!(won, None, "{why}");
-        // A tie with the initial goes to the shorter text: here the initial.
-        let (won, _) = choose(&pool, &[(0, 0.5)], &initial, 0.5);
-        assert_eq!(won, None);
+        // A tie with the initial goes to a candidate with a real training gain (4 >= 2)...
+        let (won, why) = choose(&pool, &[(0, 0.5)], &initial, 0.5, 2.0);
+        assert_eq!(won, Some(0), "{why}");
+        // ... and otherwise to the shorter text: here the initial.
+        let (won, why) = choose(&pool, &[(0, 0.5)], &initial, 0.5, 5.0);
+        assert_eq!(won, None, "{why}");
+        let short = vec![entry("s", "x", 10, 1.0)];
+        assert_eq!(choose(&short, &[(0, 0.5)], &initial, 0.5, 2.0).0, Some(0));
         // Better on val wins; between equal val scores the larger training gain wins, and
         // between equal gains the shorter text.
-        let (won, _) = choose(&pool, &[(0, 0.6), (1, 0.6)], &initial, 0.5);
+        let (won, _) = choose(&pool, &[(0, 0.6), (1, 0.6)], &initial, 0.5, 2.0);
         assert_eq!(won, Some(0));
-        let (won, _) = choose(&pool, &[(1, 0.6), (0, 0.6)], &initial, 0.5);
+        let (won, _) = choose(&pool, &[(1, 0.6), (0, 0.6)], &initial, 0.5, 2.0);
         assert_eq!(won, Some(0));
         let even = vec![
             entry("a", "longer text", 10, 3.0),
             entry("b", "bb", 10, 3.0),
         ];
-        let (won, _) = choose(&even, &[(0, 0.6), (1, 0.6)], &initial, 0.5);
+        let (won, _) = choose(&even, &[(0, 0.6), (1, 0.6)], &initial, 0.5, 2.0);
         assert_eq!(won, Some(1));
-        let (won, _) = choose(&pool, &[(0, 0.7), (1, 0.6)], &initial, 0.5);
+        let (won, _) = choose(&pool, &[(0, 0.7), (1, 0.6)], &initial, 0.5, 2.0);
         assert_eq!(won, Some(0));
-        assert_eq!(choose(&pool, &[], &initial, 0.5).0, None);
+        assert_eq!(choose(&pool, &[], &initial, 0.5, 2.0).0, None);
     }
 }

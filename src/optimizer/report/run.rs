@@ -312,10 +312,18 @@ fn run_fgo(env: &Env, task: &Task, start: &Start) -> MethodReport {
                     env.optimizer.count_tokens(&text).unwrap_or(text.len() / 3) + 1
                 })
                 .collect();
-            let k = sized_count(initial_train, &tokens, budget_tokens, spec.divide, env.seed);
+            let fit = sized_count(initial_train, &tokens, budget_tokens, spec.divide, env.seed);
+            let k = floored_count(fit, initial_train.len(), spec.min_subset_size);
             let total: usize = tokens.iter().sum();
-            let note = if k == 1 {
+            let note = if k == 1 && fit == 1 {
                 format!("train's trajectories ({total} tokens) fit one prompt of {budget_tokens} tokens: one subset, so FGO ran as all-at-once")
+            } else if k < fit {
+                let ran_as = if k == 1 {
+                    ", so FGO ran as all-at-once"
+                } else {
+                    ""
+                };
+                format!("{k} subsets of at least {} examples (min_subset_size) instead of the {fit} whose trajectories ({total} tokens in all) fit prompts of {budget_tokens} tokens: each prompt shows the trajectories that fit{ran_as}", spec.min_subset_size)
             } else {
                 format!("{k} subsets: the fewest whose trajectories ({total} tokens in all) fit prompts of {budget_tokens} tokens")
             };
@@ -499,7 +507,13 @@ fn select_on_val(
             v,
         );
     }
-    let (won, why) = select::choose(&pool, &scored, start.components, initial_val);
+    let (won, why) = select::choose(
+        &pool,
+        &scored,
+        start.components,
+        initial_val,
+        env.spec.min_gain,
+    );
     match won {
         Some(i) => (
             pool[i].source.clone(),
@@ -520,6 +534,13 @@ fn select_on_val(
 
 /// Tokens of trajectories one subset's optimizer prompt may hold: `prompt_tokens`, within
 /// the context window less room for the instructions and the reply.
+/// The subsets sized to the prompt budget (`fit`), fewer when `fit` subsets of `n`
+/// examples would hold fewer than `min_size` each: a gain of `min_gain` examples must stay a
+/// plausible fraction of a subset, so decisions are not left to a handful of examples.
+fn floored_count(fit: usize, n: usize, min_size: usize) -> usize {
+    fit.min(n / min_size.max(1)).max(1)
+}
+
 fn subset_token_budget(env: &Env) -> usize {
     let reserve = 1024
         + env
@@ -598,5 +619,21 @@ pub fn check_same(a: Method, b: Method, dir: &std::path::Path) -> Result<()> {
             dir: dir.to_path_buf(),
             reason: format!("run was made with method {a:?}, not {b:?}"),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::floored_count;
+
+    #[test]
+    fn the_floor_keeps_subsets_large_enough_to_decide() {
+        // 32 examples whose trajectories need 6 prompts: 4 subsets of 8 instead.
+        assert_eq!(floored_count(6, 32, 8), 4);
+        // Already large enough: the division sized to the budget stands.
+        assert_eq!(floored_count(3, 32, 8), 3);
+        // Fewer examples than the floor: one subset, never zero.
+        assert_eq!(floored_count(4, 5, 8), 1);
+        assert_eq!(floored_count(2, 16, 1), 2);
     }
 }
