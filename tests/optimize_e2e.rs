@@ -551,6 +551,20 @@ fn same_as_uninterrupted(full: &Run, dir: &Path, b: &Value) {
     assert_eq!(rows(a), rows(b), "accounting rows");
 }
 
+/// Seconds the uninterrupted run went on after its n-th logged call, for n = 0 (while the
+/// model loads) up to the last call; the calls' `run_elapsed_s` give the moments, the
+/// process's wall time the end.
+fn time_left_after_each_call(full: &Run) -> Vec<f64> {
+    let elapsed: Vec<f64> = events(&full.dir, "call")
+        .iter()
+        .map(|e| f(&e["run_elapsed_s"]))
+        .collect();
+    let end = elapsed.last().copied().unwrap_or(0.0);
+    let mut left = vec![full.seconds];
+    left.extend(elapsed.iter().map(|t| (end - t).max(0.0)));
+    left
+}
+
 #[test]
 fn killed_at_twenty_moments_resumes_to_the_uninterrupted_result() {
     let full = uninterrupted();
@@ -560,8 +574,12 @@ fn killed_at_twenty_moments_resumes_to_the_uninterrupted_result() {
     let task = write_task(&root.join("task"));
     let dir = root.join("run");
     // Kill moments from a fixed seed: a number of logged calls to wait for (spread over
-    // the run, starting while the model loads), then a delay of up to three seconds, so a
-    // kill lands during loading, replay, generation or a log write.
+    // the run, starting while the model loads), then a delay, so a kill lands during
+    // loading, replay, generation or a log write. The delay is at most three seconds and at
+    // most half of what the uninterrupted run had left after that many calls: a longer one
+    // would let a fast machine finish the run before the kill, and the run then counts
+    // fewer kills than it meant to.
+    let left_after = time_left_after_each_call(full);
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move |bound: u64| {
         state ^= state << 13;
@@ -573,7 +591,9 @@ fn killed_at_twenty_moments_resumes_to_the_uninterrupted_result() {
     let deadline = Instant::now() + Duration::from_secs(1800);
     for moment in 0..20u64 {
         let wait_for = (moment * full_calls as u64 / 20) as usize;
-        let delay = Duration::from_millis(next(3000));
+        let reached = wait_for.max(count_calls(&dir)).min(full_calls);
+        let bound_ms = (left_after[reached] * 500.0).min(3000.0) as u64;
+        let delay = Duration::from_millis(next(bound_ms));
         let mut cmd = fgo();
         if dir.join("run.json").exists() {
             cmd.args(["resume", dir.to_str().expect("utf-8"), "--json"]);
