@@ -171,3 +171,31 @@ fn qwen_1_5b_says_paris() {
     );
     assert!(stdout.contains("Paris"), "{stdout:?}");
 }
+
+/// A large key/value budget is address space, not resident memory: pages are committed
+/// only as blocks are written. (The f16 cache once wrote its whole budget at load: a
+/// short generation on a 4 GiB budget was over 4 GB resident.)
+#[test]
+fn a_large_kv_budget_is_not_resident_memory() {
+    let model = common::model_path_for("smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf");
+    for dtype in ["f16", "f32"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_fgo"))
+            .args(["generate", "--model"])
+            .arg(&model)
+            .args(["--prompt", "Say hi.", "--max-tokens", "4", "--threads", "1"])
+            .args(["--kv-budget", "4G", "--kv-dtype", dtype, "--json"])
+            .output()
+            .expect("run fgo");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        let peak = report["peak_rss_bytes"].as_u64().expect("peak_rss_bytes");
+        assert!(
+            peak < 1 << 30,
+            "{dtype} cache: {peak} bytes resident for a 4 GiB budget and a few tokens"
+        );
+    }
+}
