@@ -9,8 +9,11 @@
 //! eight rows' scales convert in one instruction, and the output needs no horizontal sum.
 //!
 //! Every type becomes `x = d * (u - z) + m` with `u` unsigned: Q4_0 (`z` = 8) and Q4_1
-//! keep four bits per weight, in the same bytes per row as stored; Q5_0 (`z` = 16), Q5_1
-//! and Q8_0 (`u = q + 128`, `z` = 128) take one byte per weight. The zero point `z` is
+//! keep four bits per weight, in the same bytes per row as stored; Q5_0 (`z` = 16) and
+//! Q5_1 keep the four low bits as nibbles and the fifth bits in a plane of one byte per
+//! four weights, arranged so that a shift and a mask put each chunk's fifth bits in place
+//! (24 bytes per row and block against 22 and 24 stored); Q8_0 (`u = q + 128`, `z` = 128)
+//! takes one byte per weight. The zero point `z` is
 //! subtracted in integers (`z * sum(q_a)`), so the products are exact before scaling, as
 //! in the stored layout. Nothing is re-quantized: the repacking is lossless.
 //!
@@ -45,6 +48,18 @@ pub struct Packed4 {
     pub d: [f16; GROUP],
     pub m: [f16; GROUP],
     pub qs: [u8; GROUP * BLOCK / 2],
+}
+
+/// Block `b` of eight rows at five bits per weight: `qs` holds the low four bits as
+/// [`Packed4::qs`] does, and byte `4r + j` of `qh` holds in bit `c` the fifth bit of
+/// `u[r][4c + j]` and in bit `4 + c` that of `u[r][16 + 4c + j]`, for chunk `c` of 4.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct Packed5 {
+    pub d: [f16; GROUP],
+    pub m: [f16; GROUP],
+    pub qs: [u8; GROUP * BLOCK / 2],
+    pub qh: [u8; GROUP * 4],
 }
 
 /// Block `b` of eight rows at one byte per weight: chunk `c`, lane `r`, byte `j` holds
@@ -110,6 +125,7 @@ blocks::multiversion! {
 }
 
 const _: () = assert!(std::mem::size_of::<Packed4>() == 8 * 20);
+const _: () = assert!(std::mem::size_of::<Packed5>() == 8 * 24);
 const _: () = assert!(std::mem::size_of::<Packed8>() == 8 * 36);
 const _: () = assert!(std::mem::size_of::<Packed4K>() == 8 * 156);
 const _: () = assert!(std::mem::size_of::<Packed6K>() == 8 * 278);
@@ -152,8 +168,8 @@ blocks::multiversion! {
 pub trait Unpack: Copy {
     /// The zero point `z` of the type.
     const ZERO_POINT: u8;
-    /// Whether `u` fits four bits (packs into [`Packed4`]).
-    const FOUR_BITS: bool;
+    /// Bits of `u`: 4 packs into [`Packed4`], 5 into [`Packed5`], 8 into [`Packed8`].
+    const BITS: u32;
     /// Whether blocks carry an offset `m` (Q4_1, Q5_1).
     const HAS_MIN: bool;
     /// `(d, m, u)` of the block.
@@ -162,7 +178,7 @@ pub trait Unpack: Copy {
 
 impl Unpack for BlockQ4_0 {
     const ZERO_POINT: u8 = 8;
-    const FOUR_BITS: bool = true;
+    const BITS: u32 = 4;
     const HAS_MIN: bool = false;
     fn unpack(&self) -> (f16, f16, [u8; BLOCK]) {
         (self.d, f16::ZERO, nibbles(&self.qs))
@@ -171,7 +187,7 @@ impl Unpack for BlockQ4_0 {
 
 impl Unpack for BlockQ4_1 {
     const ZERO_POINT: u8 = 0;
-    const FOUR_BITS: bool = true;
+    const BITS: u32 = 4;
     const HAS_MIN: bool = true;
     fn unpack(&self) -> (f16, f16, [u8; BLOCK]) {
         (self.d, self.m, nibbles(&self.qs))
@@ -180,7 +196,7 @@ impl Unpack for BlockQ4_1 {
 
 impl Unpack for BlockQ5_0 {
     const ZERO_POINT: u8 = 16;
-    const FOUR_BITS: bool = false;
+    const BITS: u32 = 5;
     const HAS_MIN: bool = false;
     fn unpack(&self) -> (f16, f16, [u8; BLOCK]) {
         (self.d, f16::ZERO, five_bit(self.qh, &self.qs))
@@ -189,7 +205,7 @@ impl Unpack for BlockQ5_0 {
 
 impl Unpack for BlockQ5_1 {
     const ZERO_POINT: u8 = 0;
-    const FOUR_BITS: bool = false;
+    const BITS: u32 = 5;
     const HAS_MIN: bool = true;
     fn unpack(&self) -> (f16, f16, [u8; BLOCK]) {
         (self.d, self.m, five_bit(self.qh, &self.qs))
@@ -198,7 +214,7 @@ impl Unpack for BlockQ5_1 {
 
 impl Unpack for BlockQ8_0 {
     const ZERO_POINT: u8 = 128;
-    const FOUR_BITS: bool = false;
+    const BITS: u32 = 8;
     const HAS_MIN: bool = false;
     fn unpack(&self) -> (f16, f16, [u8; BLOCK]) {
         (self.d, f16::ZERO, self.qs.map(|q| (q as i16 + 128) as u8))
@@ -209,6 +225,7 @@ impl Unpack for BlockQ8_0 {
 #[derive(Debug, Clone)]
 enum PackedBlocks {
     Four(Vec<Packed4>),
+    Five(Vec<Packed5>),
     Eight(Vec<Packed8>),
     Q4K(Vec<Packed4K>),
     Q6K(Vec<Packed6K>),
@@ -270,6 +287,7 @@ macro_rules! layout {
 }
 
 layout!(FourBit: Packed4, Four, ActQ8, BLOCK, ActQ8::ZERO, quantize_act, dot4);
+layout!(FiveBit: Packed5, Five, ActQ8, BLOCK, ActQ8::ZERO, quantize_act, dot5);
 layout!(EightBit: Packed8, Eight, ActQ8, BLOCK, ActQ8::ZERO, quantize_act, dot8);
 layout!(FourBitK: Packed4K, Q4K, BlockQ8K, SUPER_BLOCK, BlockQ8K::ZERO, blocks::quantize_q8k, dot4k);
 layout!(SixBitK: Packed6K, Q6K, ActQ8KBiased, SUPER_BLOCK, ActQ8KBiased::ZERO, quantize_q8k_biased, dot6k);
@@ -311,7 +329,7 @@ impl PackedMatrix {
             }
         };
         let groups = rows.div_ceil(GROUP);
-        let blocks = if T::FOUR_BITS {
+        let blocks = if T::BITS == 4 {
             PackedBlocks::Four(interleave(groups, k_blocks, |g, b| {
                 let mut p = Packed4 {
                     d: [f16::ZERO; GROUP],
@@ -323,6 +341,23 @@ impl PackedMatrix {
                     p.d[lane] = d;
                     p.m[lane] = m;
                     interleave_nibbles(&mut p.qs, lane, &u);
+                }
+                p
+            }))
+        } else if T::BITS == 5 {
+            PackedBlocks::Five(interleave(groups, k_blocks, |g, b| {
+                let mut p = Packed5 {
+                    d: [f16::ZERO; GROUP],
+                    m: [f16::ZERO; GROUP],
+                    qs: [0; GROUP * BLOCK / 2],
+                    qh: [0; GROUP * 4],
+                };
+                for lane in 0..GROUP {
+                    let (d, m, u) = source(g * GROUP + lane, b);
+                    p.d[lane] = d;
+                    p.m[lane] = m;
+                    interleave_nibbles(&mut p.qs, lane, &u.map(|x| x & 0x0F));
+                    interleave_fifth_bits(&mut p.qh, lane, &u);
                 }
                 p
             }))
@@ -465,6 +500,7 @@ impl PackedMatrix {
         );
         match &first.blocks {
             PackedBlocks::Four(_) => run::<FourBit>(mats, x, outs),
+            PackedBlocks::Five(_) => run::<FiveBit>(mats, x, outs),
             PackedBlocks::Eight(_) => run::<EightBit>(mats, x, outs),
             PackedBlocks::Q4K(_) => run::<FourBitK>(mats, x, outs),
             PackedBlocks::Q6K(_) => run::<SixBitK>(mats, x, outs),
@@ -570,6 +606,18 @@ fn interleave_nibbles(qs: &mut [u8], lane: usize, u: &[u8; BLOCK]) {
         for j in 0..4 {
             qs[32 * c + 4 * lane + j] = u[4 * c + j] | (u[16 + 4 * c + j] << 4);
         }
+    }
+}
+
+/// Writes the fifth bits of row `lane`'s 32 five-bit values into [`Packed5::qh`].
+fn interleave_fifth_bits(qh: &mut [u8; GROUP * 4], lane: usize, u: &[u8; BLOCK]) {
+    for j in 0..4 {
+        let mut byte = 0u8;
+        for c in 0..4 {
+            byte |= ((u[4 * c + j] >> 4) & 1) << c;
+            byte |= ((u[16 + 4 * c + j] >> 4) & 1) << (4 + c);
+        }
+        qh[4 * lane + j] = byte;
     }
 }
 

@@ -16,7 +16,7 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use super::blocks::BlockQ8K;
-use super::packed::{ActQ8, ActQ8KBiased, Packed4, Packed4K, Packed6K, Packed8, GROUP};
+use super::packed::{ActQ8, ActQ8KBiased, Packed4, Packed4K, Packed5, Packed6K, Packed8, GROUP};
 
 /// Output lanes of one call: two groups (the second unused by 256-bit kernels).
 pub const PAIR: usize = 2 * GROUP;
@@ -32,6 +32,9 @@ trait Lanes {
     unsafe fn load(p: [*const u8; 2]) -> Self::I;
     unsafe fn low_nibbles(x: Self::I) -> Self::I;
     unsafe fn high_nibbles(x: Self::I) -> Self::I;
+    /// `x` with `0x10` added to each byte whose bit `bit` is set in `qh`: the fifth bits
+    /// of one chunk from a [`Packed5::qh`] plane.
+    unsafe fn add_fifth(x: Self::I, qh: Self::I, bit: i32) -> Self::I;
     unsafe fn splat(x: i32) -> Self::I;
     unsafe fn dpbusd(acc: Self::I, u: Self::I, s: Self::I) -> Self::I;
     unsafe fn add(a: Self::I, b: Self::I) -> Self::I;
@@ -103,6 +106,12 @@ impl<V: YmmDpbusd> Lanes for Ymm<V> {
     #[inline(always)]
     unsafe fn high_nibbles(x: __m256i) -> __m256i {
         _mm256_and_si256(_mm256_srli_epi16(x, 4), _mm256_set1_epi8(0x0F))
+    }
+    #[inline(always)]
+    unsafe fn add_fifth(x: __m256i, qh: __m256i, bit: i32) -> __m256i {
+        let b = _mm256_set1_epi8((1u8 << bit) as i8);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, b), b);
+        _mm256_or_si256(x, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
     }
     #[inline(always)]
     unsafe fn splat(x: i32) -> __m256i {
@@ -193,6 +202,13 @@ impl Lanes for Zmm {
     #[inline(always)]
     unsafe fn high_nibbles(x: __m512i) -> __m512i {
         _mm512_and_si512(_mm512_srli_epi16(x, 4), _mm512_set1_epi8(0x0F))
+    }
+    #[inline(always)]
+    unsafe fn add_fifth(x: __m512i, qh: __m512i, bit: i32) -> __m512i {
+        // A byte mask and a masked add: no shift, which would compete with `vpdpbusd`
+        // for its port.
+        let set = _mm512_test_epi8_mask(qh, _mm512_set1_epi8((1u8 << bit) as i8));
+        _mm512_mask_add_epi8(x, set, x, _mm512_set1_epi8(0x10))
     }
     #[inline(always)]
     unsafe fn splat(x: i32) -> __m512i {
@@ -331,6 +347,34 @@ unsafe fn dot4_body<V: Lanes, const R: usize>(
         for c in 0..4 {
             let packed = V::load(p.map(|p| p.qs.as_ptr().add(32 * c)));
             let (lo, hi) = (V::low_nibbles(packed), V::high_nibbles(packed));
+            for r in 0..R {
+                let y = a[r].get_unchecked(b);
+                isum[r] = V::dpbusd(isum[r], lo, V::splat(four(&y.qs, 4 * c)));
+                isum[r] = V::dpbusd(isum[r], hi, V::splat(four(&y.qs, 16 + 4 * c)));
+            }
+        }
+        let m = k.has_min.then(|| V::scales(p.map(|p| p.m.as_ptr())));
+        let d = V::scales(p.map(|p| p.d.as_ptr()));
+        accumulate::<V, R>(&mut acc, isum, d, m, k.zero_point, &a, b);
+    }
+    finish::<V, R>(acc)
+}
+
+#[inline(always)]
+unsafe fn dot5_body<V: Lanes, const R: usize>(
+    w: [&[Packed5]; 2],
+    a: [&[ActQ8]; R],
+    k: Small,
+) -> [[f32; PAIR]; R] {
+    let mut acc = [V::zero_f(); R];
+    for b in 0..w[0].len() {
+        let p = [w[0].get_unchecked(b), w[1].get_unchecked(b)];
+        let qh = V::load(p.map(|p| p.qh.as_ptr()));
+        let mut isum = [V::zero_i(); R];
+        for c in 0..4 {
+            let packed = V::load(p.map(|p| p.qs.as_ptr().add(32 * c)));
+            let lo = V::add_fifth(V::low_nibbles(packed), qh, c as i32);
+            let hi = V::add_fifth(V::high_nibbles(packed), qh, 4 + c as i32);
             for r in 0..R {
                 let y = a[r].get_unchecked(b);
                 isum[r] = V::dpbusd(isum[r], lo, V::splat(four(&y.qs, 4 * c)));
@@ -535,6 +579,10 @@ kernel!(
     /// Sums of interleaved four-bit groups with each of `R` activation rows: `[r][lane]`,
     /// lanes 8..16 from the second group when `pair` is set.
     dot4, dot4_body, Packed4, ActQ8
+);
+kernel!(
+    /// As [`dot4`], for five-bit groups.
+    dot5, dot5_body, Packed5, ActQ8
 );
 kernel!(
     /// As [`dot4`], for one-byte weights.
