@@ -36,9 +36,16 @@ if [ "${#targets[@]}" -eq 0 ]; then
   mapfile -t targets < <(awk -F'"' '/^name = / && NR > 3 { print $2 }' fuzz/Cargo.toml)
 fi
 if ! cargo fuzz --help >/dev/null 2>&1; then
+  # One install at a time: two scripts started together would both build it.
+  mkdir -p "$HOME/.cache/fgo"
+  exec 8>"$HOME/.cache/fgo/.cargo-fuzz-install.lock"
+  flock 8
+fi
+if ! cargo fuzz --help >/dev/null 2>&1; then
   echo "fuzz: installing cargo-fuzz" >&2
   cargo install cargo-fuzz --locked >&2
 fi
+exec 8>&-
 toolchain=()
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   toolchain=(+nightly)
