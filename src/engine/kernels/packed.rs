@@ -11,8 +11,8 @@
 //! Every type becomes `x = d * (u - z) + m` with `u` unsigned: Q4_0 (`z` = 8) and Q4_1
 //! keep four bits per weight, in the same bytes per row as stored; Q5_0 (`z` = 16) and
 //! Q5_1 keep the four low bits as nibbles and the fifth bits in a plane of one byte per
-//! four weights, arranged so that a shift and a mask put each chunk's fifth bits in place
-//! (24 bytes per row and block against 22 and 24 stored); Q8_0 (`u = q + 128`, `z` = 128)
+//! four weights, which holds every chunk's fifth bits so that one bit test per chunk and
+//! half finds them (24 bytes per row and block against 22 and 24 stored); Q8_0 (`u = q + 128`, `z` = 128)
 //! takes one byte per weight. The zero point `z` is
 //! subtracted in integers (`z * sum(q_a)`), so the products are exact before scaling, as
 //! in the stored layout. Nothing is re-quantized: the repacking is lossless.
