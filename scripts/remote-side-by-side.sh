@@ -98,14 +98,12 @@ print("%s, `fgo optimize --method fgo --seed 0`, %s as agent and optimizer:" % (
 print()
 print("| backend | wall (s) | calls live | prompt tokens | cached | completion tokens | initial test | final test |")
 print("|---|---|---|---|---|---|---|---|")
+pct = lambda x: "%.1f%%" % (100 * x)
 for label in ["in-process", "fgo-serve", "llama-server"]:
     r = json.load(open("%s/%s.json" % (work, label)))
     t = r["accounting"]["total"]
-    pct = lambda x: "%.1f%%" % (100 * x) if isinstance(x, (int, float)) else "?"
-    init = r["initial"]["test"]
-    init = init.get("score") if isinstance(init, dict) else init
     print("| %s | %.1f | %d | %d | %d (%.0f%%) | %d | %s | %s |" % (
         label, r["elapsed_s"], t["live"], t["prompt_tokens"], t["cached_prompt_tokens"],
         100.0 * t["cached_prompt_tokens"] / max(1, t["prompt_tokens"]),
-        t["completion_tokens"], pct(init), pct(r["methods"][0]["test_score"])))
+        t["completion_tokens"], pct(r["initial"]["test"]), pct(r["methods"][0]["test_score"])))
 PY
