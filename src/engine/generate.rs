@@ -234,7 +234,8 @@ impl Engine {
             &token_text(tokenizer.bos_id()),
             &token_text(tokenizer.eos_id()),
         )?;
-        let mut model = Model::load(&mut file, &options.device)?;
+        file.release_metadata();
+        let mut model = Model::load_with(&mut file, config, &options.device)?;
         model.set_kv_dtype(options.kv_dtype);
         let budget = options.kv_budget_bytes.unwrap_or_else(default_kv_budget);
         let mut store = model.new_kv_store(budget)?;

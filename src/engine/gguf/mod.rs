@@ -7,11 +7,12 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{TensorInfo, Value};
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::k_quants::GgmlType;
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::Device;
 
 use crate::error::{candle_message, Error, Result};
@@ -297,17 +298,117 @@ impl GgufFile {
         names
     }
 
-    /// Reads a tensor onto `device`, keeping it quantized.
+    /// Reads a tensor onto `device`, keeping it quantized. On the CPU the file's bytes go
+    /// straight into the tensor's blocks, so loading a tensor holds one copy of it (candle's
+    /// reader holds the raw bytes and the blocks copied from them at once).
     pub fn tensor(&mut self, name: &str, device: &Device) -> Result<QTensor> {
-        let info = self.tensor_infos.get(name).ok_or_else(|| Error::Tensor {
-            name: name.to_string(),
-            reason: format!("missing from {}", self.path.display()),
-        })?;
+        let info = self.info(name)?;
+        if device.is_cpu() {
+            return self.cpu_tensor(name, info.ggml_dtype);
+        }
         info.read(&mut self.reader, self.tensor_data_offset, device)
             .map_err(|e| Error::Tensor {
                 name: name.to_string(),
                 reason: candle_message(&e),
             })
+    }
+
+    /// Reads `buf.len()` bytes of tensor `name`'s data, from byte `start` of that data.
+    pub fn read_tensor_bytes(&mut self, name: &str, start: u64, buf: &mut [u8]) -> Result<()> {
+        let info = self.info(name)?;
+        let size = (info.shape.elem_count() / info.ggml_dtype.block_size()
+            * info.ggml_dtype.type_size()) as u64;
+        let fail = |reason: String| Error::Tensor {
+            name: name.to_string(),
+            reason,
+        };
+        if start
+            .checked_add(buf.len() as u64)
+            .is_none_or(|end| end > size)
+        {
+            return Err(fail(format!(
+                "{} bytes from byte {start} lie past the tensor's {size} bytes",
+                buf.len()
+            )));
+        }
+        let at = self.tensor_data_offset + info.offset + start;
+        self.reader
+            .seek(SeekFrom::Start(at))
+            .and_then(|_| self.reader.read_exact(buf))
+            .map_err(|e| fail(format!("reading {} bytes at offset {at}: {e}", buf.len())))
+    }
+
+    fn info(&self, name: &str) -> Result<TensorInfo> {
+        self.tensor_infos
+            .get(name)
+            .map(|i| TensorInfo {
+                ggml_dtype: i.ggml_dtype,
+                shape: i.shape.clone(),
+                offset: i.offset,
+            })
+            .ok_or_else(|| Error::Tensor {
+                name: name.to_string(),
+                reason: format!("missing from {}", self.path.display()),
+            })
+    }
+
+    /// A CPU tensor of `dtype`, read into its blocks in place.
+    fn cpu_tensor(&mut self, name: &str, dtype: GgmlDType) -> Result<QTensor> {
+        use candle_core::quantized::k_quants as k;
+        match dtype {
+            GgmlDType::F32 => self.blocks::<f32>(name),
+            GgmlDType::F16 => self.blocks::<half::f16>(name),
+            GgmlDType::BF16 => self.blocks::<half::bf16>(name),
+            GgmlDType::Q4_0 => self.blocks::<k::BlockQ4_0>(name),
+            GgmlDType::Q4_1 => self.blocks::<k::BlockQ4_1>(name),
+            GgmlDType::Q5_0 => self.blocks::<k::BlockQ5_0>(name),
+            GgmlDType::Q5_1 => self.blocks::<k::BlockQ5_1>(name),
+            GgmlDType::Q8_0 => self.blocks::<k::BlockQ8_0>(name),
+            GgmlDType::Q8_1 => self.blocks::<k::BlockQ8_1>(name),
+            GgmlDType::Q2K => self.blocks::<k::BlockQ2K>(name),
+            GgmlDType::Q3K => self.blocks::<k::BlockQ3K>(name),
+            GgmlDType::Q4K => self.blocks::<k::BlockQ4K>(name),
+            GgmlDType::Q5K => self.blocks::<k::BlockQ5K>(name),
+            GgmlDType::Q6K => self.blocks::<k::BlockQ6K>(name),
+            GgmlDType::Q8K => self.blocks::<k::BlockQ8K>(name),
+        }
+    }
+
+    /// Tensor `name` as a vector of GGML blocks `T` filled from the file.
+    fn blocks<T: GgmlType + 'static>(&mut self, name: &str) -> Result<QTensor> {
+        let info = self.info(name)?;
+        let fail = |reason: String| Error::Tensor {
+            name: name.to_string(),
+            reason,
+        };
+        let elems = info.shape.elem_count();
+        if !elems.is_multiple_of(T::BLCK_SIZE) || std::mem::size_of::<T>() != T::DTYPE.type_size() {
+            return Err(fail(format!(
+                "{elems} elements do not fill whole {:?} blocks",
+                T::DTYPE
+            )));
+        }
+        let mut blocks = vec![T::zeros(); elems / T::BLCK_SIZE];
+        // SAFETY: GGML's block types are `repr(C)` structs of integers and half floats with no
+        // padding (their size is the type's size in the file, checked above), so the slice's
+        // bytes may be overwritten with any bytes and the blocks stay valid values.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(
+                blocks.as_mut_ptr().cast::<u8>(),
+                std::mem::size_of_val(blocks.as_slice()),
+            )
+        };
+        self.read_tensor_bytes(name, 0, bytes)?;
+        QTensor::new(QStorage::Cpu(Box::new(blocks)), info.shape.dims())
+            .map_err(|e| fail(candle_message(&e)))
+    }
+
+    /// Frees the metadata (the vocabulary arrays are tens of megabytes for a large
+    /// vocabulary) once the tokenizer, template and configuration are built from it, so that
+    /// it is not held while the weights load; the heap's freed pages go back to the system.
+    pub fn release_metadata(&mut self) {
+        self.metadata = Metadata::default();
+        crate::engine::alloc::return_free_memory();
     }
 
     /// Consumes the file, returning its metadata.

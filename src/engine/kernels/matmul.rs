@@ -16,7 +16,7 @@ use super::blocks::{
     self, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0,
     BlockQ8_1,
 };
-use super::packed::PackedMatrix;
+use super::packed::{PackedMatrix, GROUP};
 use crate::engine::team::{team, Disjoint};
 use crate::error::{Error, Result};
 
@@ -271,18 +271,65 @@ impl QuantMatrix {
     /// The interleaved copy, `None` for types without an interleaved kernel (Q2_K, Q3_K,
     /// Q5_K).
     fn pack(&self) -> Result<Option<PackedMatrix>> {
-        let data = self.storage()?;
-        let (n, k) = (self.rows, self.cols);
-        Ok(Some(match self.dtype {
-            GgmlDType::Q4_0 => PackedMatrix::pack::<BlockQ4_0>(cast(&data)?, n, k),
-            GgmlDType::Q4_1 => PackedMatrix::pack::<BlockQ4_1>(cast(&data)?, n, k),
-            GgmlDType::Q5_0 => PackedMatrix::pack::<BlockQ5_0>(cast(&data)?, n, k),
-            GgmlDType::Q5_1 => PackedMatrix::pack::<BlockQ5_1>(cast(&data)?, n, k),
-            GgmlDType::Q8_0 => PackedMatrix::pack::<BlockQ8_0>(cast(&data)?, n, k),
-            GgmlDType::Q4K => PackedMatrix::pack_q4k(cast(&data)?, n, k),
-            GgmlDType::Q6K => PackedMatrix::pack_q6k(cast(&data)?, n, k),
-            _ => return Ok(None),
+        pack_rows(self.dtype, &self.storage()?, self.rows, self.cols)
+    }
+
+    /// A `rows x cols` matrix of `dtype` repacked for the VNNI kernels, its stored rows read
+    /// through `read(byte, buffer)` (bytes from `byte` of the stored matrix) a few megabytes
+    /// at a time, so that loading never holds the stored copy of a whole matrix beside the
+    /// repacked one. `None` where the CPU has no VNNI or the type no repacked layout: the
+    /// caller loads the stored tensor then.
+    pub fn load_packed(
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        mut read: impl FnMut(u64, &mut [u8]) -> Result<()>,
+    ) -> Result<Option<Self>> {
+        if !super::vnni_available() || !Self::supports(dtype) || !has_packed_layout(dtype) {
+            return Ok(None);
+        }
+        if cols == 0 || !cols.is_multiple_of(dtype.block_size()) {
+            return Err(Error::Tensor {
+                name: format!("{dtype:?} weight"),
+                reason: format!(
+                    "row length {cols} is not a positive multiple of the block size {}",
+                    dtype.block_size()
+                ),
+            });
+        }
+        let row_bytes = cols / dtype.block_size() * dtype.type_size();
+        let chunk = (LOAD_CHUNK_BYTES / row_bytes / GROUP).max(1) * GROUP;
+        // u64 words, so that every block type's alignment holds.
+        let mut buffer = vec![0u64; (chunk.min(rows) * row_bytes).div_ceil(8)];
+        let mut packed: Option<PackedMatrix> = None;
+        for first in (0..rows).step_by(chunk) {
+            let n = chunk.min(rows - first);
+            let bytes = &mut words_as_bytes(&mut buffer)[..n * row_bytes];
+            read((first * row_bytes) as u64, bytes)?;
+            let part = pack_rows(dtype, bytes, n, cols)?.expect("a type with a packed layout");
+            match &mut packed {
+                None => packed = Some(part),
+                Some(head) => head.append(part, rows),
+            }
+        }
+        Ok(packed.map(|p| Self {
+            weights: Weights::Packed(Arc::new(p)),
+            dtype,
+            rows,
+            cols,
         }))
+    }
+
+    /// Row `r` of the matrix as f32 values (GGML's dequantization, bit for bit) when its
+    /// weights are repacked; `None` for a matrix kept as stored.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) -> Option<()> {
+        match &self.weights {
+            Weights::Packed(p) => {
+                p.dequantize_row(r, out);
+                Some(())
+            }
+            Weights::Stored(_) => None,
+        }
     }
 
     /// Like [`new`](Self::new) but always multiplies the blocks as stored (the path of CPUs
@@ -445,6 +492,51 @@ impl QuantMatrix {
 }
 
 /// A tensor's bytes as its blocks, checking that they are whole and aligned.
+/// Bytes of stored rows read per step when a matrix is repacked at load.
+const LOAD_CHUNK_BYTES: usize = 4 << 20;
+
+/// Whether `dtype` has an interleaved layout (the others stay as stored).
+fn has_packed_layout(dtype: GgmlDType) -> bool {
+    matches!(
+        dtype,
+        GgmlDType::Q4_0
+            | GgmlDType::Q4_1
+            | GgmlDType::Q5_0
+            | GgmlDType::Q5_1
+            | GgmlDType::Q8_0
+            | GgmlDType::Q4K
+            | GgmlDType::Q6K
+    )
+}
+
+/// `rows x cols` stored values of `dtype` (row-major bytes) repacked; `None` for a type
+/// without an interleaved layout.
+fn pack_rows(dtype: GgmlDType, data: &[u8], n: usize, k: usize) -> Result<Option<PackedMatrix>> {
+    if data.len() != n * k / dtype.block_size() * dtype.type_size() {
+        return Err(Error::Tensor {
+            name: format!("{dtype:?} weight"),
+            reason: format!("{} bytes of storage for a {n} x {k} matrix", data.len()),
+        });
+    }
+    Ok(Some(match dtype {
+        GgmlDType::Q4_0 => PackedMatrix::pack::<BlockQ4_0>(cast(data)?, n, k),
+        GgmlDType::Q4_1 => PackedMatrix::pack::<BlockQ4_1>(cast(data)?, n, k),
+        GgmlDType::Q5_0 => PackedMatrix::pack::<BlockQ5_0>(cast(data)?, n, k),
+        GgmlDType::Q5_1 => PackedMatrix::pack::<BlockQ5_1>(cast(data)?, n, k),
+        GgmlDType::Q8_0 => PackedMatrix::pack::<BlockQ8_0>(cast(data)?, n, k),
+        GgmlDType::Q4K => PackedMatrix::pack_q4k(cast(data)?, n, k),
+        GgmlDType::Q6K => PackedMatrix::pack_q6k(cast(data)?, n, k),
+        _ => return Ok(None),
+    }))
+}
+
+/// The bytes of a word buffer.
+fn words_as_bytes(words: &mut [u64]) -> &mut [u8] {
+    // SAFETY: u8 has no alignment or validity requirement; the slice covers exactly the
+    // words' memory and borrows it mutably.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), words.len() * 8) }
+}
+
 fn cast<T>(bytes: &[u8]) -> Result<&[T]> {
     let size = std::mem::size_of::<T>();
     if !bytes.len().is_multiple_of(size)

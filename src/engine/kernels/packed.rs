@@ -231,6 +231,19 @@ enum PackedBlocks {
     Q6K(Vec<Packed6K>),
 }
 
+impl PackedBlocks {
+    /// Blocks held, of whichever layout.
+    fn len(&self) -> usize {
+        match self {
+            Self::Four(v) => v.len(),
+            Self::Five(v) => v.len(),
+            Self::Eight(v) => v.len(),
+            Self::Q4K(v) => v.len(),
+            Self::Q6K(v) => v.len(),
+        }
+    }
+}
+
 /// One interleaved layout: its blocks, the activation blocks it pairs with, and the kernel.
 trait Layout {
     type Block: Sync;
@@ -473,6 +486,119 @@ impl PackedMatrix {
         }
     }
 
+    /// Appends the rows of `tail`, of the same layout, width and constants, below this
+    /// matrix's, which must fill whole groups; room for `total_rows` is reserved at once so
+    /// that the matrix is never copied as it grows. Loading builds a matrix from chunks of
+    /// rows this way.
+    pub fn append(&mut self, tail: PackedMatrix, total_rows: usize) {
+        assert!(
+            self.rows.is_multiple_of(GROUP)
+                && self.cols == tail.cols
+                && self.params == tail.params
+                && self.rows + tail.rows <= total_rows,
+            "rows appended to a matrix of whole groups and the same width"
+        );
+        let blocks = total_rows.div_ceil(GROUP) * (self.blocks.len() / self.groups().max(1));
+        fn extend<P>(head: &mut Vec<P>, tail: Vec<P>, total: usize) {
+            head.reserve_exact(total.saturating_sub(head.len()));
+            head.extend(tail);
+        }
+        match (&mut self.blocks, tail.blocks) {
+            (PackedBlocks::Four(h), PackedBlocks::Four(t)) => extend(h, t, blocks),
+            (PackedBlocks::Five(h), PackedBlocks::Five(t)) => extend(h, t, blocks),
+            (PackedBlocks::Eight(h), PackedBlocks::Eight(t)) => extend(h, t, blocks),
+            (PackedBlocks::Q4K(h), PackedBlocks::Q4K(t)) => extend(h, t, blocks),
+            (PackedBlocks::Q6K(h), PackedBlocks::Q6K(t)) => extend(h, t, blocks),
+            _ => panic!("rows appended to a matrix of another layout"),
+        }
+        self.rows += tail.rows;
+    }
+
+    /// Interleaved groups of rows.
+    fn groups(&self) -> usize {
+        self.rows.div_ceil(GROUP)
+    }
+
+    /// Row `r` as f32 values in `out` (`cols` of them), by the operations GGML's
+    /// dequantization applies to the stored row, in its order, so the values are the same
+    /// bits. A tied token embedding looks its rows up here, so that the model holds one
+    /// copy of the matrix it shares with the output projection.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        assert!(
+            r < self.rows && out.len() == self.cols,
+            "a row of the matrix"
+        );
+        let (g, lane) = (r / GROUP, r % GROUP);
+        let z = i16::from(self.params.zero_point);
+        let has_min = self.params.has_min;
+        // `(u - z) * d (+ m)` over one 32-element block, as GGML's 32-element types do.
+        let block = |out: &mut [f32], d: f16, m: f16, u: [u8; BLOCK]| {
+            let (d, m) = (d.to_f32(), m.to_f32());
+            for (y, &u) in out.iter_mut().zip(&u) {
+                let x = (i16::from(u) - z) as f32 * d;
+                *y = if has_min { x + m } else { x };
+            }
+        };
+        match &self.blocks {
+            PackedBlocks::Four(v) => {
+                let k = self.cols / BLOCK;
+                for (b, out) in out.chunks_exact_mut(BLOCK).enumerate() {
+                    let p = &v[g * k + b];
+                    block(out, p.d[lane], p.m[lane], lane_nibbles(&p.qs, lane));
+                }
+            }
+            PackedBlocks::Five(v) => {
+                let k = self.cols / BLOCK;
+                for (b, out) in out.chunks_exact_mut(BLOCK).enumerate() {
+                    let p = &v[g * k + b];
+                    let mut u = lane_nibbles(&p.qs, lane);
+                    for j in 0..4 {
+                        let bits = p.qh[4 * lane + j];
+                        for c in 0..4 {
+                            u[4 * c + j] |= ((bits >> c) & 1) << 4;
+                            u[16 + 4 * c + j] |= ((bits >> (4 + c)) & 1) << 4;
+                        }
+                    }
+                    block(out, p.d[lane], p.m[lane], u);
+                }
+            }
+            PackedBlocks::Eight(v) => {
+                let k = self.cols / BLOCK;
+                for (b, out) in out.chunks_exact_mut(BLOCK).enumerate() {
+                    let p = &v[g * k + b];
+                    let u = std::array::from_fn(|i| p.qs[32 * (i / 4) + 4 * lane + i % 4]);
+                    block(out, p.d[lane], p.m[lane], u);
+                }
+            }
+            PackedBlocks::Q4K(v) => {
+                let k = self.cols / SUPER_BLOCK;
+                for (b, out) in out.chunks_exact_mut(SUPER_BLOCK).enumerate() {
+                    let p = &v[g * k + b];
+                    let (d, dmin) = (p.d[lane].to_f32(), p.dmin[lane].to_f32());
+                    for (sub, out) in out.chunks_exact_mut(BLOCK).enumerate() {
+                        let scale = d * f32::from(p.scales[8 * sub + lane]);
+                        let min = dmin * f32::from(p.mins[16 * (sub / 2) + 2 * lane + sub % 2]);
+                        let u = lane_nibbles(&p.qs[128 * sub..128 * (sub + 1)], lane);
+                        for (y, &u) in out.iter_mut().zip(&u) {
+                            *y = scale * f32::from(u) - min;
+                        }
+                    }
+                }
+            }
+            PackedBlocks::Q6K(v) => {
+                let k = self.cols / SUPER_BLOCK;
+                for (b, out) in out.chunks_exact_mut(SUPER_BLOCK).enumerate() {
+                    let p = &v[g * k + b];
+                    let d = p.d[lane].to_f32();
+                    for (i, y) in out.iter_mut().enumerate() {
+                        let scale = f32::from(p.scales[8 * (i / 16) + lane]);
+                        *y = d * scale * f32::from(p.qs[32 * (i / 4) + 4 * lane + i % 4]);
+                    }
+                }
+            }
+        }
+    }
+
     /// Whether `other` has this matrix's layout and input width, so that the two can share
     /// one [`forward_many`](Self::forward_many).
     pub fn shares_input_with(&self, other: &PackedMatrix) -> bool {
@@ -607,6 +733,20 @@ fn interleave_nibbles(qs: &mut [u8], lane: usize, u: &[u8; BLOCK]) {
             qs[32 * c + 4 * lane + j] = u[4 * c + j] | (u[16 + 4 * c + j] << 4);
         }
     }
+}
+
+/// Row `lane`'s 32 four-bit values from a block's interleaved nibbles (the inverse of
+/// [`interleave_nibbles`]).
+fn lane_nibbles(qs: &[u8], lane: usize) -> [u8; BLOCK] {
+    let mut u = [0u8; BLOCK];
+    for c in 0..4 {
+        for j in 0..4 {
+            let byte = qs[32 * c + 4 * lane + j];
+            u[4 * c + j] = byte & 0x0F;
+            u[16 + 4 * c + j] = byte >> 4;
+        }
+    }
+    u
 }
 
 /// Writes the fifth bits of row `lane`'s 32 five-bit values into [`Packed5::qh`].

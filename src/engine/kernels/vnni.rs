@@ -295,7 +295,7 @@ unsafe fn finish<V: Lanes, const R: usize>(acc: [V::F; R]) -> [[f32; PAIR]; R] {
 }
 
 /// Per-matrix constants of the 32-element layouts.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Small {
     pub zero_point: u8,
     pub has_min: bool,

@@ -125,10 +125,19 @@ fn host_tensor(values: Vec<f32>, h: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(values, (tokens, width), h.device())?)
 }
 
+/// Where the token embedding's rows come from.
+enum TokenEmbedding {
+    /// Its own quantized table (candle's lookup).
+    Table(Arc<QTensor>),
+    /// The output projection's repacked matrix, which a tied embedding shares: one copy of
+    /// the largest matrix of a small model instead of two.
+    Output,
+}
+
 /// A loaded model: weights on one device and the configuration to run them.
 pub struct Model {
     config: ModelConfig,
-    embedding: Arc<QTensor>,
+    embedding: TokenEmbedding,
     layers: Vec<Layer>,
     output_norm: Tensor,
     lm_head: Linear,
@@ -152,9 +161,14 @@ impl Model {
     /// quantized.
     pub fn load(file: &mut GgufFile, device: &Device) -> Result<Self> {
         let config = ModelConfig::from_gguf(file)?;
+        Self::load_with(file, config, device)
+    }
+
+    /// [`load`](Self::load) with the configuration already derived from `file`, whose
+    /// metadata may have been [released](GgufFile::release_metadata) by then.
+    pub fn load_with(file: &mut GgufFile, config: ModelConfig, device: &Device) -> Result<Self> {
         let c = &config;
         let mut w = WeightLoader::new(file, device);
-        let embedding = Arc::new(w.qtensor("token_embd.weight", &[c.vocab_size, c.d_model])?);
         let q_dim = c.n_heads * c.head_dim;
         let kv_dim = c.n_kv_heads * c.head_dim;
         let mut layers = Vec::with_capacity(c.n_layers);
@@ -192,11 +206,24 @@ impl Model {
             });
         }
         let output_norm = w.vector("output_norm.weight", c.d_model)?;
-        let lm_head = if w.has("output.weight") {
-            let output = w.qtensor("output.weight", &[c.vocab_size, c.d_model])?;
-            w.matrix("output.weight", Arc::new(output))?
+        let table = |w: &mut WeightLoader| -> Result<Arc<QTensor>> {
+            Ok(Arc::new(w.qtensor(
+                "token_embd.weight",
+                &[c.vocab_size, c.d_model],
+            )?))
+        };
+        let (embedding, lm_head) = if w.has("output.weight") {
+            let head = w.weight("output.weight", c.vocab_size, c.d_model)?;
+            (TokenEmbedding::Table(table(&mut w)?), head)
         } else {
-            w.matrix("token_embd.weight", embedding.clone())?
+            match w.packed("token_embd.weight", c.vocab_size, c.d_model)? {
+                Some(head) if head.has_rows() => (TokenEmbedding::Output, head),
+                _ => {
+                    let t = table(&mut w)?;
+                    let head = w.matrix("token_embd.weight", t.clone())?;
+                    (TokenEmbedding::Table(t), head)
+                }
+            }
         };
         let factors = match w.opt_vector("rope_freqs.weight", c.rope_dim / 2)? {
             Some(t) => Some(t.to_vec1::<f32>()?),
@@ -211,6 +238,7 @@ impl Model {
         let rotary_local = Rotary::new(c.rope_dim, c.rope_base_local, 1.0, factors.as_deref());
         // After the weights, which stay in their own mappings, so that freed load-time
         // copies do not linger in the heap.
+        crate::engine::alloc::return_free_memory();
         crate::engine::alloc::keep_large_buffers();
         Ok(Self {
             config,
@@ -317,8 +345,18 @@ impl Model {
             return Ok(Vec::new());
         }
         let n_tokens = tokens.len();
-        let ids = Tensor::from_vec(tokens, n_tokens, &self.device)?;
-        let mut x = self.embedding.embedding(&ids)?.to_dtype(DType::F32)?;
+        let mut x = match &self.embedding {
+            TokenEmbedding::Table(table) => {
+                let ids = Tensor::from_vec(tokens, n_tokens, &self.device)?;
+                table.embedding(&ids)?.to_dtype(DType::F32)?
+            }
+            TokenEmbedding::Output => {
+                let rows = self.lm_head.rows(&tokens)?.ok_or_else(|| {
+                    Error::Request("the output projection has no rows to look up".into())
+                })?;
+                Tensor::from_vec(rows, (n_tokens, c.d_model), &self.device)?
+            }
+        };
         if let Some(scale) = c.embedding_scale {
             x = (x * f64::from(scale))?;
         }

@@ -73,6 +73,34 @@ impl Linear {
 }
 
 impl Linear {
+    /// The rows `ids` of the weight as f32 values, one after the other, when it is repacked
+    /// for the CPU kernels (a tied token embedding reads its rows from the output
+    /// projection); `None` otherwise. An id past the last row is an error.
+    pub fn rows(&self, ids: &[u32]) -> Result<Option<Vec<f32>>> {
+        let Weight::Kernels(w) = &self.weight else {
+            return Ok(None);
+        };
+        let cols = w.cols();
+        let mut out = vec![0f32; ids.len() * cols];
+        for (&id, row) in ids.iter().zip(out.chunks_exact_mut(cols)) {
+            if id as usize >= w.rows() {
+                return Err(Error::Request(format!(
+                    "token id {id} is past the vocabulary of {} tokens",
+                    w.rows()
+                )));
+            }
+            if w.dequantize_row(id as usize, row).is_none() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Whether the rows of the weight can be read with [`rows`](Self::rows).
+    pub fn has_rows(&self) -> bool {
+        matches!(&self.weight, Weight::Kernels(w) if w.is_packed())
+    }
+
     /// Several projections of one input `h` (`(tokens, in)`) on host buffers, sharing the
     /// quantized input where their layouts agree; `None` (and no copy of `h`) unless every
     /// one runs on the CPU kernels.
@@ -161,9 +189,8 @@ impl<'a> WeightLoader<'a> {
 
     /// A projection from `in_dim` to `out_dim`, with its bias if the file has `<stem>.bias`.
     pub fn linear(&mut self, stem: &str, out_dim: usize, in_dim: usize) -> Result<Linear> {
-        let weight = self.qtensor(&format!("{stem}.weight"), &[out_dim, in_dim])?;
+        let mut linear = self.weight(&format!("{stem}.weight"), out_dim, in_dim)?;
         let bias = self.opt_vector(&format!("{stem}.bias"), out_dim)?;
-        let mut linear = self.matrix(&format!("{stem}.weight"), Arc::new(weight))?;
         linear.bias = match bias {
             Some(tensor) => Some(Bias {
                 host: tensor.to_vec1::<f32>()?.into(),
@@ -172,6 +199,45 @@ impl<'a> WeightLoader<'a> {
             None => None,
         };
         Ok(linear)
+    }
+
+    /// A projection without bias, `out_dim x in_dim`: repacked for the CPU kernels chunk by
+    /// chunk as it is read where its type has a repacked layout, so that the stored matrix
+    /// is never held whole beside its copy; otherwise read whole.
+    pub fn weight(&mut self, name: &str, out_dim: usize, in_dim: usize) -> Result<Linear> {
+        match self.packed(name, out_dim, in_dim)? {
+            Some(linear) => Ok(linear),
+            None => {
+                let tensor = self.qtensor(name, &[out_dim, in_dim])?;
+                self.matrix(name, Arc::new(tensor))
+            }
+        }
+    }
+
+    /// The projection repacked as it is read, `None` where the device, the CPU or the type
+    /// has no repacked layout.
+    pub fn packed(&mut self, name: &str, out_dim: usize, in_dim: usize) -> Result<Option<Linear>> {
+        self.check(name, &[out_dim, in_dim])?;
+        let dtype = match self.file.tensor_info(name) {
+            Some((_, dtype)) if self.device.is_cpu() => dtype,
+            _ => return Ok(None),
+        };
+        let file = &mut *self.file;
+        let matrix = QuantMatrix::load_packed(dtype, out_dim, in_dim, |start, buf| {
+            file.read_tensor_bytes(name, start, buf)
+        })
+        .map_err(|e| match e {
+            // The kernels name a weight by its type; the file's name is the one to show.
+            Error::Tensor { reason, .. } => Error::Tensor {
+                name: name.to_string(),
+                reason,
+            },
+            e => e,
+        })?;
+        Ok(matrix.map(|m| Linear {
+            weight: Weight::Kernels(m),
+            bias: None,
+        }))
     }
 
     /// A projection without bias over an already loaded tensor (a tied output matrix).
