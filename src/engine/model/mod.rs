@@ -217,7 +217,7 @@ impl Model {
             (TokenEmbedding::Table(table(&mut w)?), head)
         } else {
             match w.packed("token_embd.weight", c.vocab_size, c.d_model)? {
-                Some(head) if head.has_rows() => (TokenEmbedding::Output, head),
+                Some(head) => (TokenEmbedding::Output, head),
                 _ => {
                     let t = table(&mut w)?;
                     let head = w.matrix("token_embd.weight", t.clone())?;

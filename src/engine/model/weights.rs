@@ -96,11 +96,6 @@ impl Linear {
         Ok(Some(out))
     }
 
-    /// Whether the rows of the weight can be read with [`rows`](Self::rows).
-    pub fn has_rows(&self) -> bool {
-        matches!(&self.weight, Weight::Kernels(w) if w.is_packed())
-    }
-
     /// Several projections of one input `h` (`(tokens, in)`) on host buffers, sharing the
     /// quantized input where their layouts agree; `None` (and no copy of `h`) unless every
     /// one runs on the CPU kernels.
