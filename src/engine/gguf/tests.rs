@@ -216,3 +216,35 @@ fn every_truncation_of_a_valid_header_is_refused() {
         assert!(read(&bytes[..len]).is_err(), "a cut at {len} was accepted");
     }
 }
+
+/// Tensor reads stay inside the tensor: its bytes read back in pieces, and a range past
+/// its end (or one whose end overflows) is an error naming the tensor.
+#[test]
+fn tensor_bytes_read_in_range_and_refused_past_the_end() {
+    let mut b = Builder::default()
+        .tensor("a", &[4, 2], 0, 0)
+        .tensor("b", &[4], 0, 32);
+    b.data = (0..48u8).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.gguf");
+    std::fs::write(&path, b.bytes()).unwrap();
+    let mut file = super::GgufFile::open(&path).unwrap();
+    let mut buf = [0u8; 8];
+    file.read_tensor_bytes("a", 24, &mut buf).unwrap();
+    assert_eq!(buf, [24, 25, 26, 27, 28, 29, 30, 31]);
+    file.read_tensor_bytes("b", 8, &mut buf).unwrap();
+    assert_eq!(buf, [40, 41, 42, 43, 44, 45, 46, 47]);
+    let past = file.read_tensor_bytes("a", 25, &mut buf).unwrap_err();
+    assert!(
+        past.to_string().contains("past the tensor's 32 bytes"),
+        "{past}"
+    );
+    let overflow = file
+        .read_tensor_bytes("b", u64::MAX - 2, &mut buf)
+        .unwrap_err();
+    assert!(
+        overflow.to_string().contains("past the tensor"),
+        "{overflow}"
+    );
+    assert!(file.read_tensor_bytes("missing", 0, &mut buf).is_err());
+}

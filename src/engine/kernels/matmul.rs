@@ -283,6 +283,18 @@ impl QuantMatrix {
         dtype: GgmlDType,
         rows: usize,
         cols: usize,
+        read: impl FnMut(u64, &mut [u8]) -> Result<()>,
+    ) -> Result<Option<Self>> {
+        Self::load_packed_in_chunks(dtype, rows, cols, LOAD_CHUNK_BYTES, read)
+    }
+
+    /// [`load_packed`](Self::load_packed) reading about `chunk_bytes` at a time (at least
+    /// one group of rows); tests load in small chunks to cross many chunk boundaries.
+    pub(super) fn load_packed_in_chunks(
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        chunk_bytes: usize,
         mut read: impl FnMut(u64, &mut [u8]) -> Result<()>,
     ) -> Result<Option<Self>> {
         if !super::vnni_available() || !Self::supports(dtype) || !has_packed_layout(dtype) {
@@ -298,7 +310,7 @@ impl QuantMatrix {
             });
         }
         let row_bytes = cols / dtype.block_size() * dtype.type_size();
-        let chunk = (LOAD_CHUNK_BYTES / row_bytes / GROUP).max(1) * GROUP;
+        let chunk = (chunk_bytes / row_bytes / GROUP).max(1) * GROUP;
         // u64 words, so that every block type's alignment holds.
         let mut buffer = vec![0u64; (chunk.min(rows) * row_bytes).div_ceil(8)];
         let mut packed: Option<PackedMatrix> = None;
@@ -497,16 +509,25 @@ const LOAD_CHUNK_BYTES: usize = 4 << 20;
 
 /// Whether `dtype` has an interleaved layout (the others stay as stored).
 fn has_packed_layout(dtype: GgmlDType) -> bool {
-    matches!(
-        dtype,
-        GgmlDType::Q4_0
-            | GgmlDType::Q4_1
-            | GgmlDType::Q5_0
-            | GgmlDType::Q5_1
-            | GgmlDType::Q8_0
-            | GgmlDType::Q4K
-            | GgmlDType::Q6K
-    )
+    packer(dtype).is_some()
+}
+
+/// Repacks `n x k` stored values (row-major bytes) of one block type.
+type Packer = fn(&[u8], usize, usize) -> Result<PackedMatrix>;
+
+/// The repacking of `dtype`, `None` for a type without an interleaved layout: the one list
+/// of repacked types, read both before loading and when packing.
+fn packer(dtype: GgmlDType) -> Option<Packer> {
+    Some(match dtype {
+        GgmlDType::Q4_0 => |d, n, k| Ok(PackedMatrix::pack::<BlockQ4_0>(cast(d)?, n, k)),
+        GgmlDType::Q4_1 => |d, n, k| Ok(PackedMatrix::pack::<BlockQ4_1>(cast(d)?, n, k)),
+        GgmlDType::Q5_0 => |d, n, k| Ok(PackedMatrix::pack::<BlockQ5_0>(cast(d)?, n, k)),
+        GgmlDType::Q5_1 => |d, n, k| Ok(PackedMatrix::pack::<BlockQ5_1>(cast(d)?, n, k)),
+        GgmlDType::Q8_0 => |d, n, k| Ok(PackedMatrix::pack::<BlockQ8_0>(cast(d)?, n, k)),
+        GgmlDType::Q4K => |d, n, k| Ok(PackedMatrix::pack_q4k(cast(d)?, n, k)),
+        GgmlDType::Q6K => |d, n, k| Ok(PackedMatrix::pack_q6k(cast(d)?, n, k)),
+        _ => return None,
+    })
 }
 
 /// `rows x cols` stored values of `dtype` (row-major bytes) repacked; `None` for a type
@@ -518,16 +539,7 @@ fn pack_rows(dtype: GgmlDType, data: &[u8], n: usize, k: usize) -> Result<Option
             reason: format!("{} bytes of storage for a {n} x {k} matrix", data.len()),
         });
     }
-    Ok(Some(match dtype {
-        GgmlDType::Q4_0 => PackedMatrix::pack::<BlockQ4_0>(cast(data)?, n, k),
-        GgmlDType::Q4_1 => PackedMatrix::pack::<BlockQ4_1>(cast(data)?, n, k),
-        GgmlDType::Q5_0 => PackedMatrix::pack::<BlockQ5_0>(cast(data)?, n, k),
-        GgmlDType::Q5_1 => PackedMatrix::pack::<BlockQ5_1>(cast(data)?, n, k),
-        GgmlDType::Q8_0 => PackedMatrix::pack::<BlockQ8_0>(cast(data)?, n, k),
-        GgmlDType::Q4K => PackedMatrix::pack_q4k(cast(data)?, n, k),
-        GgmlDType::Q6K => PackedMatrix::pack_q6k(cast(data)?, n, k),
-        _ => return Ok(None),
-    }))
+    packer(dtype).map(|pack| pack(data, n, k)).transpose()
 }
 
 /// The bytes of a word buffer.

@@ -409,3 +409,125 @@ fn packed_equals_stored_up_to_rounding() {
         }
     }
 }
+
+/// The types with a repacked layout.
+const PACKED_TYPES: [GgmlDType; 7] = [
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q4K,
+    GgmlDType::Q6K,
+];
+
+/// A random `n x k` matrix of `dtype` and its dequantized values.
+fn random_quantized(dtype: GgmlDType, n: usize, k: usize, seed: u64) -> (Arc<QTensor>, Vec<f32>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let cpu = Device::Cpu;
+    let q = QTensor::quantize(&Tensor::from_vec(w, (n, k), &cpu).unwrap(), dtype).unwrap();
+    let dequantized = q
+        .dequantize(&cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    (Arc::new(q), dequantized)
+}
+
+/// A repacked row read back (how a tied embedding is looked up) is GGML's dequantization
+/// of that row bit for bit, in rows of every group position (13 and 37 rows are not
+/// multiples of the group).
+#[test]
+fn repacked_rows_dequantize_bit_for_bit() {
+    if !super::vnni_available() {
+        eprintln!("no VNNI on this CPU: nothing is repacked here");
+        return;
+    }
+    for (i, dtype) in PACKED_TYPES.into_iter().enumerate() {
+        let k = if dtype.block_size() == 256 { 512 } else { 96 };
+        for n in [1, 13, 37] {
+            let (q, dequantized) = random_quantized(dtype, n, k, 40 + i as u64);
+            let matrix = QuantMatrix::new(q.clone()).unwrap();
+            assert!(QuantMatrix::stored(q)
+                .unwrap()
+                .dequantize_row(0, &mut [0.0; 1])
+                .is_none());
+            let mut row = vec![f32::NAN; k];
+            for r in 0..n {
+                matrix
+                    .dequantize_row(r, &mut row)
+                    .expect("a repacked matrix");
+                let expected = &dequantized[r * k..(r + 1) * k];
+                let differ = row
+                    .iter()
+                    .zip(expected)
+                    .position(|(a, b)| a.to_bits() != b.to_bits());
+                assert_eq!(
+                    differ, None,
+                    "{dtype:?} {n}x{k}, row {r}: {row:?} vs {expected:?}"
+                );
+            }
+        }
+    }
+}
+
+/// Loading a matrix a few rows at a time from its stored bytes gives the same matrix as
+/// repacking it whole: the same products and rows, across chunk boundaries and a last
+/// partial group; a failing read is the load's error.
+#[test]
+fn chunked_loading_equals_whole_packing() {
+    if !super::vnni_available() {
+        eprintln!("no VNNI on this CPU: nothing is repacked here");
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(77);
+    for (i, dtype) in PACKED_TYPES.into_iter().enumerate() {
+        let k = if dtype.block_size() == 256 { 256 } else { 64 };
+        let n = 45;
+        let (q, _) = random_quantized(dtype, n, k, 60 + i as u64);
+        let bytes = q.data().unwrap().into_owned();
+        let whole = QuantMatrix::new(q).unwrap();
+        let row_bytes = bytes.len() / n;
+        // One group a chunk, three groups a chunk, and everything in one.
+        for chunk_bytes in [1, row_bytes * 3 * super::packed::GROUP, usize::MAX / 2] {
+            let mut reads = 0;
+            let loaded = QuantMatrix::load_packed_in_chunks(dtype, n, k, chunk_bytes, |at, buf| {
+                reads += 1;
+                let at = at as usize;
+                buf.copy_from_slice(&bytes[at..at + buf.len()]);
+                Ok(())
+            })
+            .unwrap()
+            .expect("a type with a packed layout");
+            let groups = n.div_ceil(super::packed::GROUP);
+            if chunk_bytes == 1 {
+                assert_eq!(reads, groups, "{dtype:?}: one read per group of rows");
+            }
+            let x: Vec<f32> = (0..3 * k).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+            assert_eq!(
+                loaded.forward(&x).unwrap(),
+                whole.forward(&x).unwrap(),
+                "{dtype:?}, chunks of {chunk_bytes} bytes"
+            );
+            let (mut a, mut b) = (vec![0f32; k], vec![0f32; k]);
+            for r in 0..n {
+                loaded.dequantize_row(r, &mut a).unwrap();
+                whole.dequantize_row(r, &mut b).unwrap();
+                assert_eq!(a, b, "{dtype:?} row {r}, chunks of {chunk_bytes} bytes");
+            }
+        }
+        let failed = QuantMatrix::load_packed(dtype, n, k, |_, _| {
+            Err(crate::error::Error::Tensor {
+                name: "w".into(),
+                reason: "disk gone".into(),
+            })
+        });
+        assert!(matches!(failed, Err(e) if e.to_string().contains("disk gone")));
+    }
+    // A row length that is not a multiple of the block size is an error, not a panic.
+    let bad = QuantMatrix::load_packed(GgmlDType::Q4_0, 4, 33, |_, _| Ok(()));
+    assert!(bad.unwrap_err().to_string().contains("block size"));
+}

@@ -361,4 +361,21 @@ mod tests {
         assert_eq!(v.text(0), Some("[EMPTY_0]"));
         assert_eq!(v.id("x"), Some(2));
     }
+
+    #[test]
+    fn every_text_finds_its_id_in_a_large_vocabulary() {
+        let texts: Vec<String> = (0..5000).map(|i| format!("t{i}")).collect();
+        let entries: Vec<(&str, TokenKind)> = texts
+            .iter()
+            .map(|t| (t.as_str(), TokenKind::Normal))
+            .collect();
+        let v = vocab(&entries);
+        for (i, t) in texts.iter().enumerate() {
+            assert_eq!(v.id(t), Some(i as u32), "{t}");
+            assert_eq!(v.text(i as u32), Some(t.as_str()));
+        }
+        assert_eq!(v.id("t5000"), None);
+        assert_eq!(v.id("t"), None);
+        assert_eq!(v.text(5000), None);
+    }
 }
