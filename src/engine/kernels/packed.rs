@@ -62,6 +62,77 @@ pub struct Packed5 {
     pub qh: [u8; GROUP * 4],
 }
 
+/// The four-bit layouts, with ([`Packed5`]) or without ([`Packed4`]) a plane of fifth
+/// bits: one packing loop and one kernel body serve both, the fifth-bit steps behind
+/// [`FIFTH`](Self::FIFTH), a constant, so the four-bit instantiation carries none of them.
+pub trait NibbleBlock: Copy + Send + Sync {
+    /// Whether [`qh`](Self::qh) holds fifth bits.
+    const FIFTH: bool;
+    /// A block of zeros.
+    const ZERO: Self;
+    fn d(&self) -> &[f16; GROUP];
+    fn m(&self) -> &[f16; GROUP];
+    fn qs(&self) -> &[u8; GROUP * BLOCK / 2];
+    /// The fifth-bit plane (empty without one).
+    fn qh(&self) -> &[u8];
+    /// Sets lane `lane` to scale `d`, min `m` and unsigned values `u`.
+    fn set_lane(&mut self, lane: usize, d: f16, m: f16, u: &[u8; BLOCK]);
+}
+
+impl NibbleBlock for Packed4 {
+    const FIFTH: bool = false;
+    const ZERO: Self = Packed4 {
+        d: [f16::ZERO; GROUP],
+        m: [f16::ZERO; GROUP],
+        qs: [0; GROUP * BLOCK / 2],
+    };
+    fn d(&self) -> &[f16; GROUP] {
+        &self.d
+    }
+    fn m(&self) -> &[f16; GROUP] {
+        &self.m
+    }
+    fn qs(&self) -> &[u8; GROUP * BLOCK / 2] {
+        &self.qs
+    }
+    fn qh(&self) -> &[u8] {
+        &[]
+    }
+    fn set_lane(&mut self, lane: usize, d: f16, m: f16, u: &[u8; BLOCK]) {
+        self.d[lane] = d;
+        self.m[lane] = m;
+        interleave_nibbles(&mut self.qs, lane, u);
+    }
+}
+
+impl NibbleBlock for Packed5 {
+    const FIFTH: bool = true;
+    const ZERO: Self = Packed5 {
+        d: [f16::ZERO; GROUP],
+        m: [f16::ZERO; GROUP],
+        qs: [0; GROUP * BLOCK / 2],
+        qh: [0; GROUP * 4],
+    };
+    fn d(&self) -> &[f16; GROUP] {
+        &self.d
+    }
+    fn m(&self) -> &[f16; GROUP] {
+        &self.m
+    }
+    fn qs(&self) -> &[u8; GROUP * BLOCK / 2] {
+        &self.qs
+    }
+    fn qh(&self) -> &[u8] {
+        &self.qh
+    }
+    fn set_lane(&mut self, lane: usize, d: f16, m: f16, u: &[u8; BLOCK]) {
+        self.d[lane] = d;
+        self.m[lane] = m;
+        interleave_nibbles(&mut self.qs, lane, &u.map(|x| x & 0x0F));
+        interleave_fifth_bits(&mut self.qh, lane, u);
+    }
+}
+
 /// Block `b` of eight rows at one byte per weight: chunk `c`, lane `r`, byte `j` holds
 /// `u[r][4c + j]`.
 #[derive(Debug, Clone, Copy)]
@@ -315,6 +386,23 @@ pub struct PackedMatrix {
     params: Small,
 }
 
+/// The four- or five-bit blocks of `groups` groups of `k_blocks` blocks, lane values from
+/// `source(row, block)`.
+fn pack_nibbles<B: NibbleBlock>(
+    groups: usize,
+    k_blocks: usize,
+    source: &(impl Fn(usize, usize) -> (f16, f16, [u8; BLOCK]) + Sync),
+) -> Vec<B> {
+    interleave(groups, k_blocks, |g, b| {
+        let mut p = B::ZERO;
+        for lane in 0..GROUP {
+            let (d, m, u) = source(g * GROUP + lane, b);
+            p.set_lane(lane, d, m, &u);
+        }
+        p
+    })
+}
+
 /// Builds `groups * k_blocks` packed blocks, filling each from its (group, block) index.
 fn interleave<P: Send>(
     groups: usize,
@@ -343,37 +431,9 @@ impl PackedMatrix {
         };
         let groups = rows.div_ceil(GROUP);
         let blocks = if T::BITS == 4 {
-            PackedBlocks::Four(interleave(groups, k_blocks, |g, b| {
-                let mut p = Packed4 {
-                    d: [f16::ZERO; GROUP],
-                    m: [f16::ZERO; GROUP],
-                    qs: [0; GROUP * BLOCK / 2],
-                };
-                for lane in 0..GROUP {
-                    let (d, m, u) = source(g * GROUP + lane, b);
-                    p.d[lane] = d;
-                    p.m[lane] = m;
-                    interleave_nibbles(&mut p.qs, lane, &u);
-                }
-                p
-            }))
+            PackedBlocks::Four(pack_nibbles(groups, k_blocks, &source))
         } else if T::BITS == 5 {
-            PackedBlocks::Five(interleave(groups, k_blocks, |g, b| {
-                let mut p = Packed5 {
-                    d: [f16::ZERO; GROUP],
-                    m: [f16::ZERO; GROUP],
-                    qs: [0; GROUP * BLOCK / 2],
-                    qh: [0; GROUP * 4],
-                };
-                for lane in 0..GROUP {
-                    let (d, m, u) = source(g * GROUP + lane, b);
-                    p.d[lane] = d;
-                    p.m[lane] = m;
-                    interleave_nibbles(&mut p.qs, lane, &u.map(|x| x & 0x0F));
-                    interleave_fifth_bits(&mut p.qh, lane, &u);
-                }
-                p
-            }))
+            PackedBlocks::Five(pack_nibbles(groups, k_blocks, &source))
         } else {
             PackedBlocks::Eight(interleave(groups, k_blocks, |g, b| {
                 let mut p = Packed8 {

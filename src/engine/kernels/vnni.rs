@@ -16,7 +16,9 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use super::blocks::BlockQ8K;
-use super::packed::{ActQ8, ActQ8KBiased, Packed4, Packed4K, Packed5, Packed6K, Packed8, GROUP};
+use super::packed::{
+    ActQ8, ActQ8KBiased, NibbleBlock, Packed4, Packed4K, Packed5, Packed6K, Packed8, GROUP,
+};
 
 /// Output lanes of one call: two groups (the second unused by 256-bit kernels).
 pub const PAIR: usize = 2 * GROUP;
@@ -334,30 +336,49 @@ unsafe fn accumulate<V: Lanes, const R: usize>(
     }
 }
 
+/// Sums of four-bit groups, with the fifth bits added where the layout has them.
 #[inline(always)]
-unsafe fn dot4_body<V: Lanes, const R: usize>(
-    w: [&[Packed4]; 2],
+unsafe fn nibbles_body<V: Lanes, B: NibbleBlock, const R: usize>(
+    w: [&[B]; 2],
     a: [&[ActQ8]; R],
     k: Small,
 ) -> [[f32; PAIR]; R] {
     let mut acc = [V::zero_f(); R];
     for b in 0..w[0].len() {
         let p = [w[0].get_unchecked(b), w[1].get_unchecked(b)];
+        let qh = if B::FIFTH {
+            V::load(p.map(|p| p.qh().as_ptr()))
+        } else {
+            V::zero_i()
+        };
         let mut isum = [V::zero_i(); R];
         for c in 0..4 {
-            let packed = V::load(p.map(|p| p.qs.as_ptr().add(32 * c)));
-            let (lo, hi) = (V::low_nibbles(packed), V::high_nibbles(packed));
+            let packed = V::load(p.map(|p| p.qs().as_ptr().add(32 * c)));
+            let (mut lo, mut hi) = (V::low_nibbles(packed), V::high_nibbles(packed));
+            if B::FIFTH {
+                lo = V::add_fifth(lo, qh, c as i32);
+                hi = V::add_fifth(hi, qh, 4 + c as i32);
+            }
             for r in 0..R {
                 let y = a[r].get_unchecked(b);
                 isum[r] = V::dpbusd(isum[r], lo, V::splat(four(&y.qs, 4 * c)));
                 isum[r] = V::dpbusd(isum[r], hi, V::splat(four(&y.qs, 16 + 4 * c)));
             }
         }
-        let m = k.has_min.then(|| V::scales(p.map(|p| p.m.as_ptr())));
-        let d = V::scales(p.map(|p| p.d.as_ptr()));
+        let m = k.has_min.then(|| V::scales(p.map(|p| p.m().as_ptr())));
+        let d = V::scales(p.map(|p| p.d().as_ptr()));
         accumulate::<V, R>(&mut acc, isum, d, m, k.zero_point, &a, b);
     }
     finish::<V, R>(acc)
+}
+
+#[inline(always)]
+unsafe fn dot4_body<V: Lanes, const R: usize>(
+    w: [&[Packed4]; 2],
+    a: [&[ActQ8]; R],
+    k: Small,
+) -> [[f32; PAIR]; R] {
+    nibbles_body::<V, Packed4, R>(w, a, k)
 }
 
 #[inline(always)]
@@ -366,26 +387,7 @@ unsafe fn dot5_body<V: Lanes, const R: usize>(
     a: [&[ActQ8]; R],
     k: Small,
 ) -> [[f32; PAIR]; R] {
-    let mut acc = [V::zero_f(); R];
-    for b in 0..w[0].len() {
-        let p = [w[0].get_unchecked(b), w[1].get_unchecked(b)];
-        let qh = V::load(p.map(|p| p.qh.as_ptr()));
-        let mut isum = [V::zero_i(); R];
-        for c in 0..4 {
-            let packed = V::load(p.map(|p| p.qs.as_ptr().add(32 * c)));
-            let lo = V::add_fifth(V::low_nibbles(packed), qh, c as i32);
-            let hi = V::add_fifth(V::high_nibbles(packed), qh, 4 + c as i32);
-            for r in 0..R {
-                let y = a[r].get_unchecked(b);
-                isum[r] = V::dpbusd(isum[r], lo, V::splat(four(&y.qs, 4 * c)));
-                isum[r] = V::dpbusd(isum[r], hi, V::splat(four(&y.qs, 16 + 4 * c)));
-            }
-        }
-        let m = k.has_min.then(|| V::scales(p.map(|p| p.m.as_ptr())));
-        let d = V::scales(p.map(|p| p.d.as_ptr()));
-        accumulate::<V, R>(&mut acc, isum, d, m, k.zero_point, &a, b);
-    }
-    finish::<V, R>(acc)
+    nibbles_body::<V, Packed5, R>(w, a, k)
 }
 
 #[inline(always)]
