@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::engine::chat::ChatMessage;
 use crate::engine::sampling::SamplingParams;
 use crate::error::Result;
-use crate::llm::{ChatRequest, Llm};
+use crate::llm::{ChatRequest, FinishReason, Llm};
 use crate::optimizer::data::command::{run_json_command, Limits};
 use crate::optimizer::data::dataset::Example;
 use crate::optimizer::data::metric::{self, first_json_object};
@@ -62,6 +62,10 @@ pub struct Outcome {
     /// to the optimizer beside the trajectory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feedback: Option<String>,
+    /// Whether a chat reply stopped at the agent's token limit (or the context) before it
+    /// ended: its answer, if any, was cut short.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cut_off: bool,
 }
 
 impl Outcome {
@@ -79,6 +83,8 @@ struct Raw {
     own_score: Option<f64>,
     /// A command agent's own feedback on the answer.
     feedback: Option<String>,
+    /// A chat reply stopped by a limit.
+    cut_off: bool,
 }
 
 /// How examples are executed.
@@ -184,6 +190,10 @@ impl Agent {
                         let r = r
                             .map(|c| Raw {
                                 answer: extract_answer(extract, &c.text),
+                                cut_off: matches!(
+                                    c.finish_reason,
+                                    FinishReason::Length | FinishReason::ContextFull
+                                ),
                                 trajectory: c.text,
                                 own_score: None,
                                 feedback: None,
@@ -223,6 +233,7 @@ impl Agent {
             trajectory,
             own_score,
             feedback,
+            cut_off,
         } = match r {
             Ok(v) => v,
             Err(e) => {
@@ -235,6 +246,7 @@ impl Agent {
                     trajectory: String::new(),
                     error: Some(e),
                     feedback: None,
+                    cut_off: false,
                 }
             }
         };
@@ -254,6 +266,15 @@ impl Agent {
             trajectory,
             error,
             feedback,
+            cut_off,
+        }
+    }
+
+    /// The most tokens a chat agent may write in one reply; `None` for a command agent.
+    pub fn reply_tokens(&self) -> Option<usize> {
+        match &self.executor {
+            Executor::Chat { params, .. } => Some(params.max_new_tokens),
+            Executor::Command { .. } => None,
         }
     }
 }
@@ -326,6 +347,7 @@ fn command_raw(out: Value) -> Result<Raw, String> {
         trajectory,
         own_score,
         feedback,
+        cut_off: false,
     })
 }
 

@@ -141,6 +141,7 @@ mod tests {
                 trajectory: String::new(),
                 error: None,
                 feedback: None,
+                cut_off: false,
             })
             .collect()
     }

@@ -58,6 +58,35 @@ pub const MERGE_HINTS: [&str; 3] = [
     "Start from the version that scored best and add only what another version did better.",
 ];
 
+/// The note appended to a move that changes the agent's procedure when the agent's reply
+/// has a token limit: a small agent told to reason writes until it is cut off, and a reply
+/// cut off before its final answer scores nothing, however good the procedure. The limit is
+/// the task's own setting, so the note carries no knowledge of a task: about half a word
+/// per token of the limit, rounded down to tens (at least ten).
+pub fn reply_budget_note(max_new_tokens: usize) -> String {
+    let words = (max_new_tokens / 2 / 10 * 10).max(10);
+    format!(
+        "Keep the whole reply under about {words} words: a longer reply is cut off before its end. Reason in short lines and always finish with the final answer."
+    )
+}
+
+/// `c` with the reply-budget note for `max_new_tokens` appended to component `name`,
+/// unless it is there already; the note, for the guard's exemption.
+pub fn with_reply_budget(
+    c: Components,
+    name: &str,
+    max_new_tokens: Option<usize>,
+) -> (Components, Option<String>) {
+    let Some(tokens) = max_new_tokens else {
+        return (c, None);
+    };
+    let note = reply_budget_note(tokens);
+    if c.get(name).is_some_and(|t| t.contains(&note)) {
+        return (c, Some(note));
+    }
+    (append_section(&c, name, &note), Some(note))
+}
+
 /// The heading of an appended worked-examples block.
 pub const DEMOS_HEADING: &str = "Worked examples (solved correctly):";
 
@@ -311,7 +340,22 @@ mod tests {
             trajectory: reply.into(),
             error: None,
             feedback: None,
+            cut_off: false,
         }
+    }
+
+    #[test]
+    fn the_reply_budget_note_follows_the_limit_and_is_added_once() {
+        assert!(reply_budget_note(200).contains("about 100 words"));
+        assert!(reply_budget_note(165).contains("about 80 words"));
+        assert!(reply_budget_note(8).contains("about 10 words"));
+        let c: Components = [("p".to_string(), "Work step by step.".to_string())].into();
+        let (once, note) = with_reply_budget(c.clone(), "p", Some(160));
+        let note = note.unwrap();
+        assert_eq!(once["p"], format!("Work step by step.\n\n{note}"));
+        let (twice, _) = with_reply_budget(once.clone(), "p", Some(160));
+        assert_eq!(twice, once, "the note is not added a second time");
+        assert_eq!(with_reply_budget(c.clone(), "p", None), (c, None));
     }
 
     #[test]

@@ -114,6 +114,9 @@ pub fn show_outcome(n: usize, o: &Outcome, max_chars: usize) -> String {
     if let Some(f) = &o.feedback {
         s.push_str(&format!("Feedback: {}\n", truncate_informative(f, 300)));
     }
+    if o.cut_off {
+        s.push_str("The reply was cut off at the length limit before it ended.\n");
+    }
     s.push_str(&format!(
         "Extracted answer: {:?} | Expected: {:?}\n",
         o.answer, o.expected

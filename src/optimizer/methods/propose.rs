@@ -1,6 +1,7 @@
 //! Making the candidates of one iteration: every active subset's moves, the optimizer's in
 //! one batch (re-asks batched too), the mechanical ones (strategies appended verbatim,
-//! worked examples, the answer format) directly.
+//! worked examples, the answer format) directly. The moves that make the agent reason end
+//! with a note of the agent's reply budget ([`operators::reply_budget_note`]).
 
 use crate::optimizer::data::rng::Rng;
 use crate::optimizer::data::task::Operator;
@@ -75,11 +76,12 @@ pub fn propose(
                     ))
                 }
                 Operator::Seed => {
-                    p.components = Some(operators::append_section(
+                    let c = operators::append_section(
                         &s.current,
                         &first,
                         STRATEGIES[variant % STRATEGIES.len()],
-                    ));
+                    );
+                    p.components = Some(fit_reply_budget(env, c, &first));
                     None
                 }
                 Operator::Demos => {
@@ -135,9 +137,25 @@ pub fn propose(
     }
     let answers = env.ask(stage, asks);
     for ((a, j), c) in asked.into_iter().zip(answers) {
-        proposals[a][j].components = c;
+        let p = &mut proposals[a][j];
+        p.components = match p.operator {
+            Operator::Strategy | Operator::Induction => c.map(|c| fit_reply_budget(env, c, &first)),
+            _ => c,
+        };
     }
     proposals
+}
+
+/// `c` with the reply-budget note on component `first` (for the moves that make the agent
+/// reason: a library strategy, a strategy applied by the optimizer, an induced procedure),
+/// the note exempt from the guard (its number is the task's setting, not training content).
+fn fit_reply_budget(env: &Env, c: Components, first: &str) -> Components {
+    let (c, note) = operators::with_reply_budget(c, first, env.agent.reply_tokens());
+    let mut exempt = env.exempt.borrow_mut();
+    if let Some(note) = note.filter(|n| !exempt.contains(n)) {
+        exempt.push(note);
+    }
+    c
 }
 
 /// A seeded sample of the slot's failures and successes, formatted.
