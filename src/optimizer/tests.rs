@@ -252,6 +252,44 @@ fn the_format_move_states_the_answers_format_and_is_not_a_leak() {
     );
 }
 
+/// An agent that reasons at length when told to work step by step is cut off before its
+/// answer at its token limit; told the reply budget too, it reasons briefly and answers.
+/// The library strategy is accepted only because the move states the budget.
+#[test]
+fn a_reasoning_move_states_the_reply_budget_and_cut_off_replies_are_marked() {
+    let agent = ScriptedLlm::new(|r: &ChatRequest| {
+        let system = &r.messages[0].content;
+        let user = r
+            .messages
+            .last()
+            .map(|m| m.content.clone())
+            .unwrap_or_default();
+        let n = user.split(": ").nth(1).map_or(0, |l| l.split(", ").count());
+        if !system.contains("Work step by step") {
+            let said = if n <= 2 { n } else { n - 1 };
+            return format!("I count them.\n{}", WORDS[said.min(9)]);
+        }
+        if system.contains("Keep the whole reply under about 20 words") {
+            return format!("One by one.\n{}", WORDS[n.min(9)]);
+        }
+        format!(
+            "{}\n{}",
+            "Let me go through each item carefully. ".repeat(10),
+            WORDS[n.min(9)]
+        )
+    });
+    let t = task("operators = [\"seed\"]\n[agent.params]\nmax_new_tokens = 40");
+    let calls = Calls::in_memory();
+    let r = run(&t, Arc::new(agent), Method::Fgo, &calls);
+    let m = &r.methods[0];
+    let text = &m.final_components["system_prompt"];
+    assert!(text.contains("Work step by step"), "{}", r.to_markdown());
+    assert!(text.ends_with(&crate::optimizer::methods::operators::reply_budget_note(40)));
+    assert_eq!(m.train_score, 1.0, "{}", r.to_markdown());
+    // The note's number is the task's setting, not training content: no rejection.
+    assert_eq!(m.counters.content_rejections, 0, "{:?}", m.counters);
+}
+
 #[test]
 fn a_component_worse_than_the_initial_on_val_is_never_returned() {
     let r = run(

@@ -395,6 +395,55 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_stopped_at_the_token_limit_is_marked_cut_off() {
+        use crate::optimizer::exec::testutil::ScriptedLlm;
+        let llm = Arc::new(ScriptedLlm::new(|r: &ChatRequest| {
+            let user = &r.messages.last().unwrap().content;
+            if user.contains("long") {
+                "word ".repeat(50)
+            } else {
+                "42".into()
+            }
+        }));
+        let mut params = SamplingParams::default();
+        params.max_new_tokens = 8;
+        let agent = Agent {
+            executor: Executor::Chat {
+                llm,
+                system: None,
+                user: Template::parse("{{question}}").unwrap(),
+                params,
+                extract: Extract::LastLine,
+            },
+            metric: MetricSpec::Exact {
+                ignore_case: false,
+                collapse_whitespace: true,
+                strip_punctuation: false,
+            },
+        };
+        assert_eq!(agent.reply_tokens(), Some(8));
+        let example = |q: &str| Example {
+            id: q.into(),
+            file: "t.jsonl".into(),
+            line: 1,
+            fields: serde_json::json!({"question": q})
+                .as_object()
+                .cloned()
+                .unwrap(),
+            answer: serde_json::json!("42"),
+        };
+        let (short, long) = (example("short"), example("long"));
+        let c = Components::new();
+        let calls = Calls::in_memory();
+        let ctx = Ctx::new("m", "s");
+        let out = agent.evaluate(&calls, &ctx, &[(&c, &short), (&c, &long)]);
+        assert!(!out[0].cut_off && out[0].solved());
+        assert!(out[1].cut_off && !out[1].solved(), "{:?}", out[1]);
+        let shown = crate::optimizer::methods::prompts::show_outcome(1, &out[1], 600);
+        assert!(shown.contains("cut off at the length limit"), "{shown}");
+    }
+
+    #[test]
     fn a_command_runs_once_per_distinct_input_of_a_batch() {
         let dir = tempfile::tempdir().unwrap();
         let runs = dir.path().join("runs.txt");

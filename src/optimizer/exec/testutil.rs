@@ -53,11 +53,23 @@ impl Llm for ScriptedLlm {
                         return Err(Error::Request("scripted failure".into()));
                     }
                 }
-                let text = (self.script)(r);
+                let mut text = (self.script)(r);
+                // Four bytes a token, as `count_tokens` says; a longer reply is cut at the
+                // limit, as a model's is.
+                let limit = r.params.max_new_tokens.saturating_mul(4);
+                let mut finish_reason = FinishReason::Eos;
+                if text.len() > limit {
+                    let mut end = limit;
+                    while !text.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    text.truncate(end);
+                    finish_reason = FinishReason::Length;
+                }
                 let prompt: usize = r.messages.iter().map(|m| m.content.len().div_ceil(4)).sum();
                 Ok(Completion {
                     token_ids: vec![],
-                    finish_reason: FinishReason::Eos,
+                    finish_reason,
                     usage: Usage {
                         prompt_tokens: prompt,
                         cached_prompt_tokens: 0,
