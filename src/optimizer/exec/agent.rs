@@ -405,8 +405,10 @@ mod tests {
                 "42".into()
             }
         }));
-        let mut params = SamplingParams::default();
-        params.max_new_tokens = 8;
+        let params = SamplingParams {
+            max_new_tokens: 8,
+            ..Default::default()
+        };
         let agent = Agent {
             executor: Executor::Chat {
                 llm,
