@@ -48,6 +48,10 @@ pub struct Counters {
     /// Optimizer replies cut off at the token limit after every re-ask.
     #[serde(default)]
     pub cut_off: usize,
+    /// Agent replies stopped at the agent's token limit, over every evaluation of the
+    /// method (a reply cut off before its answer scores nothing).
+    #[serde(default)]
+    pub agent_cut_off: usize,
     /// Candidates rejected for naming content of the training inputs.
     #[serde(default)]
     pub content_rejections: usize,
@@ -152,8 +156,10 @@ impl Env<'_> {
             })
             .collect();
         let outcomes = self.agent.evaluate(self.calls, &self.ctx(stage), &flat);
-        self.counters.borrow_mut().agent_failures +=
-            outcomes.iter().filter(|o| o.error.is_some()).count();
+        let mut counters = self.counters.borrow_mut();
+        counters.agent_failures += outcomes.iter().filter(|o| o.error.is_some()).count();
+        counters.agent_cut_off += outcomes.iter().filter(|o| o.cut_off).count();
+        drop(counters);
         let mut it = outcomes.into_iter();
         jobs.iter()
             .map(|(_, idx)| it.by_ref().take(idx.len()).collect())

@@ -141,6 +141,7 @@ pub fn optimize(
                     score: None,
                     check_score: None,
                     detail,
+                    cut_off: None,
                 };
                 let Some(c) = &p.components else {
                     let detail = p.missing.clone().unwrap_or_default();
@@ -221,11 +222,14 @@ pub fn optimize(
         // and how many of them were scored.
         let mut outcomes: Vec<Option<Vec<Outcome>>> = vec![None; survivors.len()];
         let mut partial: Vec<(usize, f64)> = vec![(0, 0.0); survivors.len()];
+        // Per survivor: its scored replies cut off at the agent's token limit.
+        let mut cut_off: Vec<usize> = vec![0; survivors.len()];
         for (g, group) in groups.iter().enumerate() {
             for (c, &(k, _)) in group.candidates.iter().enumerate() {
                 let s = &scored[g][c];
                 let known: Vec<f64> = s.outcomes.iter().flatten().map(|o| o.score).collect();
                 partial[k] = (known.len(), known.iter().sum());
+                cut_off[k] = s.outcomes.iter().flatten().filter(|o| o.cut_off).count();
                 outcomes[k] = s.complete();
                 let saved = s.outcomes.len() - known.len();
                 env.counters.borrow_mut().halving_saved += saved;
@@ -251,6 +255,9 @@ pub fn optimize(
                     .borrow_mut()
                     .operator(&record.operator)
                     .evaluated += 1;
+                if cut_off[k] > 0 {
+                    record.cut_off = Some(cut_off[k]);
+                }
                 let Some(out) = &outcomes[k] else {
                     let (m, sum) = partial[k];
                     record.score = (m > 0).then(|| sum / m as f64);

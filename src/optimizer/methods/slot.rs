@@ -35,6 +35,9 @@ pub struct CandidateRecord {
     #[serde(default)]
     pub check_score: Option<f64>,
     pub detail: String,
+    /// How many of the agent's scored replies under it stopped at the token limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut_off: Option<usize>,
 }
 
 /// One iteration of one subset.

@@ -28,7 +28,7 @@
 //!                      "stopped": "solved|iterations|budget",
 //!                      "iterations": [ { "iteration", "score_before", "score_after", "diagnosis",
 //!                                        "candidates": [ { "operator", "status", "score",
-//!                                                          "check_score", "detail" } ] } ],
+//!                                                          "check_score", "detail", "cut_off" } ] } ],
 //!                      "truncations": [ { "iteration", "shown", "total", "token_budget" } ] } ],
 //!       "merges": [ { "level", "id", "children", "n", "child_scores", "candidate_scores",
 //!                     "candidate_operators", "candidate_dropped", "chosen", "score" } ],
@@ -487,8 +487,8 @@ impl RunReport {
             );
             let _ = writeln!(
                 s,
-                "Candidates evaluated {}, accepted {}, iterations rolled back {}; re-asks {}, unparsable replies {}, replies cut off {}, leak rejections {}, copy rejections {}, content rejections {}, degenerate rejections {}, unchanged {}, optimizer call errors {}, agent failures {}.\n",
-                c.candidates_evaluated, c.accepted, c.rolled_back, c.reasks, c.parse_failures, c.cut_off, c.leak_rejections, c.copy_rejections, c.content_rejections, c.degenerate_rejections, c.unchanged_candidates, c.call_errors, c.agent_failures
+                "Candidates evaluated {}, accepted {}, iterations rolled back {}; re-asks {}, unparsable replies {}, optimizer replies cut off {}, leak rejections {}, copy rejections {}, content rejections {}, degenerate rejections {}, unchanged {}, optimizer call errors {}, agent failures {}, agent replies cut off at the token limit {}.\n",
+                c.candidates_evaluated, c.accepted, c.rolled_back, c.reasks, c.parse_failures, c.cut_off, c.leak_rejections, c.copy_rejections, c.content_rejections, c.degenerate_rejections, c.unchanged_candidates, c.call_errors, c.agent_failures, c.agent_cut_off
             );
             if !c.by_operator.is_empty() {
                 let _ = writeln!(
