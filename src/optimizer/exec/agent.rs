@@ -441,8 +441,6 @@ mod tests {
         let out = agent.evaluate(&calls, &ctx, &[(&c, &short), (&c, &long)]);
         assert!(!out[0].cut_off && out[0].solved());
         assert!(out[1].cut_off && !out[1].solved(), "{:?}", out[1]);
-        let shown = crate::optimizer::methods::prompts::show_outcome(1, &out[1], 600);
-        assert!(shown.contains("cut off at the length limit"), "{shown}");
     }
 
     #[test]

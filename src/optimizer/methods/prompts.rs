@@ -343,6 +343,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_cut_off_reply_is_said_so_to_the_optimizer() {
+        let mut o = Outcome {
+            id: "e".into(),
+            score: 0.0,
+            answer: String::new(),
+            expected: "7".into(),
+            input: "q".into(),
+            trajectory: "First, one by one".into(),
+            error: None,
+            feedback: None,
+            cut_off: true,
+        };
+        assert!(show_outcome(1, &o, 600).contains("cut off at the length limit"));
+        o.cut_off = false;
+        assert!(!show_outcome(1, &o, 600).contains("cut off"));
+    }
+
+    #[test]
     fn truncation_keeps_head_and_tail_and_collapses_loops() {
         let text = format!("start\n{}\nanswer: 7", "loop\n".repeat(50));
         let t = truncate_informative(&text, 1000);
