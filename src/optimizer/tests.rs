@@ -252,12 +252,10 @@ fn the_format_move_states_the_answers_format_and_is_not_a_leak() {
     );
 }
 
-/// An agent that reasons at length when told to work step by step is cut off before its
-/// answer at its token limit; told the reply budget too, it reasons briefly and answers.
-/// The library strategy is accepted only because the move states the budget.
-#[test]
-fn a_reasoning_move_states_the_reply_budget_and_cut_off_replies_are_marked() {
-    let agent = ScriptedLlm::new(|r: &ChatRequest| {
+/// An agent told to work step by step that reasons at length (`verbose`) or briefly;
+/// told the reply budget too, it reasons briefly and answers. Untold, it miscounts.
+fn reasoning_agent(verbose: bool) -> ScriptedLlm {
+    ScriptedLlm::new(move |r: &ChatRequest| {
         let system = &r.messages[0].content;
         let user = r
             .messages
@@ -269,7 +267,7 @@ fn a_reasoning_move_states_the_reply_budget_and_cut_off_replies_are_marked() {
             let said = if n <= 2 { n } else { n - 1 };
             return format!("I count them.\n{}", WORDS[said.min(9)]);
         }
-        if system.contains("Keep the whole reply under about 20 words") {
+        if !verbose || system.contains("Keep the whole reply under about 20 words") {
             return format!("One by one.\n{}", WORDS[n.min(9)]);
         }
         format!(
@@ -277,17 +275,76 @@ fn a_reasoning_move_states_the_reply_budget_and_cut_off_replies_are_marked() {
             "Let me go through each item carefully. ".repeat(10),
             WORDS[n.min(9)]
         )
-    });
+    })
+}
+
+/// Every candidate record of a method's subsets.
+fn candidate_records(
+    m: &crate::optimizer::report::MethodReport,
+) -> Vec<&crate::optimizer::methods::slot::CandidateRecord> {
+    m.subsets
+        .iter()
+        .flat_map(|s| &s.iterations)
+        .flat_map(|i| &i.candidates)
+        .collect()
+}
+
+/// Replies cut off at the token limit under a candidate make a repair: the candidate again
+/// with the reply budget stated, evaluated beside it; here only the repair can win.
+#[test]
+fn a_candidate_whose_replies_are_cut_off_is_tried_again_with_the_reply_budget() {
     let t = task("operators = [\"seed\"]\n[agent.params]\nmax_new_tokens = 40");
-    let calls = Calls::in_memory();
-    let r = run(&t, Arc::new(agent), Method::Fgo, &calls);
+    let r = run(
+        &t,
+        Arc::new(reasoning_agent(true)),
+        Method::Fgo,
+        &Calls::in_memory(),
+    );
     let m = &r.methods[0];
     let text = &m.final_components["system_prompt"];
     assert!(text.contains("Work step by step"), "{}", r.to_markdown());
     assert!(text.ends_with(&crate::optimizer::methods::operators::reply_budget_note(40)));
     assert_eq!(m.train_score, 1.0, "{}", r.to_markdown());
+    let records = candidate_records(m);
+    // The strategy alone was cut off on its replies and lost; its repair was accepted.
+    assert!(
+        records
+            .iter()
+            .any(|c| !c.reply_budget && c.cut_off.unwrap_or(0) >= 2 && c.status != "accepted"),
+        "{records:?}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|c| c.reply_budget && c.status == "accepted"),
+        "{records:?}"
+    );
+    assert!(
+        m.counters.by_operator["seed+budget"].accepted > 0,
+        "{:?}",
+        m.counters
+    );
     // The note's number is the task's setting, not training content: no rejection.
     assert_eq!(m.counters.content_rejections, 0, "{:?}", m.counters);
+}
+
+/// Without cut-off replies there is no repair, and the note never appears.
+#[test]
+fn no_reply_budget_is_stated_when_replies_are_not_cut_off() {
+    let t = task("operators = [\"seed\"]\n[agent.params]\nmax_new_tokens = 40");
+    let r = run(
+        &t,
+        Arc::new(reasoning_agent(false)),
+        Method::Fgo,
+        &Calls::in_memory(),
+    );
+    let m = &r.methods[0];
+    let text = &m.final_components["system_prompt"];
+    assert!(text.contains("Work step by step"), "{}", r.to_markdown());
+    assert!(!text.contains("Keep the whole reply"), "{text}");
+    assert_eq!(m.train_score, 1.0, "{}", r.to_markdown());
+    assert!(candidate_records(m).iter().all(|c| !c.reply_budget));
+    assert!(!m.counters.by_operator.contains_key("seed+budget"));
 }
 
 #[test]

@@ -58,9 +58,11 @@ pub const MERGE_HINTS: [&str; 3] = [
     "Start from the version that scored best and add only what another version did better.",
 ];
 
-/// The note appended to a move that changes the agent's procedure when the agent's reply
-/// has a token limit: a small agent told to reason writes until it is cut off, and a reply
-/// cut off before its final answer scores nothing, however good the procedure. The limit is
+/// The note added to a candidate under which the agent's replies were often cut off at
+/// its token limit (see [`cut_off_often`]): a small agent told to reason writes until it
+/// is cut off, and a reply cut off before its final answer scores nothing, however good
+/// the procedure. Stated when it is not needed, the note can make the agent skip the
+/// reasoning that helped, so it is added only on that evidence. The limit is
 /// the task's own setting, so the note carries no knowledge of a task: about half a word
 /// per token of the limit, rounded down to tens (at least ten).
 pub fn reply_budget_note(max_new_tokens: usize) -> String {
@@ -68,6 +70,13 @@ pub fn reply_budget_note(max_new_tokens: usize) -> String {
     format!(
         "Keep the whole reply under about {words} words: a longer reply is cut off before its end. Reason in short lines and always finish with the final answer."
     )
+}
+
+/// Whether replies cut off at the token limit were frequent enough, `cut_off` of `scored`,
+/// to try the candidate again with the reply budget stated: at least two, and at least a
+/// quarter of those scored.
+pub fn cut_off_often(cut_off: usize, scored: usize) -> bool {
+    cut_off >= 2 && 4 * cut_off >= scored
 }
 
 /// `c` with the reply-budget note for `max_new_tokens` appended to component `name`,

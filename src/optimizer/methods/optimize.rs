@@ -142,6 +142,7 @@ pub fn optimize(
                     check_score: None,
                     detail,
                     cut_off: None,
+                    reply_budget: false,
                 };
                 let Some(c) = &p.components else {
                     let detail = p.missing.clone().unwrap_or_default();
@@ -177,65 +178,66 @@ pub fn optimize(
                 s.examples.iter().chain(&s.check).copied().collect()
             })
             .collect();
-        // Successive halving: candidates that can no longer be accepted stop early.
-        let groups: Vec<halving::Group> = active
-            .iter()
-            .enumerate()
-            .map(|(a, &i)| halving::Group {
-                n_sub: slots[i].examples.len(),
-                current: slots[i]
-                    .outcomes
-                    .iter()
-                    .chain(&slots[i].check_outcomes)
-                    .map(|o| o.score)
-                    .collect(),
-                candidates: survivors
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, (sa, _, _))| *sa == a)
-                    .map(|(k, (_, _, c))| (k, select::text_len(c)))
-                    .collect(),
-            })
-            .collect();
-        let scored = halving::evaluate(
-            spec.accept,
-            spec.min_gain,
-            &groups,
-            spec.halving,
-            |jobs| {
-                let positions: Vec<Vec<usize>> = jobs
-                    .iter()
-                    .map(|(g, _, ps)| ps.iter().map(|&p| eval_sets[*g][p]).collect())
-                    .collect();
-                let batch: Vec<(&Components, &[usize])> = jobs
-                    .iter()
-                    .zip(&positions)
-                    .map(|((g, c, _), idx)| {
-                        (&survivors[groups[*g].candidates[*c].0].2, idx.as_slice())
-                    })
-                    .collect();
-                env.evaluate(stage, env.train, &batch)
-            },
-            |o: &Outcome| o.score,
-        );
-        // Per survivor: its outcomes on the subset and check examples (`None` if dropped),
-        // and how many of them were scored.
-        let mut outcomes: Vec<Option<Vec<Outcome>>> = vec![None; survivors.len()];
-        let mut partial: Vec<(usize, f64)> = vec![(0, 0.0); survivors.len()];
-        // Per survivor: its scored replies cut off at the agent's token limit.
-        let mut cut_off: Vec<usize> = vec![0; survivors.len()];
-        for (g, group) in groups.iter().enumerate() {
-            for (c, &(k, _)) in group.candidates.iter().enumerate() {
-                let s = &scored[g][c];
-                let known: Vec<f64> = s.outcomes.iter().flatten().map(|o| o.score).collect();
-                partial[k] = (known.len(), known.iter().sum());
-                cut_off[k] = s.outcomes.iter().flatten().filter(|o| o.cut_off).count();
-                outcomes[k] = s.complete();
-                let saved = s.outcomes.len() - known.len();
-                env.counters.borrow_mut().halving_saved += saved;
+        let mut evaluated =
+            evaluate_survivors(env, slots, &active, &survivors, 0, &eval_sets, stage);
+
+        // 3b. Reply-budget repairs: a candidate under which the agent's replies were often
+        // cut off at its token limit is tried again with the reply budget stated, as a
+        // candidate of its own evaluated on the same examples, so that the note is added
+        // only where the evidence calls for it and evaluation decides between the two.
+        if let Some(tokens) = env.agent.reply_tokens() {
+            let first = env.names.first().cloned().unwrap_or_default();
+            let from = survivors.len();
+            let mut repairs: Vec<(usize, Components, String)> = Vec::new();
+            for (k, (a, r, c)) in survivors.iter().enumerate() {
+                let e = &evaluated[k];
+                if !operators::cut_off_often(e.cut_off, e.scored) {
+                    continue;
+                }
+                let (fixed, note) = operators::with_reply_budget(c.clone(), &first, Some(tokens));
+                let i = active[*a];
+                let known = |d: &Components| {
+                    *d == slots[i].current
+                        || survivors.iter().any(|(b, _, x)| b == a && x == d)
+                        || repairs.iter().any(|(b, x, _)| b == a && x == d)
+                };
+                if known(&fixed) {
+                    continue;
+                }
+                if let Some(note) = note.filter(|n| !env.exempt.borrow().contains(n)) {
+                    env.exempt.borrow_mut().push(note);
+                }
+                repairs.push((*a, fixed, records[*a][*r].operator.clone()));
+            }
+            for (a, c, operator) in repairs {
+                let mut record = CandidateRecord {
+                    operator,
+                    status: "pending".into(),
+                    score: None,
+                    check_score: None,
+                    detail: String::new(),
+                    cut_off: None,
+                    reply_budget: true,
+                };
+                env.counters
+                    .borrow_mut()
+                    .operator(&record.counter_key())
+                    .proposed += 1;
+                if let Some(r) = env.screen(&c) {
+                    record.status = r.status().into();
+                    record.detail = r.describe();
+                    records[a].push(record);
+                    continue;
+                }
+                records[a].push(record);
+                survivors.push((a, records[a].len() - 1, c));
+            }
+            if survivors.len() > from {
+                evaluated.extend(evaluate_survivors(
+                    env, slots, &active, &survivors, from, &eval_sets, stage,
+                ));
             }
         }
-        env.counters.borrow_mut().candidates_evaluated += survivors.len();
 
         // 4. Keep or roll back, per subset: the candidate with the largest gain on the
         // subset (ties to the shorter) is accepted when the gain is real and it is not
@@ -253,13 +255,14 @@ pub fn optimize(
                 let record = &mut records[a][*r];
                 env.counters
                     .borrow_mut()
-                    .operator(&record.operator)
+                    .operator(&record.counter_key())
                     .evaluated += 1;
-                if cut_off[k] > 0 {
-                    record.cut_off = Some(cut_off[k]);
+                let e = &evaluated[k];
+                if e.cut_off > 0 {
+                    record.cut_off = Some(e.cut_off);
                 }
-                let Some(out) = &outcomes[k] else {
-                    let (m, sum) = partial[k];
+                let Some(out) = &e.outcomes else {
+                    let (m, sum) = (e.scored, e.sum);
                     record.score = (m > 0).then(|| sum / m as f64);
                     record.detail = format!(
                         "stopped after {m} of {} examples: it could no longer be accepted",
@@ -289,7 +292,7 @@ pub fn optimize(
                     continue;
                 }
                 let accept = best == Some(k);
-                let dropped = outcomes[k].is_none();
+                let dropped = evaluated[k].outcomes.is_none();
                 records[a][*r].status = match (accept, dropped) {
                     (true, _) => "accepted",
                     (false, true) => "dropped",
@@ -311,14 +314,15 @@ pub fn optimize(
             }
             let s = &mut slots[i];
             if let Some(k) = best {
-                let out = outcomes[k].as_deref().unwrap_or_default();
+                let out = evaluated[k].outcomes.as_deref().unwrap_or_default();
                 let (sub, check) = out.split_at(n.min(out.len()));
                 s.current = survivors[k].2.clone();
                 s.outcomes = sub.to_vec();
                 s.check_outcomes = check.to_vec();
                 s.score = mean_score(sub);
-                let op = records[a][survivors[k].1].operator.clone();
-                if op == Operator::Rewrite.name() && !diagnoses[a].trim().is_empty() {
+                let record = &records[a][survivors[k].1];
+                let op = record.counter_key();
+                if record.operator == Operator::Rewrite.name() && !diagnoses[a].trim().is_empty() {
                     s.lessons.push(diagnoses[a].trim().to_string());
                 }
                 let mut c = env.counters.borrow_mut();
@@ -353,6 +357,90 @@ pub fn optimize(
         s.stopped = if s.solved() { "solved" } else { "iterations" }.into();
     }
     None
+}
+
+/// What evaluating one candidate established.
+struct Evaluated {
+    /// Its outcomes on the subset and check examples; `None` if successive halving
+    /// stopped it early.
+    outcomes: Option<Vec<Outcome>>,
+    /// How many of its examples were scored, and the sum of their scores.
+    scored: usize,
+    sum: f64,
+    /// Its scored replies cut off at the agent's token limit.
+    cut_off: usize,
+}
+
+/// Evaluates `survivors[from..]` (slot position, record, candidate) on their slots' subset
+/// and check examples (`eval_sets`), with successive halving against each slot's current
+/// component, in one agent batch per halving round.
+fn evaluate_survivors(
+    env: &Env,
+    slots: &[Slot],
+    active: &[usize],
+    survivors: &[(usize, usize, Components)],
+    from: usize,
+    eval_sets: &[Vec<usize>],
+    stage: &str,
+) -> Vec<Evaluated> {
+    let spec = env.spec;
+    let groups: Vec<halving::Group> = active
+        .iter()
+        .enumerate()
+        .map(|(a, &i)| halving::Group {
+            n_sub: slots[i].examples.len(),
+            current: slots[i]
+                .outcomes
+                .iter()
+                .chain(&slots[i].check_outcomes)
+                .map(|o| o.score)
+                .collect(),
+            candidates: survivors
+                .iter()
+                .enumerate()
+                .skip(from)
+                .filter(|(_, (sa, _, _))| *sa == a)
+                .map(|(k, (_, _, c))| (k, select::text_len(c)))
+                .collect(),
+        })
+        .collect();
+    let scored = halving::evaluate(
+        spec.accept,
+        spec.min_gain,
+        &groups,
+        spec.halving,
+        |jobs| {
+            let positions: Vec<Vec<usize>> = jobs
+                .iter()
+                .map(|(g, _, ps)| ps.iter().map(|&p| eval_sets[*g][p]).collect())
+                .collect();
+            let batch: Vec<(&Components, &[usize])> = jobs
+                .iter()
+                .zip(&positions)
+                .map(|((g, c, _), idx)| (&survivors[groups[*g].candidates[*c].0].2, idx.as_slice()))
+                .collect();
+            env.evaluate(stage, env.train, &batch)
+        },
+        |o: &Outcome| o.score,
+    );
+    let mut out: Vec<Option<Evaluated>> = (from..survivors.len()).map(|_| None).collect();
+    for (g, group) in groups.iter().enumerate() {
+        for (c, &(k, _)) in group.candidates.iter().enumerate() {
+            let s = &scored[g][c];
+            let known: Vec<&Outcome> = s.outcomes.iter().flatten().collect();
+            env.counters.borrow_mut().halving_saved += s.outcomes.len() - known.len();
+            out[k - from] = Some(Evaluated {
+                outcomes: s.complete(),
+                scored: known.len(),
+                sum: known.iter().map(|o| o.score).sum(),
+                cut_off: known.iter().filter(|o| o.cut_off).count(),
+            });
+        }
+    }
+    env.counters.borrow_mut().candidates_evaluated += out.len();
+    out.into_iter()
+        .map(|e| e.expect("every survivor belongs to an active slot"))
+        .collect()
 }
 
 /// Every trajectory (failures first), as many as fit the optimizer's context window and

@@ -1,7 +1,8 @@
 //! Making the candidates of one iteration: every active subset's moves, the optimizer's in
 //! one batch (re-asks batched too), the mechanical ones (strategies appended verbatim,
-//! worked examples, the answer format) directly. The moves that make the agent reason end
-//! with a note of the agent's reply budget ([`operators::reply_budget_note`]).
+//! worked examples, the answer format) directly. (A candidate under which the agent's
+//! replies are often cut off is tried again with its reply budget stated, after
+//! evaluation: see [`crate::optimizer::methods::optimize`].)
 
 use crate::optimizer::data::rng::Rng;
 use crate::optimizer::data::task::Operator;
@@ -81,7 +82,7 @@ pub fn propose(
                         &first,
                         STRATEGIES[variant % STRATEGIES.len()],
                     );
-                    p.components = Some(fit_reply_budget(env, c, &first));
+                    p.components = Some(c);
                     None
                 }
                 Operator::Demos => {
@@ -137,25 +138,9 @@ pub fn propose(
     }
     let answers = env.ask(stage, asks);
     for ((a, j), c) in asked.into_iter().zip(answers) {
-        let p = &mut proposals[a][j];
-        p.components = match p.operator {
-            Operator::Strategy | Operator::Induction => c.map(|c| fit_reply_budget(env, c, &first)),
-            _ => c,
-        };
+        proposals[a][j].components = c;
     }
     proposals
-}
-
-/// `c` with the reply-budget note on component `first` (for the moves that make the agent
-/// reason: a library strategy, a strategy applied by the optimizer, an induced procedure),
-/// the note exempt from the guard (its number is the task's setting, not training content).
-fn fit_reply_budget(env: &Env, c: Components, first: &str) -> Components {
-    let (c, note) = operators::with_reply_budget(c, first, env.agent.reply_tokens());
-    let mut exempt = env.exempt.borrow_mut();
-    if let Some(note) = note.filter(|n| !exempt.contains(n)) {
-        exempt.push(note);
-    }
-    c
 }
 
 /// A seeded sample of the slot's failures and successes, formatted.

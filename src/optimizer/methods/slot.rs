@@ -38,6 +38,21 @@ pub struct CandidateRecord {
     /// How many of the agent's scored replies under it stopped at the token limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cut_off: Option<usize>,
+    /// A repair: an earlier candidate of this iteration with the agent's reply budget
+    /// stated, made because the agent's replies under that one were often cut off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reply_budget: bool,
+}
+
+impl CandidateRecord {
+    /// The name its counts go under: the operator, with `+budget` for a repair.
+    pub fn counter_key(&self) -> String {
+        if self.reply_budget {
+            format!("{}+budget", self.operator)
+        } else {
+            self.operator.clone()
+        }
+    }
 }
 
 /// One iteration of one subset.

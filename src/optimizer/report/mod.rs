@@ -28,7 +28,7 @@
 //!                      "stopped": "solved|iterations|budget",
 //!                      "iterations": [ { "iteration", "score_before", "score_after", "diagnosis",
 //!                                        "candidates": [ { "operator", "status", "score",
-//!                                                          "check_score", "detail", "cut_off" } ] } ],
+//!                                                          "check_score", "detail", "cut_off", "reply_budget" } ] } ],
 //!                      "truncations": [ { "iteration", "shown", "total", "token_budget" } ] } ],
 //!       "merges": [ { "level", "id", "children", "n", "child_scores", "candidate_scores",
 //!                     "candidate_operators", "candidate_dropped", "chosen", "score" } ],
