@@ -354,6 +354,15 @@ mod tests {
     }
 
     #[test]
+    fn a_repair_needs_two_cut_off_replies_and_a_quarter_of_those_scored() {
+        assert!(!cut_off_often(0, 0));
+        assert!(!cut_off_often(1, 1));
+        assert!(cut_off_often(2, 8));
+        assert!(!cut_off_often(2, 9));
+        assert!(cut_off_often(5, 6));
+    }
+
+    #[test]
     fn the_reply_budget_note_follows_the_limit_and_is_added_once() {
         assert!(reply_budget_note(200).contains("about 100 words"));
         assert!(reply_budget_note(165).contains("about 80 words"));

@@ -9,7 +9,9 @@
 //! (a strategy appended verbatim, worked examples from the agent's own solved
 //! trajectories). Candidates that change nothing, leak or copy training data, name its
 //! content or are degenerate are rejected by the guard. The rest are evaluated on the
-//! subset and on a fixed set of check examples from outside it; the one with the largest
+//! subset and on a fixed set of check examples from outside it (a candidate under which
+//! the agent's replies were often cut off at its token limit is evaluated again beside
+//! itself with the reply budget stated); the one with the largest
 //! gain is kept when it solves at least `min_gain` more examples of the subset and is not
 //! worse on the check examples; the others are remembered as failed attempts (the text of
 //! leaking ones never shown again). A subset stops when solved or after `iterations`.
