@@ -289,17 +289,17 @@ fn candidate_records(
         .collect()
 }
 
+/// An FGO run of library strategies only, the agent's replies limited to 40 tokens.
+fn seed_run_with_a_reply_limit(agent: ScriptedLlm) -> RunReport {
+    let t = task("operators = [\"seed\"]\n[agent.params]\nmax_new_tokens = 40");
+    run(&t, Arc::new(agent), Method::Fgo, &Calls::in_memory())
+}
+
 /// Replies cut off at the token limit under a candidate make a repair: the candidate again
 /// with the reply budget stated, evaluated beside it; here only the repair can win.
 #[test]
 fn a_candidate_whose_replies_are_cut_off_is_tried_again_with_the_reply_budget() {
-    let t = task("operators = [\"seed\"]\n[agent.params]\nmax_new_tokens = 40");
-    let r = run(
-        &t,
-        Arc::new(reasoning_agent(true)),
-        Method::Fgo,
-        &Calls::in_memory(),
-    );
+    let r = seed_run_with_a_reply_limit(reasoning_agent(true));
     let m = &r.methods[0];
     let text = &m.final_components["system_prompt"];
     assert!(text.contains("Work step by step"), "{}", r.to_markdown());
@@ -331,13 +331,7 @@ fn a_candidate_whose_replies_are_cut_off_is_tried_again_with_the_reply_budget() 
 /// Without cut-off replies there is no repair, and the note never appears.
 #[test]
 fn no_reply_budget_is_stated_when_replies_are_not_cut_off() {
-    let t = task("operators = [\"seed\"]\n[agent.params]\nmax_new_tokens = 40");
-    let r = run(
-        &t,
-        Arc::new(reasoning_agent(false)),
-        Method::Fgo,
-        &Calls::in_memory(),
-    );
+    let r = seed_run_with_a_reply_limit(reasoning_agent(false));
     let m = &r.methods[0];
     let text = &m.final_components["system_prompt"];
     assert!(text.contains("Work step by step"), "{}", r.to_markdown());
