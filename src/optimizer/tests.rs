@@ -131,6 +131,16 @@ fn run(task: &Task, llm: Arc<dyn Llm>, method: Method, calls: &Calls) -> RunRepo
     execute(task, &data(), &models, method, 7, calls, &NoProgress).unwrap()
 }
 
+/// FGO on `task` with the good scripted optimizer, calls kept in memory.
+fn run_fgo(task: &Task) -> RunReport {
+    run(
+        task,
+        Arc::new(world(Optimizer::Good)),
+        Method::Fgo,
+        &Calls::in_memory(),
+    )
+}
+
 #[test]
 fn fgo_improves_and_merges_every_subset_once() {
     let llm = Arc::new(world(Optimizer::Good));
@@ -379,12 +389,7 @@ fn a_component_worse_than_the_initial_on_val_is_never_returned() {
 fn a_training_set_that_fits_one_prompt_is_one_subset() {
     let mut t = task("");
     t.spec.optimizer.subset_count = None;
-    let r = run(
-        &t,
-        Arc::new(world(Optimizer::Good)),
-        Method::Fgo,
-        &Calls::in_memory(),
-    );
+    let r = run_fgo(&t);
     let m = &r.methods[0];
     assert_eq!(m.subsets.len(), 1);
     assert!(
@@ -397,24 +402,14 @@ fn a_training_set_that_fits_one_prompt_is_one_subset() {
     // fit when no floor binds...
     t.spec.optimizer.prompt_tokens = 256;
     t.spec.optimizer.min_subset_size = 1;
-    let r = run(
-        &t,
-        Arc::new(world(Optimizer::Good)),
-        Method::Fgo,
-        &Calls::in_memory(),
-    );
+    let r = run_fgo(&t);
     let m = &r.methods[0];
     assert!(m.subsets.len() > 2, "{}", m.subset_sizing);
     assert!(m.subset_sizing.contains("fewest"), "{}", m.subset_sizing);
     // ... and into subsets of at least `min_subset_size` (16 examples, 8 each) when those
     // would be smaller: each prompt then shows the trajectories that fit.
     t.spec.optimizer.min_subset_size = 8;
-    let r = run(
-        &t,
-        Arc::new(world(Optimizer::Good)),
-        Method::Fgo,
-        &Calls::in_memory(),
-    );
+    let r = run_fgo(&t);
     let m = &r.methods[0];
     assert_eq!(m.subsets.len(), 2, "{}", m.subset_sizing);
     assert!(
@@ -433,12 +428,7 @@ fn a_training_set_that_fits_one_prompt_is_one_subset() {
 fn budget_stops_the_run_with_the_best_so_far() {
     // The rotation that makes an optimizer call in the first iteration.
     let t = task("operators = [\"seed\", \"rewrite\"]\n[budget]\noptimizer_tokens = 1");
-    let r = run(
-        &t,
-        Arc::new(world(Optimizer::Good)),
-        Method::Fgo,
-        &Calls::in_memory(),
-    );
+    let r = run_fgo(&t);
     let m = &r.methods[0];
     let hit = m.budget_hit.as_ref().unwrap();
     assert_eq!(hit.budget, "optimizer_tokens");
@@ -456,12 +446,7 @@ fn budget_stops_the_run_with_the_best_so_far() {
 #[test]
 fn an_agent_budget_stop_makes_no_selection_calls() {
     let t = task("[budget]\nagent_tokens = 50");
-    let r = run(
-        &t,
-        Arc::new(world(Optimizer::Good)),
-        Method::Fgo,
-        &Calls::in_memory(),
-    );
+    let r = run_fgo(&t);
     let m = &r.methods[0];
     assert_eq!(
         m.budget_hit.as_ref().map(|h| h.budget.as_str()),
