@@ -13,7 +13,7 @@
 //!   appended as worked examples, chosen to resemble the current failures (no model call).
 //! - [`Operator::Seed`]: a strategy from a small task-agnostic library (reason step by step,
 //!   enumerate then combine, restate the question, check the answer, ...) is appended
-//!   verbatim (no model call).
+//!   verbatim (no model call); one the component already states is skipped for the next.
 //! - [`Operator::Strategy`]: the optimizer rewrites the component so that the agent works
 //!   by one strategy of the library, adapted to the tasks it sees.
 //! - [`Operator::Format`]: the answer format, abstracted from the training answers (a label
@@ -40,6 +40,17 @@ pub const STRATEGIES: [&str; 6] = [
     "Break the problem into smaller parts, solve each part separately, then combine the parts into the final answer, given in the required format at the end.",
     "Answer directly and concisely: give only the final answer, in exactly the required format, with no explanation.",
 ];
+
+/// The library strategy of `variant` for a component whose text is `current`: the first at
+/// or after `variant` (cyclically) that the text does not already hold verbatim, so that a
+/// move never spends a candidate on a strategy the component states already (a `seed`
+/// move accepted earlier in the subset, a crossover of two children); `None` when it holds
+/// all of them.
+pub fn strategy_for(current: &str, variant: usize) -> Option<&'static str> {
+    (0..STRATEGIES.len())
+        .map(|k| STRATEGIES[(variant + k) % STRATEGIES.len()])
+        .find(|s| !current.contains(s))
+}
 
 /// Edit hints rotated over rewrite candidates: adding is one kind of change among several.
 pub const EDIT_HINTS: [&str; 6] = [
@@ -374,6 +385,26 @@ mod tests {
         let (twice, _) = with_reply_budget(once.clone(), "p", Some(160));
         assert_eq!(twice, once, "the note is not added a second time");
         assert_eq!(with_reply_budget(c.clone(), "p", None), (c, None));
+    }
+
+    #[test]
+    fn strategy_for_skips_strategies_the_component_states() {
+        assert_eq!(strategy_for("Answer.", 0), Some(STRATEGIES[0]));
+        assert_eq!(
+            strategy_for("Answer.", STRATEGIES.len() + 2),
+            Some(STRATEGIES[2])
+        );
+        let with_first = format!("Answer.\n\n{}", STRATEGIES[0]);
+        assert_eq!(strategy_for(&with_first, 0), Some(STRATEGIES[1]));
+        assert_eq!(strategy_for(&with_first, 1), Some(STRATEGIES[1]));
+        let last = STRATEGIES.len() - 1;
+        let with_last = format!("Answer.\n\n{}", STRATEGIES[last]);
+        assert_eq!(
+            strategy_for(&with_last, last),
+            Some(STRATEGIES[0]),
+            "wraps around"
+        );
+        assert_eq!(strategy_for(&STRATEGIES.join("\n\n"), 3), None);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::optimizer::data::task::Operator;
 use crate::optimizer::exec::agent::{Components, Outcome};
 use crate::optimizer::methods::env::{Ask, Env, Expect};
 use crate::optimizer::methods::format;
-use crate::optimizer::methods::operators::{self, STRATEGIES};
+use crate::optimizer::methods::operators;
 use crate::optimizer::methods::prompts;
 use crate::optimizer::methods::slot::Slot;
 
@@ -53,15 +53,21 @@ pub fn propose(
                     prompts::rewrite(&s.current, &env.names, &diagnoses[a], &failed, variant),
                     Expect::Components(&s.current),
                 )),
-                Operator::Strategy => Some((
-                    prompts::strategy(
-                        &s.current,
-                        &env.names,
-                        &sample_trajectories(env, s, iteration),
-                        STRATEGIES[variant % STRATEGIES.len()],
-                    ),
-                    Expect::Components(&s.current),
-                )),
+                Operator::Strategy => match operators::strategy_for(&joined(&s.current), variant) {
+                    Some(strategy) => Some((
+                        prompts::strategy(
+                            &s.current,
+                            &env.names,
+                            &sample_trajectories(env, s, iteration),
+                            strategy,
+                        ),
+                        Expect::Components(&s.current),
+                    )),
+                    None => {
+                        p.missing = Some("the component states every library strategy".into());
+                        None
+                    }
+                },
                 Operator::Induction => {
                     let mut order: Vec<usize> = (0..s.outcomes.len()).collect();
                     Rng::derived(env.seed, &label).shuffle(&mut order);
@@ -77,12 +83,15 @@ pub fn propose(
                     ))
                 }
                 Operator::Seed => {
-                    let c = operators::append_section(
-                        &s.current,
-                        &first,
-                        STRATEGIES[variant % STRATEGIES.len()],
-                    );
-                    p.components = Some(c);
+                    match operators::strategy_for(&joined(&s.current), variant) {
+                        Some(strategy) => {
+                            p.components =
+                                Some(operators::append_section(&s.current, &first, strategy));
+                        }
+                        None => {
+                            p.missing = Some("the component states every library strategy".into())
+                        }
+                    }
                     None
                 }
                 Operator::Demos => {
@@ -141,6 +150,11 @@ pub fn propose(
         proposals[a][j].components = c;
     }
     proposals
+}
+
+/// Every component text, one after another: where a library strategy is looked for.
+fn joined(c: &Components) -> String {
+    c.values().cloned().collect::<Vec<_>>().join("\n\n")
 }
 
 /// A seeded sample of the slot's failures and successes, formatted.
