@@ -351,6 +351,92 @@ fn no_reply_budget_is_stated_when_replies_are_not_cut_off() {
     assert!(!m.counters.by_operator.contains_key("seed+budget"));
 }
 
+/// An agent that a library strategy helps on lists of three and four items only (4 of the
+/// 16 training examples, too few for `min_gain = 5` on either subset), and an optimizer
+/// whose merges change nothing.
+fn near_miss_world() -> ScriptedLlm {
+    ScriptedLlm::new(|r: &ChatRequest| {
+        let system = &r.messages[0].content;
+        if system.starts_with("You improve") {
+            return "<system_prompt>Count the items.</system_prompt>".into();
+        }
+        let user = r
+            .messages
+            .last()
+            .map(|m| m.content.clone())
+            .unwrap_or_default();
+        let n = user.split(": ").nth(1).map_or(0, |l| l.split(", ").count());
+        let helped = crate::optimizer::methods::operators::STRATEGIES
+            .iter()
+            .any(|s| system.contains(s))
+            && (n == 3 || n == 4);
+        let said = if helped || n <= 2 { n } else { n - 1 };
+        format!("I count them.\n{}", WORDS[said.min(9)])
+    })
+}
+
+/// FGO on two subsets with library strategies only, under the near-miss world.
+fn near_miss_run(retrials: usize) -> RunReport {
+    let mut t = task("operators = [\"seed\"]\nmin_gain = 5");
+    t.spec.optimizer.subset_count = Some(2);
+    t.spec.optimizer.merge_retrials = retrials;
+    run(
+        &t,
+        Arc::new(near_miss_world()),
+        Method::Fgo,
+        &Calls::in_memory(),
+    )
+}
+
+/// A strategy that gains on a subset too little to be accepted there is tried again at the
+/// merge on top of the best child, wins on the union, and is the final component; without
+/// retrials the run returns the initial component.
+#[test]
+fn a_near_miss_is_tried_again_at_the_merge_and_can_win_there() {
+    let r = near_miss_run(2);
+    let m = &r.methods[0];
+    // No subset accepted anything: each gained at most 4 of its 8 examples, short of 5.
+    assert_eq!(m.counters.accepted, 0, "{}", r.to_markdown());
+    let merge = &m.merges[0];
+    assert!(
+        merge.candidate_operators.iter().any(|o| o == "retrial"),
+        "{merge:?}"
+    );
+    let retrials = merge
+        .candidate_operators
+        .iter()
+        .filter(|o| *o == "retrial")
+        .count();
+    assert!(retrials <= 2, "at most merge_retrials: {merge:?}");
+    assert_eq!(merge.chosen, merge.id, "{merge:?}");
+    assert_eq!(
+        m.counters.by_operator["retrial"].accepted, 1,
+        "{:?}",
+        m.counters
+    );
+    let text = &m.final_components["system_prompt"];
+    assert!(text.starts_with("Count the items."), "{text}");
+    assert!(
+        crate::optimizer::methods::operators::STRATEGIES
+            .iter()
+            .any(|s| text.contains(s)),
+        "{text}"
+    );
+    assert!(m.val_score > r.initial.val, "{}", r.to_markdown());
+    assert!(m.train_score > r.initial.train);
+
+    let r = near_miss_run(0);
+    let m = &r.methods[0];
+    assert!(
+        m.merges
+            .iter()
+            .all(|x| !x.candidate_operators.iter().any(|o| o == "retrial")),
+        "{:?}",
+        m.merges
+    );
+    assert_eq!(m.final_components["system_prompt"], "Count the items.");
+}
+
 #[test]
 fn a_component_worse_than_the_initial_on_val_is_never_returned() {
     let r = run(

@@ -61,6 +61,7 @@ pub enum Operator {
     Format,
     Crossover,
     Merge,
+    Retrial,
 }
 
 impl Operator {
@@ -75,6 +76,7 @@ impl Operator {
             Operator::Format => "format",
             Operator::Crossover => "crossover",
             Operator::Merge => "merge",
+            Operator::Retrial => "retrial",
         }
     }
 
@@ -416,6 +418,10 @@ pub struct OptimizerSpec {
     pub max_reasks: usize,
     /// Components merged at once (default 2).
     pub merge_fan_in: usize,
+    /// Near misses of the children's subsets (candidates that gained on their subset but
+    /// were not accepted) tried again at a merge, on top of the best child, on the union
+    /// (default 2; 0 = none).
+    pub merge_retrials: usize,
     /// When a candidate is kept.
     pub accept: AcceptRule,
     /// A candidate sharing this many consecutive words with a training input (absent from
@@ -479,6 +485,7 @@ impl Default for OptimizerSpec {
             show_failed_attempts: 3,
             max_reasks: 2,
             merge_fan_in: 2,
+            merge_retrials: 2,
             accept: AcceptRule::Better,
             copy_ngram_words: 8,
             leak_min_chars: 3,
@@ -771,11 +778,12 @@ impl Task {
         if o.operators.is_empty() {
             return Err(self.err("optimizer.operators", "give at least one operator"));
         }
-        if let Some(op) = o
-            .operators
-            .iter()
-            .find(|op| matches!(op, Operator::Crossover | Operator::Merge))
-        {
+        if let Some(op) = o.operators.iter().find(|op| {
+            matches!(
+                op,
+                Operator::Crossover | Operator::Merge | Operator::Retrial
+            )
+        }) {
             return Err(self.err(
                 "optimizer.operators",
                 format!("`{}` is a merge move, not a proposal operator", op.name()),

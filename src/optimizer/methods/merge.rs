@@ -6,7 +6,9 @@
 //! versions (rotated merge hints) from each child's change to the initial component, its
 //! score on its own and on the other children's examples and the examples only it solves;
 //! a section crossover (the best child's text plus the sections the others added) is made
-//! without a model call; the screened candidates are evaluated on the union, with successive
+//! without a model call, and so are retrials (the best child plus the sections of a near
+//! miss of a child's subset: a candidate that gained there too little to be accepted on
+//! that subset's evidence alone, given a second trial on twice the examples); the screened candidates are evaluated on the union, with successive
 //! halving stopping those that can no longer beat the best child. The best on the union
 //! goes up, children included, ties to the shorter text. Every subset is consumed
 //! exactly once; the root covers all of train. Children and winning merges enter the pool
@@ -24,6 +26,7 @@ use crate::optimizer::methods::halving;
 use crate::optimizer::methods::operators;
 use crate::optimizer::methods::prompts;
 use crate::optimizer::methods::select::{self, PoolEntry};
+use crate::optimizer::methods::slot::NearMiss;
 
 /// A component on the merge frontier.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +42,10 @@ pub struct Node {
     pub score: f64,
     /// Lessons carried up (diagnoses of accepted steps).
     pub lessons: Vec<String>,
+    /// Near misses of its subset, tried again at its first merge (a merge's own node has
+    /// none: they were tried on its union).
+    #[serde(skip)]
+    pub near_misses: Vec<NearMiss>,
 }
 
 /// What one merge did.
@@ -288,6 +295,10 @@ pub fn merge_all(
             let kids: Vec<&Components> = order.iter().map(|&c| &groups[g][c].components).collect();
             candidates.push(Some(operators::crossover(&kids, initial, &env.names)));
             cand_of.push((g, Operator::Crossover));
+            for retrial in retrials(&groups[g], kids[0], env.spec.merge_retrials, &env.names) {
+                candidates.push(Some(retrial));
+                cand_of.push((g, Operator::Retrial));
+            }
         }
 
         // 3. Screen and evaluate the candidates on their union, one batch.
@@ -419,11 +430,32 @@ pub fn merge_all(
                 examples: unions[g].clone(),
                 score,
                 lessons,
+                near_misses: Vec::new(),
             });
         }
         frontier = next;
     }
     (frontier, records, None)
+}
+
+/// Up to `max` retrial candidates of a merge group: `best` (the best child) plus the
+/// sections of one near miss of the children's subsets, the largest gains first (ties to
+/// the earlier child and candidate); a near miss whose sections `best` already holds, or
+/// that makes the same text as an earlier one, gives none.
+fn retrials(children: &[Node], best: &Components, max: usize, names: &[String]) -> Vec<Components> {
+    let mut misses: Vec<&NearMiss> = children.iter().flat_map(|c| &c.near_misses).collect();
+    misses.sort_by(|a, b| b.gain.total_cmp(&a.gain));
+    let mut out: Vec<Components> = Vec::new();
+    for miss in misses {
+        if out.len() >= max {
+            break;
+        }
+        let c = operators::retrial(best, &miss.candidate, &miss.parent, names);
+        if c != *best && !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// How many merge levels take `nodes` nodes down to one, `fan_in` at a time.

@@ -22,6 +22,9 @@
 //! - [`Operator::Crossover`] (merges only): one child's text plus the sections the other
 //!   children added, without a model call.
 //! - [`Operator::Merge`] (merges only): the optimizer writes one version from the children.
+//! - [`Operator::Retrial`] (merges only): the best child plus the sections of a near miss
+//!   of a child's subset (a candidate that gained there, but too little to be accepted on
+//!   that subset's evidence alone), without a model call.
 //!
 //! Nothing here may name a task, a domain or an example: the moves must work on tasks the
 //! project has never seen.
@@ -269,6 +272,33 @@ pub fn crossover(children: &[&Components], parent: &Components, names: &[String]
         out.insert(name.clone(), text.trim().to_string());
     }
     out
+}
+
+/// Whether `candidate` keeps every section of `parent` and adds at least one: a move that
+/// appended text (a library strategy, worked examples, the answer format, a procedure), whose
+/// added sections can be carried onto another component.
+pub fn adds_sections(parent: &Components, candidate: &Components, names: &[String]) -> bool {
+    let mut added = false;
+    for name in names {
+        let before = sections(parent.get(name).map(String::as_str).unwrap_or(""));
+        let after = sections(candidate.get(name).map(String::as_str).unwrap_or(""));
+        if !before.iter().all(|s| after.contains(s)) {
+            return false;
+        }
+        added |= after.iter().any(|s| !before.contains(s));
+    }
+    added
+}
+
+/// `base` plus the sections `candidate` added to `parent` that `base` does not hold (a
+/// near miss of one subset carried onto a merge's best child), without a model call.
+pub fn retrial(
+    base: &Components,
+    candidate: &Components,
+    parent: &Components,
+    names: &[String],
+) -> Components {
+    crossover(&[base, candidate], parent, names)
 }
 
 /// The blank-line separated sections of `text`, trimmed.

@@ -14,7 +14,9 @@
 //! itself with the reply budget stated); the one with the largest
 //! gain is kept when it solves at least `min_gain` more examples of the subset and is not
 //! worse on the check examples; the others are remembered as failed attempts (the text of
-//! leaking ones never shown again). A subset stops when solved or after `iterations`.
+//! leaking ones never shown again). A candidate that added sections and gained without
+//! being accepted is kept as a near miss, for the merges to try again on more examples. A
+//! subset stops when solved or after `iterations`.
 //!
 //! The all-at-once baseline is the same loop on one subset holding all of train, with every
 //! trajectory in the prompt, truncated to the optimizer's context window.
@@ -29,7 +31,9 @@ use crate::optimizer::methods::operators;
 use crate::optimizer::methods::prompts::{self, FailedAttempt};
 use crate::optimizer::methods::propose::propose;
 use crate::optimizer::methods::select::{self, PoolEntry};
-use crate::optimizer::methods::slot::{CandidateRecord, IterationRecord, Slot, Truncation};
+use crate::optimizer::methods::slot::{
+    CandidateRecord, IterationRecord, NearMiss, Slot, Truncation,
+};
 
 /// Optimizes every slot; returns the budget that stopped it, if one did. The trajectories
 /// of one optimizer prompt are capped at `trajectory_tokens` (and the context window).
@@ -295,6 +299,23 @@ pub fn optimize(
                 }
                 let accept = best == Some(k);
                 let dropped = evaluated[k].outcomes.is_none();
+                // A gain too small to accept on this subset's evidence alone (or smaller
+                // than the accepted one's), not bought with losses elsewhere: a merge tries
+                // its added sections again on the union.
+                // Successive halving stops such a candidate early, so the gain is the one
+                // known on the examples it was scored on.
+                let e = &evaluated[k];
+                if !accept
+                    && e.known_gain > 1e-9
+                    && e.known_check >= -1e-9
+                    && operators::adds_sections(&slots[i].current, c, &env.names)
+                {
+                    slots[i].near_misses.push(NearMiss {
+                        parent: slots[i].current.clone(),
+                        candidate: c.clone(),
+                        gain: e.known_gain,
+                    });
+                }
                 records[a][*r].status = match (accept, dropped) {
                     (true, _) => "accepted",
                     (false, true) => "dropped",
@@ -371,6 +392,11 @@ struct Evaluated {
     sum: f64,
     /// Its scored replies cut off at the agent's token limit.
     cut_off: usize,
+    /// Its gain over the current component on the subset examples it was scored on, and
+    /// its difference on the check examples it was scored on (the whole gain and check
+    /// delta when it was scored on all).
+    known_gain: f64,
+    known_check: f64,
 }
 
 /// Evaluates `survivors[from..]` (slot position, record, candidate) on their slots' subset
@@ -431,11 +457,26 @@ fn evaluate_survivors(
             let s = &scored[g][c];
             let known: Vec<&Outcome> = s.outcomes.iter().flatten().collect();
             env.counters.borrow_mut().halving_saved += s.outcomes.len() - known.len();
+            // Its gain over the current component on the examples it was scored on, on the
+            // subset and on the check examples.
+            let (mut known_gain, mut known_check) = (0.0, 0.0);
+            for (p, o) in s.outcomes.iter().enumerate() {
+                if let Some(o) = o {
+                    let delta = o.score - group.current[p];
+                    if p < group.n_sub {
+                        known_gain += delta;
+                    } else {
+                        known_check += delta;
+                    }
+                }
+            }
             out[k - from] = Some(Evaluated {
                 outcomes: s.complete(),
                 scored: known.len(),
                 sum: known.iter().map(|o| o.score).sum(),
                 cut_off: known.iter().filter(|o| o.cut_off).count(),
+                known_gain,
+                known_check,
             });
         }
     }

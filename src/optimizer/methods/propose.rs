@@ -128,7 +128,7 @@ pub fn propose(
                     }
                     None
                 }
-                Operator::Crossover | Operator::Merge => {
+                Operator::Crossover | Operator::Merge | Operator::Retrial => {
                     p.missing = Some("a merge move".into());
                     None
                 }

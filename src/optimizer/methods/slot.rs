@@ -65,6 +65,22 @@ pub struct IterationRecord {
     pub candidates: Vec<CandidateRecord>,
 }
 
+/// A candidate that gained on its subset without being accepted (a gain under the margin,
+/// or a smaller gain than the accepted one's), not worse on the check examples it was scored
+/// on, and made by
+/// adding sections to its parent: a merge tries its sections again on top of the best
+/// child, where the union's examples give twice the evidence (see
+/// [`crate::optimizer::methods::merge`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NearMiss {
+    /// The component it was made from.
+    pub parent: Components,
+    pub candidate: Components,
+    /// Its gain on the subset, in solved examples (on the examples it was scored on when
+    /// successive halving stopped it early).
+    pub gain: f64,
+}
+
 /// A subset being optimized.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Slot {
@@ -84,6 +100,10 @@ pub struct Slot {
     /// Diagnoses that led to accepted candidates.
     pub lessons: Vec<String>,
     pub failed: Vec<FailedAttempt>,
+    /// Near misses of its iterations, for the merges (rebuilt when a run resumes, as the
+    /// whole run is).
+    #[serde(skip)]
+    pub near_misses: Vec<NearMiss>,
     pub iterations: Vec<IterationRecord>,
     /// Why it stopped: `solved`, `iterations`, `budget`.
     pub stopped: String,
@@ -110,6 +130,7 @@ impl Slot {
             score,
             lessons: Vec::new(),
             failed: Vec::new(),
+            near_misses: Vec::new(),
             iterations: Vec::new(),
             stopped: String::new(),
             truncations: Vec::new(),

@@ -369,6 +369,7 @@ fn run_fgo(env: &Env, task: &Task, start: &Start) -> MethodReport {
             examples: s.examples.clone(),
             score: s.score,
             lessons: s.lessons.clone(),
+            near_misses: s.near_misses.clone(),
         })
         .collect();
     let initial_scores: Vec<f64> = initial_train.iter().map(|o| o.score).collect();
@@ -406,6 +407,7 @@ fn run_all_at_once(env: &Env, task: &Task, start: &Start) -> MethodReport {
         examples: s.examples.clone(),
         score: s.score,
         lessons: Vec::new(),
+        near_misses: Vec::new(),
     };
     let sizing = "one subset holding all of train, every trajectory that fits the context".into();
     finish(env, start, &[node], slots, Vec::new(), hit, sizing)
