@@ -424,6 +424,9 @@ fn a_near_miss_is_tried_again_at_the_merge_and_can_win_there() {
     );
     assert!(m.val_score > r.initial.val, "{}", r.to_markdown());
     assert!(m.train_score > r.initial.train);
+    // The report names the move beside each merge candidate's score.
+    let md = r.to_markdown();
+    assert!(md.contains("candidates [\"retrial "), "{md}");
 
     let r = near_miss_run(0);
     let m = &r.methods[0];

@@ -534,21 +534,30 @@ impl RunReport {
                 }
             }
             for mg in &m.merges {
-                let _ =
-                    writeln!(
+                let _ = writeln!(
                     s,
                     "- merge {} of [{}] on {} examples: children {:?}, candidates {:?} -> kept {}",
                     mg.id,
                     mg.children.join(", "),
                     mg.n,
-                    mg.child_scores.iter().map(|v| format!("{:.2}", v)).collect::<Vec<_>>(),
+                    mg.child_scores
+                        .iter()
+                        .map(|v| format!("{:.2}", v))
+                        .collect::<Vec<_>>(),
                     mg.candidate_scores
                         .iter()
                         .enumerate()
-                        .map(|(k, v)| if mg.candidate_dropped.get(k).copied().unwrap_or(false) {
-                            format!("{v:.2} (stopped early)")
-                        } else {
-                            format!("{v:.2}")
+                        .map(|(k, v)| {
+                            // The move that made it (older records have none).
+                            let op = mg
+                                .candidate_operators
+                                .get(k)
+                                .map_or(String::new(), |o| format!("{o} "));
+                            if mg.candidate_dropped.get(k).copied().unwrap_or(false) {
+                                format!("{op}{v:.2} (stopped early)")
+                            } else {
+                                format!("{op}{v:.2}")
+                            }
                         })
                         .collect::<Vec<_>>(),
                     mg.chosen
