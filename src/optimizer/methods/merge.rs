@@ -472,7 +472,55 @@ pub fn merge_levels(nodes: usize, fan_in: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::merge_levels;
+    use super::{merge_levels, retrials, Node};
+    use crate::optimizer::exec::agent::Components;
+    use crate::optimizer::methods::slot::NearMiss;
+
+    fn one(text: &str) -> Components {
+        Components::from([("p".to_string(), text.to_string())])
+    }
+
+    fn node(id: &str, text: &str, misses: Vec<(&str, f64)>) -> Node {
+        Node {
+            id: id.into(),
+            components: one(text),
+            subsets: Vec::new(),
+            examples: Vec::new(),
+            score: 0.0,
+            lessons: Vec::new(),
+            near_misses: misses
+                .into_iter()
+                .map(|(added, gain)| NearMiss {
+                    parent: one(text),
+                    candidate: one(&format!("{text}\n\n{added}")),
+                    gain,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn retrials_take_the_largest_gains_once_each_up_to_the_cap() {
+        let names = vec!["p".to_string()];
+        let children = [
+            node("s0", "Answer.\n\nRule A.", vec![("S1.", 1.0), ("S2.", 3.0)]),
+            // S1 again (a second copy) and a section the best child already holds.
+            node(
+                "s1",
+                "Answer.",
+                vec![("S1.", 2.0), ("Rule A.", 4.0), ("S3.", 0.5)],
+            ),
+        ];
+        let best = &children[0].components;
+        let got = retrials(&children, best, 2, &names);
+        let texts: Vec<&str> = got.iter().map(|c| c["p"].as_str()).collect();
+        assert_eq!(
+            texts,
+            ["Answer.\n\nRule A.\n\nS2.", "Answer.\n\nRule A.\n\nS1."]
+        );
+        assert_eq!(retrials(&children, best, 5, &names).len(), 3);
+        assert!(retrials(&children, best, 0, &names).is_empty());
+    }
 
     #[test]
     fn merge_levels_counts_rounds_of_fan_in() {

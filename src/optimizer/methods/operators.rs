@@ -491,4 +491,30 @@ mod tests {
         let appended = append_section(&parent, "p", "Procedure:\n1. x");
         assert_eq!(appended["p"], "Answer.\n\nProcedure:\n1. x");
     }
+
+    #[test]
+    fn only_candidates_that_keep_their_parent_add_sections() {
+        let names = vec!["p".to_string()];
+        let one = |t: &str| Components::from([("p".to_string(), t.to_string())]);
+        let parent = one("Answer.\n\nRule A.");
+        assert!(adds_sections(
+            &parent,
+            &one("Answer.\n\nRule A.\n\nStrategy S."),
+            &names
+        ));
+        // A rewrite that drops a section, and a candidate that adds nothing, do not.
+        assert!(!adds_sections(
+            &parent,
+            &one("Answer well.\n\nStrategy S."),
+            &names
+        ));
+        assert!(!adds_sections(&parent, &parent, &names));
+        // Carried onto another component: only what the candidate added to its parent.
+        let near_miss = one("Answer.\n\nRule A.\n\nStrategy S.");
+        let best = one("Answer.\n\nRule B.");
+        assert_eq!(
+            retrial(&best, &near_miss, &parent, &names)["p"],
+            "Answer.\n\nRule B.\n\nStrategy S."
+        );
+    }
 }
