@@ -73,6 +73,20 @@ fn data() -> Dataset {
     }
 }
 
+/// The last message of a request (the question, for the agent).
+fn last_user(r: &ChatRequest) -> String {
+    r.messages
+        .last()
+        .map(|m| m.content.clone())
+        .unwrap_or_default()
+}
+
+/// How many items the agent's question lists.
+fn items_asked(r: &ChatRequest) -> usize {
+    let user = last_user(r);
+    user.split(": ").nth(1).map_or(0, |l| l.split(", ").count())
+}
+
 /// The optimizer's behaviour for rewrite and merge requests.
 #[derive(Clone, Copy)]
 enum Optimizer {
@@ -86,11 +100,7 @@ enum Optimizer {
 fn world(optimizer: Optimizer) -> ScriptedLlm {
     ScriptedLlm::new(move |r: &ChatRequest| {
         let system = &r.messages[0].content;
-        let user = &r
-            .messages
-            .last()
-            .map(|m| m.content.clone())
-            .unwrap_or_default();
+        let user = &last_user(r);
         if system.starts_with("You improve") {
             if user.contains("Study the wrong attempts") {
                 return "MISTAKES: loses count on long lists.\nFIX: keep a running total.".into();
@@ -109,7 +119,7 @@ fn world(optimizer: Optimizer) -> ScriptedLlm {
                 _ => "Here you go:\n<system_prompt>Count the items. Keep a running total.</system_prompt>".into(),
             };
         }
-        let n = user.split(": ").nth(1).map_or(0, |l| l.split(", ").count());
+        let n = items_asked(r);
         if system.contains("Memorize") {
             let right = if user.contains("of train") { n } else { n + 1 };
             return format!("I recall it.\n{}", WORDS[right.min(9)]);
@@ -230,12 +240,7 @@ fn the_format_move_states_the_answers_format_and_is_not_a_leak() {
     // The agent counts right but wraps its answer in a sentence unless told the format.
     let agent = ScriptedLlm::new(|r: &ChatRequest| {
         let system = &r.messages[0].content;
-        let user = r
-            .messages
-            .last()
-            .map(|m| m.content.clone())
-            .unwrap_or_default();
-        let n = user.split(": ").nth(1).map_or(0, |l| l.split(", ").count());
+        let n = items_asked(r);
         if system.contains("Answer format:") && system.contains("For example:") {
             format!("I count them.\n{}", WORDS[n.min(9)])
         } else {
@@ -267,12 +272,7 @@ fn the_format_move_states_the_answers_format_and_is_not_a_leak() {
 fn reasoning_agent(verbose: bool) -> ScriptedLlm {
     ScriptedLlm::new(move |r: &ChatRequest| {
         let system = &r.messages[0].content;
-        let user = r
-            .messages
-            .last()
-            .map(|m| m.content.clone())
-            .unwrap_or_default();
-        let n = user.split(": ").nth(1).map_or(0, |l| l.split(", ").count());
+        let n = items_asked(r);
         if !system.contains("Work step by step") {
             let said = if n <= 2 { n } else { n - 1 };
             return format!("I count them.\n{}", WORDS[said.min(9)]);
@@ -360,12 +360,7 @@ fn near_miss_world() -> ScriptedLlm {
         if system.starts_with("You improve") {
             return "<system_prompt>Count the items.</system_prompt>".into();
         }
-        let user = r
-            .messages
-            .last()
-            .map(|m| m.content.clone())
-            .unwrap_or_default();
-        let n = user.split(": ").nth(1).map_or(0, |l| l.split(", ").count());
+        let n = items_asked(r);
         let helped = crate::optimizer::methods::operators::STRATEGIES
             .iter()
             .any(|s| system.contains(s))

@@ -8,11 +8,11 @@
 //! a section crossover (the best child's text plus the sections the others added) is made
 //! without a model call, and so are retrials (the best child plus the sections of a near
 //! miss of a child's subset: a candidate that gained there too little to be accepted on
-//! that subset's evidence alone, given a second trial on twice the examples); the screened candidates are evaluated on the union, with successive
-//! halving stopping those that can no longer beat the best child. The best on the union
-//! goes up, children included, ties to the shorter text. Every subset is consumed
-//! exactly once; the root covers all of train. Children and winning merges enter the pool
-//! of the final selection.
+//! that subset's evidence alone, given a second trial on twice the examples); the
+//! screened candidates are evaluated on the union, with successive halving stopping those
+//! that can no longer beat the best child. The best on the union goes up, children
+//! included, ties to the shorter text. Every subset is consumed exactly once; the root
+//! covers all of train. Children and winning merges enter the pool of the final selection.
 
 use serde::{Deserialize, Serialize};
 
@@ -450,7 +450,8 @@ fn retrials(children: &[Node], best: &Components, max: usize, names: &[String]) 
         if out.len() >= max {
             break;
         }
-        let c = operators::retrial(best, &miss.candidate, &miss.parent, names);
+        // Over the near miss's parent: only the sections it added go onto `best`.
+        let c = operators::crossover(&[best, &miss.candidate], &miss.parent, names);
         if c != *best && !out.contains(&c) {
             out.push(c);
         }

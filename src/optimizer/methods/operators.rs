@@ -22,9 +22,9 @@
 //! - [`Operator::Crossover`] (merges only): one child's text plus the sections the other
 //!   children added, without a model call.
 //! - [`Operator::Merge`] (merges only): the optimizer writes one version from the children.
-//! - [`Operator::Retrial`] (merges only): the best child plus the sections of a near miss
+//! - [`Operator::Retrial`] (merges only): a crossover of the best child with a near miss
 //!   of a child's subset (a candidate that gained there, but too little to be accepted on
-//!   that subset's evidence alone), without a model call.
+//!   that subset's evidence alone), over the near miss's parent: only what it added.
 //!
 //! Nothing here may name a task, a domain or an example: the moves must work on tasks the
 //! project has never seen.
@@ -290,17 +290,6 @@ pub fn adds_sections(parent: &Components, candidate: &Components, names: &[Strin
     added
 }
 
-/// `base` plus the sections `candidate` added to `parent` that `base` does not hold (a
-/// near miss of one subset carried onto a merge's best child), without a model call.
-pub fn retrial(
-    base: &Components,
-    candidate: &Components,
-    parent: &Components,
-    names: &[String],
-) -> Components {
-    crossover(&[base, candidate], parent, names)
-}
-
 /// The blank-line separated sections of `text`, trimmed.
 fn sections(text: &str) -> Vec<String> {
     text.split("\n\n")
@@ -513,7 +502,7 @@ mod tests {
         let near_miss = one("Answer.\n\nRule A.\n\nStrategy S.");
         let best = one("Answer.\n\nRule B.");
         assert_eq!(
-            retrial(&best, &near_miss, &parent, &names)["p"],
+            crossover(&[&best, &near_miss], &parent, &names)["p"],
             "Answer.\n\nRule B.\n\nStrategy S."
         );
     }

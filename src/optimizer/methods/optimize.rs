@@ -301,9 +301,9 @@ pub fn optimize(
                 let dropped = evaluated[k].outcomes.is_none();
                 // A gain too small to accept on this subset's evidence alone (or smaller
                 // than the accepted one's), not bought with losses elsewhere: a merge tries
-                // its added sections again on the union.
-                // Successive halving stops such a candidate early, so the gain is the one
-                // known on the examples it was scored on.
+                // its added sections again on the union. Successive halving stops such a
+                // candidate early, so the gain is the one known on the examples it was
+                // scored on.
                 let e = &evaluated[k];
                 if !accept
                     && e.known_gain > 1e-9

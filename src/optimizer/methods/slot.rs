@@ -66,10 +66,9 @@ pub struct IterationRecord {
 }
 
 /// A candidate that gained on its subset without being accepted (a gain under the margin,
-/// or a smaller gain than the accepted one's), not worse on the check examples it was scored
-/// on, and made by
-/// adding sections to its parent: a merge tries its sections again on top of the best
-/// child, where the union's examples give twice the evidence (see
+/// or a smaller gain than the accepted one's), not worse on the check examples it was
+/// scored on, and made by adding sections to its parent: a merge tries its sections again
+/// on top of the best child, where the union's examples give twice the evidence (see
 /// [`crate::optimizer::methods::merge`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NearMiss {
