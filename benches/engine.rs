@@ -57,7 +57,6 @@ fn attention_over_blocks(c: &mut Criterion) {
                 new: 1,
                 start: context - 1,
                 blocks,
-                include: true,
             })
             .collect();
         let q: Vec<f32> = (0..sequences * 12 * 128)

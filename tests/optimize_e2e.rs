@@ -7,7 +7,7 @@
 //! role), and a second run of the same seed, killed with SIGKILL half-way and resumed, must
 //! end with the same components, scores and calls, without repeating a finished call; a
 //! third is killed at twenty moments (loading, replay, generation, log writes) and resumed
-//! after each.
+//! after each. A run of both methods side by side gives FGO exactly what it got alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -640,4 +640,85 @@ fn killed_at_twenty_moments_resumes_to_the_uninterrupted_result() {
         sessions >= 2 && sessions <= kills + 1,
         "{sessions} sessions for {kills} kills"
     );
+}
+
+/// What FGO's part of a report must be whatever runs beside it: its final component, the
+/// pool entry it came from, its scores and per-example outcomes, counters, subsets, merges,
+/// and its calls and tokens per stage and role (cached tokens and times aside).
+fn fgo_view(report: &Value) -> Value {
+    let methods = report["methods"].as_array().expect("methods");
+    let m = methods
+        .iter()
+        .find(|m| m["method"] == "fgo")
+        .expect("an fgo method");
+    let tokens: Vec<Value> = report["accounting"]["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter(|t| t["method"] == "fgo")
+        .map(|t| {
+            serde_json::json!([
+                t["stage"],
+                t["role"],
+                t["calls"],
+                t["prompt_tokens"],
+                t["completion_tokens"]
+            ])
+        })
+        .collect();
+    let fields: Vec<Value> = [
+        "final_components",
+        "final_source",
+        "train_score",
+        "val_score",
+        "test_score",
+        "per_example",
+        "counters",
+        "subsets",
+        "merges",
+        "pool",
+    ]
+    .iter()
+    .map(|k| m[*k].clone())
+    .collect();
+    serde_json::json!({
+        "fields": fields,
+        "initial": report["initial"],
+        "tokens": tokens,
+    })
+}
+
+/// Call keys of a run directory's log.
+fn call_keys(dir: &Path) -> BTreeSet<String> {
+    events(dir, "call")
+        .iter()
+        .map(|e| e["key"].as_str().expect("key").to_string())
+        .collect()
+}
+
+/// `--method both` on the real engine: the two methods' calls share one running batch and
+/// each other's cached prefixes, and FGO still gets, bit for bit, the completions, scores
+/// and tokens it got alone, since a completion does not depend on its batch or the cache.
+#[test]
+fn both_methods_side_by_side_give_fgo_what_it_gets_alone() {
+    let alone = uninterrupted();
+    let root = work_dir().join("both");
+    let _ = std::fs::remove_dir_all(&root);
+    let task = write_task(&root.join("task"));
+    let dir = root.join("run");
+    let mut args = optimize_args(&task, &dir);
+    args.extend(["--method", "both"]);
+    let both = succeeded(
+        "fgo optimize --method both",
+        &fgo().args(args).output().expect("runs"),
+    );
+    assert_eq!(fgo_view(&both), fgo_view(&alone.report));
+    let (alone_keys, both_keys) = (call_keys(&alone.dir), call_keys(&dir));
+    assert!(
+        alone_keys.is_subset(&both_keys),
+        "calls of FGO alone missing beside all-at-once: {:?}",
+        alone_keys.difference(&both_keys).collect::<Vec<_>>()
+    );
+    let methods = both["methods"].as_array().expect("methods");
+    assert_eq!(methods.len(), 2, "{methods:?}");
 }

@@ -531,3 +531,46 @@ fn chunked_loading_equals_whole_packing() {
     let bad = QuantMatrix::load_packed(GgmlDType::Q4_0, 4, 33, |_, _| Ok(()));
     assert!(bad.unwrap_err().to_string().contains("block size"));
 }
+
+/// A row's product does not depend on the other rows of its batch, nor on where it sits:
+/// the same activation row gives the same bits alone and at every position of batches of
+/// every size (register blocks of every width), for the stored and the repacked layouts
+/// alike. With attention's own schedule independence this makes a sequence's logits
+/// independent of what else shares its forward steps.
+#[test]
+fn a_rows_product_does_not_depend_on_its_batch() {
+    let (n, k) = (37, 512);
+    let mut rng = StdRng::seed_from_u64(17);
+    let row: Vec<f32> = (0..k).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+    for dtype in PACKED_TYPES
+        .into_iter()
+        .chain([GgmlDType::F16, GgmlDType::F32])
+    {
+        let (q, _) = random_quantized(dtype, n, k, 3);
+        let layouts = [
+            ("repacked", QuantMatrix::new(q.clone())),
+            ("stored", QuantMatrix::stored(q)),
+        ];
+        for (layout, mat) in layouts {
+            let Ok(mat) = mat else { continue };
+            let alone = mat.forward(&row).unwrap();
+            for m in [2, 3, 7, 8, 9, 15, 16, 17, 31, 33] {
+                for at in [0, m / 2, m - 1] {
+                    let mut x: Vec<f32> =
+                        (0..m * k).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+                    x[at * k..(at + 1) * k].copy_from_slice(&row);
+                    let out = mat.forward(&x).unwrap();
+                    let got = &out[at * n..(at + 1) * n];
+                    let same = got
+                        .iter()
+                        .zip(&alone)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{dtype:?} {layout}: row {at} of {m} differs from the row alone"
+                    );
+                }
+            }
+        }
+    }
+}

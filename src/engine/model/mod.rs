@@ -24,7 +24,7 @@ pub use config::{Activation, Architecture, ModelConfig, RopeLayout};
 use crate::engine::gguf::GgufFile;
 use crate::engine::kv::{KvCache, KvDtype, KvLayout, KvStore, SeqKv, DEFAULT_BLOCK_SIZE};
 use crate::error::{Error, Result};
-use attention::{attend, AttentionSpec};
+use attention::AttentionSpec;
 use paged_attention::{paged_attention, PagedSeq};
 use rope::Rotary;
 use weights::{Linear, WeightLoader};
@@ -49,11 +49,6 @@ pub struct SeqStep<'a> {
     pub seq: &'a mut SeqKv,
     pub logits: LogitsWanted,
 }
-
-/// New tokens of one sequence from which attention uses dense matrix products over
-/// gathered keys instead of reading the blocks in place: long prompt chunks, where the
-/// products' efficiency outweighs the copy.
-const DENSE_ATTENTION_MIN_TOKENS: usize = 32;
 
 struct Layer {
     attn_norm: Tensor,
@@ -405,8 +400,12 @@ impl Model {
     }
 
     /// Stores one layer's new keys and values in each sequence's blocks and computes every
-    /// sequence's attention: in place over the blocks for short steps, by dense products
-    /// over gathered keys for long prompt chunks. Returns `(tokens, n_heads * head_dim)`.
+    /// sequence's attention over the blocks in place. Returns `(tokens, n_heads * head_dim)`.
+    ///
+    /// Prompt chunks and decoded tokens alike take the paged kernels, whose sums for a token
+    /// run over its keys in an order fixed by its position alone: a token's attention, and
+    /// with it every logit, is bit for bit the same however its sequence was cut into
+    /// chunks, whatever else shares the step and whether its prefix came from the cache.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
@@ -437,7 +436,6 @@ impl Model {
                 new,
                 start: step.seq.len(),
                 blocks: step.seq.blocks(),
-                include: new < DENSE_ATTENTION_MIN_TOKENS,
             })
             .collect();
         let mut out = vec![0f32; n_tokens * c.n_heads * hd];
@@ -449,24 +447,6 @@ impl Model {
             &paged,
             &mut out,
         );
-        for seq in paged.iter().filter(|s| !s.include) {
-            let total = seq.start + seq.new;
-            let (k_all, v_all) = store.storage().gather(layer, seq.blocks, total);
-            let kv_shape = (c.n_kv_heads, total, hd);
-            let k_all = Tensor::from_vec(k_all, kv_shape, &Device::Cpu)?;
-            let v_all = Tensor::from_vec(v_all, kv_shape, &Device::Cpu)?;
-            let q_seq = Tensor::from_slice(
-                &q_host[seq.row * c.n_heads * hd..(seq.row + seq.new) * c.n_heads * hd],
-                (seq.new, c.n_heads, hd),
-                &Device::Cpu,
-            )?
-            .transpose(0, 1)?
-            .contiguous()?;
-            let dense = attend(spec, &q_seq, &k_all, &v_all)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            out[seq.row * c.n_heads * hd..][..dense.len()].copy_from_slice(&dense);
-        }
         Ok(Tensor::from_vec(
             out,
             (n_tokens, c.n_heads * hd),

@@ -1,11 +1,16 @@
 //! Attention of new tokens over keys and values stored in blocks of the paged cache, for
 //! many sequences in one call.
 //!
-//! This is the decode path: each new token attends to its own sequence's positions, read
-//! in place from the blocks (no gather, no temporary tensors), with one parallel task per
-//! (token, key/value head) on the engine's [`team`](crate::engine::team), so that a step
-//! of many short sequences spreads over all cores.
-//! Long prompt chunks go through dense matrix products instead ([`super::attention`]).
+//! Every new token, decoded or in a prompt chunk, attends to its own sequence's positions,
+//! read in place from the blocks (no gather, no temporary tensors), with one parallel task
+//! per (token, key/value head) on the engine's [`team`](crate::engine::team), so that a
+//! step of many short sequences spreads over all cores.
+//!
+//! A token's sums run over its keys in runs cut at block boundaries (and at its window's
+//! start), which depend on its position only: its result is the same bits whichever step
+//! computes it, alone or beside other tokens and sequences. This is what makes a greedy
+//! completion independent of batching, chunking and prefix reuse; it is also faster than
+//! dense products over gathered keys at the prompt lengths measured (BENCHMARKS.md).
 
 use half::f16;
 
@@ -24,8 +29,6 @@ pub struct PagedSeq<'a> {
     pub start: usize,
     /// The block table, covering at least `start + new` positions.
     pub blocks: &'a [BlockId],
-    /// Whether this call computes this sequence (false: its rows are left untouched).
-    pub include: bool,
 }
 
 /// An element type of the stored keys and values, as attention reads it.
@@ -210,7 +213,7 @@ mod x86 {
     }
 }
 
-/// Computes attention for every included sequence. `q` is `(tokens, n_heads, head_dim)`,
+/// Computes attention for every sequence. `q` is `(tokens, n_heads, head_dim)`,
 /// `out` is `(tokens, n_heads * head_dim)`; `kv` is one layer of the store.
 ///
 /// Tasks are (token, key/value head) pairs, each reading its keys once for the whole group
@@ -247,9 +250,7 @@ fn attend_blocks<E: KvElement>(
     let n_tokens = out.len() / (spec.n_heads * hd);
     let mut owner = vec![usize::MAX; n_tokens];
     for (s, seq) in seqs.iter().enumerate() {
-        if seq.include {
-            owner[seq.row..seq.row + seq.new].fill(s);
-        }
+        owner[seq.row..seq.row + seq.new].fill(s);
     }
     let team = team();
     let heads_per_task = if n_tokens * n_kv >= 4 * team.threads() {
@@ -508,7 +509,6 @@ mod tests {
                     new: *new,
                     start: *start,
                     blocks,
-                    include: true,
                 });
                 row += new;
             }
@@ -525,6 +525,84 @@ mod tests {
                 "{dtype:?}, head dimension {hd}, blocks of {block_size}, window {window:?}: \
                  max difference {diff}"
             );
+        }
+        Ok(())
+    }
+
+    /// A token's attention is the same bits whichever call computes it: all of a
+    /// sequence's tokens in one call, one token per call, or uneven chunks beside another
+    /// sequence. Head dimensions 20 (portable loops) and 24 (x86 kernels and their tails),
+    /// with and without a window.
+    #[test]
+    fn a_tokens_attention_does_not_depend_on_its_call() -> crate::error::Result<()> {
+        let dev = Device::Cpu;
+        for (hd, window) in [(20, None), (24, None), (24, Some(11))] {
+            let layout = KvLayout {
+                n_layers: 1,
+                n_kv_heads: 2,
+                head_dim: hd,
+                block_size: 16,
+                dtype: KvDtype::F16,
+            };
+            let spec = AttentionSpec {
+                n_heads: 4,
+                n_kv_heads: 2,
+                scale: 0.3,
+                softcap: None,
+                window,
+            };
+            let (len, row) = (45, 4 * hd);
+            let mut storage = KvStorage::new(layout, 8);
+            let (ours, other): (Vec<BlockId>, Vec<BlockId>) = ((0..3).collect(), (3..8).collect());
+            for blocks in [&ours, &other] {
+                let kv = |seed: f32| -> Vec<f32> {
+                    (0..blocks.len() * 16 * 2 * hd)
+                        .map(|i| ((i as f32 + seed) * 0.37).sin())
+                        .collect()
+                };
+                storage.write(0, blocks, 0, &kv(0.0), &kv(1.0));
+            }
+            let q = Tensor::randn(0f32, 1.0, (len, 4, hd), &dev)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            // Tokens `from..to` of our sequence, optionally after 9 tokens of the other one.
+            let call = |from: usize, to: usize, beside: bool| -> Vec<f32> {
+                let lead = if beside { 9 } else { 0 };
+                let mut q_call = vec![0.5f32; lead * row];
+                q_call.extend_from_slice(&q[from * row..to * row]);
+                let mut seqs = vec![PagedSeq {
+                    row: lead,
+                    new: to - from,
+                    start: from,
+                    blocks: &ours,
+                }];
+                if beside {
+                    seqs.push(PagedSeq {
+                        row: 0,
+                        new: 9,
+                        start: 60,
+                        blocks: &other,
+                    });
+                }
+                let mut out = vec![0f32; q_call.len()];
+                paged_attention(&spec, &layout, storage.layer(0), &q_call, &seqs, &mut out);
+                out.split_off(lead * row)
+            };
+            let whole = call(0, len, false);
+            let one_by_one: Vec<f32> = (0..len).flat_map(|t| call(t, t + 1, false)).collect();
+            let mut chunked = call(0, 7, true);
+            chunked.extend(call(7, 30, true));
+            chunked.extend(call(30, len, false));
+            for (name, got) in [("one by one", one_by_one), ("chunked", chunked)] {
+                let same = got
+                    .iter()
+                    .zip(&whole)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same && got.len() == whole.len(),
+                    "head dimension {hd}, {name}"
+                );
+            }
         }
         Ok(())
     }
