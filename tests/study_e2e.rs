@@ -4,7 +4,9 @@
 //!
 //! The summary is checked against the cells' own report.json files, a second study over
 //! the same directory must read the cells without a single new event, and a cell whose
-//! report was removed must be resumed from its log without a new call.
+//! report was removed must be resumed from its log without a new call. The two cells run
+//! side by side by default; one after the other (`--jobs 1`) they must give the same
+//! results, and each way the calls both cells make alike are made once.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -82,6 +84,10 @@ fn fgo() -> Command {
 }
 
 fn study(task: &Path, out: &Path) -> Output {
+    study_with(task, out, &[])
+}
+
+fn study_with(task: &Path, out: &Path, extra: &[&str]) -> Output {
     fgo()
         .args([
             "study",
@@ -96,6 +102,7 @@ fn study(task: &Path, out: &Path) -> Output {
             out.to_str().expect("utf-8"),
             "--json",
         ])
+        .args(extra)
         .output()
         .expect("fgo runs")
 }
@@ -413,4 +420,75 @@ fn bad_grids_fail_before_any_model_is_loaded() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
+}
+
+/// What a cell's report says that must not depend on the cells beside it.
+fn cell_view(report: &Value) -> Value {
+    let tokens: Vec<Value> = report["accounting"]["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|t| {
+            serde_json::json!([
+                t["method"],
+                t["stage"],
+                t["role"],
+                t["calls"],
+                t["prompt_tokens"],
+                t["completion_tokens"]
+            ])
+        })
+        .collect();
+    serde_json::json!({
+        "initial": report["initial"],
+        "methods": report["methods"],
+        "tokens": tokens,
+    })
+}
+
+/// A study's cells' reports, in grid order.
+fn cell_reports(study: &Value) -> Vec<Value> {
+    study["cells"]
+        .as_array()
+        .expect("cells")
+        .iter()
+        .map(|c| read_json(&PathBuf::from(c["dir"].as_str().expect("dir")).join("report.json")))
+        .collect()
+}
+
+#[test]
+fn cells_side_by_side_equal_cells_one_after_another() {
+    let Fresh {
+        task,
+        study: side_by_side,
+        ..
+    } = fresh();
+    let out = work_dir().join("one-by-one");
+    let _ = std::fs::remove_dir_all(&out);
+    let one_by_one = succeeded(
+        "fgo study --jobs 1",
+        &study_with(task, &out, &["--jobs", "1"]),
+    );
+    let (a, b) = (cell_reports(side_by_side), cell_reports(&one_by_one));
+    assert_eq!(a.len(), 2);
+    for (a, b) in a.iter().zip(&b) {
+        assert_eq!(cell_view(a), cell_view(b), "seed {}", a["seed"]);
+    }
+    for field in ["results", "comparisons"] {
+        assert_eq!(side_by_side[field], one_by_one[field], "{field}");
+    }
+    // Each call of the grid is made once either way: the initial evaluation of the test
+    // examples, the same in both cells, by one cell only.
+    let live = |reports: &[Value]| -> u64 {
+        reports
+            .iter()
+            .map(|r| r["accounting"]["total"]["live"].as_u64().expect("live"))
+            .sum()
+    };
+    assert_eq!(live(&a), live(&b));
+    let shared = |r: &Value| r["accounting"]["total"]["shared"].as_u64().expect("shared");
+    assert!(
+        a.iter().chain(&b).any(|r| shared(r) > 0),
+        "no cell borrowed a call"
+    );
 }

@@ -16,7 +16,7 @@ use fgo::optimizer::report::study::optimizer_tokens;
 use fgo::optimizer::report::Method;
 use fgo::optimizer::report::RunReport;
 
-use super::optimize::{agent_models, run_in_dir, MethodArg, ModelCache, RuntimeArgs, SharedCalls};
+use super::optimize::{agent_models, run_in_dir, Among, MethodArg, ModelCache, RuntimeArgs};
 
 /// Arguments of `fgo compare`.
 #[derive(Debug, Args)]
@@ -49,7 +49,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         PathBuf::from("runs").join(format!("compare-{}-s{}", task.spec.name, args.seed))
     });
     let mut cache = ModelCache::new(&args.runtime)?;
-    let mut shared = SharedCalls::default();
+    let pool = std::sync::Arc::default();
     let mut rows = Vec::new();
     for model in &args.optimizer_models {
         let mut t = task.clone();
@@ -66,7 +66,18 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
             Some(model.clone()),
         )?;
         let models = cache.models(&t, method)?;
-        let report = run_in_dir(&dir, &t, &data, &models, method, args.seed, &mut shared)?;
+        let report = run_in_dir(
+            &dir,
+            &t,
+            &data,
+            &models,
+            method,
+            args.seed,
+            Among {
+                pool: &pool,
+                label: None,
+            },
+        )?;
         rows.extend(leaderboard_rows(model, &report, &dir.dir));
     }
     let key = |v: &serde_json::Value| v["test"].as_f64().or(v["val"].as_f64()).unwrap_or(-1.0);

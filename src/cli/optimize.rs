@@ -14,6 +14,7 @@ use fgo::llm::openai::OpenAiLlm;
 use fgo::llm::spec::{ModelSpec, ServerOptions};
 use fgo::llm::Llm;
 use fgo::optimizer::data::task::{AgentSpec, Task};
+use fgo::optimizer::exec::pool::CallPool;
 use fgo::optimizer::report::run::{execute, Models};
 use fgo::optimizer::report::rundir::{DirProgress, RunDir};
 use fgo::optimizer::report::Method;
@@ -122,29 +123,25 @@ pub fn run(args: OptimizeArgs) -> anyhow::Result<()> {
         &models,
         method,
         args.seed,
-        &mut SharedCalls::default(),
+        Among {
+            pool: &Arc::default(),
+            label: None,
+        },
     )?;
     print_report(&report, &dir.dir, args.json)
 }
 
-/// Calls that every run of a comparison or study with one agent makes alike (the initial
-/// evaluation), collected from the runs so far and lent to the next, so that each is
-/// computed once.
-#[derive(Default)]
-pub(crate) struct SharedCalls {
-    records: HashMap<String, fgo::optimizer::exec::events::CallRecord>,
+/// How a run stands among the runs of a study or comparison.
+#[derive(Clone, Copy)]
+pub(crate) struct Among<'a> {
+    /// The calls every run with the same agent makes alike (the initial evaluation),
+    /// shared with the runs before, after or beside this one.
+    pub pool: &'a Arc<CallPool>,
+    /// For a run beside others: progress as plain lines that start with this.
+    pub label: Option<&'a str>,
 }
 
-impl SharedCalls {
-    fn take_from(&mut self, calls: &fgo::optimizer::exec::calls::Calls) {
-        for r in calls.shared_records() {
-            self.records.entry(r.key.clone()).or_insert(r);
-        }
-    }
-}
-
-/// Runs the task in `dir` and writes its report; requests that `shared` holds are answered
-/// from it, and this run's shared calls are added to it.
+/// Runs the task in `dir` and writes its report.
 pub(crate) fn run_in_dir(
     dir: &RunDir,
     task: &Task,
@@ -152,12 +149,15 @@ pub(crate) fn run_in_dir(
     models: &Models,
     method: Method,
     seed: u64,
-    shared: &mut SharedCalls,
+    among: Among<'_>,
 ) -> anyhow::Result<RunReport> {
-    let stderr = StderrProgress::new();
+    let stderr = match among.label {
+        Some(label) => StderrProgress::labelled(label),
+        None => StderrProgress::new(),
+    };
     let calls = dir
         .calls(data)?
-        .with_borrowed(shared.records.values().cloned().collect())
+        .with_pool(among.pool.clone())
         .with_observer(stderr.observer());
     let progress = DirProgress {
         dir,
@@ -166,7 +166,6 @@ pub(crate) fn run_in_dir(
     };
     let report = execute(task, data, models, method, seed, &calls, &progress)?;
     dir.finish(&calls, &report)?;
-    shared.take_from(&calls);
     Ok(report)
 }
 

@@ -137,6 +137,8 @@ struct State {
 
 struct Shared {
     mode: Mode,
+    /// Put before every plain line (empty for a run alone).
+    prefix: String,
     start: Instant,
     columns: usize,
     state: Mutex<State>,
@@ -209,7 +211,7 @@ impl Shared {
                 let line = self
                     .view(&st)
                     .plain_line(self.start.elapsed().as_secs_f64());
-                eprintln!("{line}");
+                eprintln!("{}{line}", self.prefix);
             }
             Mode::Quiet => {}
         }
@@ -234,7 +236,8 @@ impl Shared {
         }
         let mut st = self.lock();
         let line = format!(
-            "[{:>7.1}s] best for {method}: {note}",
+            "{}[{:>7.1}s] best for {method}: {note}",
+            self.prefix,
             self.start.elapsed().as_secs_f64()
         );
         if self.mode == Mode::Bar && st.drawn {
@@ -256,13 +259,26 @@ pub(crate) struct StderrProgress {
 impl StderrProgress {
     /// Chooses the display from `-q` and whether stderr is a terminal.
     pub(crate) fn new() -> Self {
-        // The global `-q` sets the log level to errors only; progress follows it.
-        let mode = if !tracing::enabled!(tracing::Level::WARN) {
-            Mode::Quiet
-        } else if std::io::stderr().is_terminal() {
+        let mode = if std::io::stderr().is_terminal() {
             Mode::Bar
         } else {
             Mode::Lines
+        };
+        Self::with(mode, String::new())
+    }
+
+    /// Plain lines that start with `label`, terminal or not (nothing under `-q`): for
+    /// several runs side by side, whose redrawn bars would overwrite one another.
+    pub(crate) fn labelled(label: &str) -> Self {
+        Self::with(Mode::Lines, format!("{label} "))
+    }
+
+    fn with(mode: Mode, prefix: String) -> Self {
+        // The global `-q` sets the log level to errors only; progress follows it.
+        let mode = if tracing::enabled!(tracing::Level::WARN) {
+            mode
+        } else {
+            Mode::Quiet
         };
         let columns = std::env::var("COLUMNS")
             .ok()
@@ -272,6 +288,7 @@ impl StderrProgress {
         let now = Instant::now();
         let shared = Arc::new(Shared {
             mode,
+            prefix,
             start: now,
             columns,
             state: Mutex::new(State {

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::optimize::{print_report, run_in_dir, ModelCache, RuntimeArgs, SharedCalls};
+use super::optimize::{print_report, run_in_dir, Among, ModelCache, RuntimeArgs};
 
 /// Arguments of `fgo resume`.
 #[derive(Debug, Args)]
@@ -47,7 +47,10 @@ pub fn run(args: ResumeArgs) -> anyhow::Result<()> {
         &models,
         dir.meta.method,
         dir.meta.seed,
-        &mut SharedCalls::default(),
+        Among {
+            pool: &std::sync::Arc::default(),
+            label: None,
+        },
     )?;
     print_report(&report, &dir.dir, args.json)
 }

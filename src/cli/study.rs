@@ -6,20 +6,29 @@
 //! `fgo optimize` runs it. A cell made for other options (another method set, seed or
 //! optimizer model, or other data) is refused rather than mixed in. Models are loaded once
 //! for the whole grid.
+//!
+//! Cells run side by side, `--jobs` at a time, on the same models: their calls share the
+//! engine's batches and cached prefixes, and a call that every cell makes alike (the
+//! initial evaluation) is made once. A cell's result does not depend on what runs beside
+//! it (the embedded engine's completions do not depend on their batch), so `--jobs 1`
+//! gives the same cells, only later.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
 use fgo::optimizer::data::dataset::Dataset;
 use fgo::optimizer::data::task::Task;
-use fgo::optimizer::report::run::check_same;
+use fgo::optimizer::exec::pool::CallPool;
+use fgo::optimizer::report::run::{check_same, Models};
 use fgo::optimizer::report::rundir::RunDir;
 use fgo::optimizer::report::study::{self, Cell, CellSource, Study};
 use fgo::optimizer::report::Method;
 
-use super::optimize::{run_in_dir, ModelCache, RuntimeArgs, SharedCalls};
+use super::optimize::{run_in_dir, Among, ModelCache, RuntimeArgs};
 
 /// The `--methods` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -68,6 +77,9 @@ pub struct StudyArgs {
     /// Use this optimizer model instead of the task's.
     #[arg(long)]
     pub optimizer_model: Option<String>,
+    /// Cells run at once, sharing the models (1: one after another).
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
     /// Print study.json on stdout instead of study.md.
     #[arg(long)]
     pub json: bool,
@@ -89,6 +101,9 @@ struct SizeSpec {
 pub fn run(args: StudyArgs) -> anyhow::Result<()> {
     if args.seeds == 0 {
         anyhow::bail!("invalid value for `--seeds`: must be at least 1");
+    }
+    if args.jobs == 0 {
+        anyhow::bail!("invalid value for `--jobs`: must be at least 1");
     }
     let (task, data) = fgo::optimizer::data::prepare(&args.task)?;
     let methods: Vec<String> = args
@@ -133,26 +148,33 @@ pub fn run(args: StudyArgs) -> anyhow::Result<()> {
     }
 
     let mut cache = ModelCache::new(&args.runtime)?;
-    // Cells with the same agent make some of the same calls (the initial evaluation of the
-    // val and test examples, the same for every training-set size): each is made once.
-    let mut shared = SharedCalls::default();
-    let mut cells = Vec::new();
+    // Every cell is checked (and its models loaded) before any runs, in grid order.
+    let mut planned = Vec::new();
     for size in &sizes {
         for seed in 0..args.seeds {
             let dir = out.join(study::cell_name(size.train_size, seed));
-            tracing::info!(cell = %dir.display(), "study cell");
-            let cell = run_cell(
-                &mut cache,
-                &mut shared,
-                size,
-                &dir,
-                method,
-                seed,
-                &args.optimizer_model,
-            )
-            .with_context(|| format!("cell {}", dir.display()))?;
-            cells.push(cell);
+            let plan = plan_cell(&mut cache, size, &dir, method, seed, &args.optimizer_model)
+                .with_context(|| format!("cell {}", dir.display()))?;
+            planned.push((size, seed, dir, plan));
         }
+    }
+    let to_run: Vec<&Pending> = planned
+        .iter()
+        .filter_map(|(.., plan)| plan.as_ref())
+        .collect();
+    run_cells(&to_run, method, args.jobs)?;
+    let mut cells = Vec::new();
+    for (size, seed, dir, plan) in planned {
+        cells.push(Cell {
+            train_size: size.train_size,
+            seed,
+            source: plan.map_or(CellSource::Read, |p| p.source),
+            // The summary reads every cell's report.json, even one just written: parsing
+            // a float back may move it by one unit in the last place, and a fresh cell
+            // must summarize exactly as it will when read.
+            report: RunDir::read_report(&dir)?,
+            dir,
+        });
     }
     let summary = study::summarize(&methods, &cells)?;
     summary.write(&out)?;
@@ -199,18 +221,29 @@ fn size_spec(
     })
 }
 
-/// Reads, resumes or runs one cell.
-fn run_cell(
+/// A cell to resume or run, with what its run needs.
+struct Pending {
+    dir: PathBuf,
+    run_dir: RunDir,
+    task: Task,
+    data: Dataset,
+    models: Models,
+    seed: u64,
+    source: CellSource,
+}
+
+/// Checks one cell: `None` when its report is there to read, else the run to resume or
+/// start (its models loaded).
+fn plan_cell(
     cache: &mut ModelCache,
-    shared: &mut SharedCalls,
     size: &SizeSpec,
     dir: &Path,
     method: Method,
     seed: u64,
     optimizer_model: &Option<String>,
-) -> anyhow::Result<Cell> {
+) -> anyhow::Result<Option<Pending>> {
     let has_report = dir.join("report.json").is_file();
-    let source = if has_report || dir.join("events.jsonl").is_file() {
+    if has_report || dir.join("events.jsonl").is_file() {
         let (run_dir, task) = RunDir::open(dir)?;
         check_same(run_dir.meta.method, method, dir)?;
         if run_dir.meta.seed != seed || &run_dir.meta.optimizer_model != optimizer_model {
@@ -223,41 +256,90 @@ fn run_cell(
         }
         if has_report {
             run_dir.check_data(&size.data)?;
-            CellSource::Read
-        } else {
-            let data = Dataset::load(&task)?;
-            fgo::optimizer::data::validate(&task, &data)?;
-            run_dir.check_data(&data)?;
-            run_dir.check_data(&size.data)?;
-            let models = cache.models(&task, method)?;
-            run_in_dir(&run_dir, &task, &data, &models, method, seed, shared)?;
-            CellSource::Resumed
+            return Ok(None);
         }
-    } else {
-        let run_dir = RunDir::create(
-            dir,
-            &size.task,
-            &size.data,
-            method,
+        let data = Dataset::load(&task)?;
+        fgo::optimizer::data::validate(&task, &data)?;
+        run_dir.check_data(&data)?;
+        run_dir.check_data(&size.data)?;
+        let models = cache.models(&task, method)?;
+        return Ok(Some(Pending {
+            dir: dir.to_path_buf(),
+            run_dir,
+            task,
+            data,
+            models,
             seed,
-            optimizer_model.clone(),
-        )?;
-        let models = cache.models(&size.task, method)?;
-        run_in_dir(
-            &run_dir, &size.task, &size.data, &models, method, seed, shared,
-        )?;
-        CellSource::Run
-    };
-    Ok(Cell {
-        train_size: size.train_size,
+            source: CellSource::Resumed,
+        }));
+    }
+    let run_dir = RunDir::create(
+        dir,
+        &size.task,
+        &size.data,
+        method,
         seed,
+        optimizer_model.clone(),
+    )?;
+    let models = cache.models(&size.task, method)?;
+    Ok(Some(Pending {
         dir: dir.to_path_buf(),
-        source,
-        // The summary reads every cell's report.json, even one just written: parsing a
-        // float back may move it by one unit in the last place, and a fresh cell must
-        // summarize exactly as it will when read.
-        report: RunDir::read_report(dir)?,
-    })
+        run_dir,
+        task: size.task.clone(),
+        data: size.data.clone(),
+        models,
+        seed,
+        source: CellSource::Run,
+    }))
+}
+
+/// Runs the cells, `jobs` at a time in grid order, on one pool of shared calls. A cell
+/// that fails does not stop the others (each keeps its log, so a rerun continues it); the
+/// first failure in grid order is returned once all have ended.
+fn run_cells(cells: &[&Pending], method: Method, jobs: usize) -> anyhow::Result<()> {
+    let pool = Arc::<CallPool>::default();
+    let next = AtomicUsize::new(0);
+    let failures = Mutex::new(Vec::new());
+    // Progress lines name their cell when cells run side by side.
+    let labelled = jobs > 1 && cells.len() > 1;
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(cells.len()) {
+            scope.spawn(|| loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some(cell) = cells.get(index) else {
+                    break;
+                };
+                tracing::info!(cell = %cell.dir.display(), "study cell");
+                let name = cell
+                    .dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned());
+                let label = labelled.then_some(name.as_deref()).flatten();
+                let result = run_in_dir(
+                    &cell.run_dir,
+                    &cell.task,
+                    &cell.data,
+                    &cell.models,
+                    method,
+                    cell.seed,
+                    Among { pool: &pool, label },
+                );
+                if let Err(e) = result {
+                    let e = e.context(format!("cell {}", cell.dir.display()));
+                    failures
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((index, e));
+                }
+            });
+        }
+    });
+    let mut failures = failures.into_inner().unwrap_or_else(|p| p.into_inner());
+    failures.sort_by_key(|(index, _)| *index);
+    match failures.into_iter().next() {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Prints study.json (with `--json`) or study.md on stdout.

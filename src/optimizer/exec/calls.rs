@@ -29,7 +29,7 @@
 //! how fast, the other method ran beside it.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,7 @@ use crate::llm::{ChatRequest, Completion, Llm, Usage};
 use crate::optimizer::data::rng::stable_hash;
 use crate::optimizer::data::task::BudgetSpec;
 use crate::optimizer::exec::events::{CallRecord, CommandRecord, Event, EventLog};
+use crate::optimizer::exec::pool::{CallPool, Claim};
 
 /// Who makes a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -123,11 +124,8 @@ struct State {
     in_flight: HashSet<String>,
     command_memo: HashMap<String, Result<Value, String>>,
     replay: HashMap<String, CallRecord>,
-    /// Calls another run made that this run may use (see [`Calls::with_borrowed`]).
-    borrowed: HashMap<String, CallRecord>,
-    /// Successful calls of the shared method known to this run (see
-    /// [`Calls::shared_records`]).
-    shared: Vec<CallRecord>,
+    /// Calls shared with other runs (see [`Calls::with_pool`]).
+    pool: Option<Arc<CallPool>>,
     command_replay: HashMap<String, CommandRecord>,
     ledger: Vec<LedgerEntry>,
     log: EventLog,
@@ -173,8 +171,7 @@ impl Calls {
                 in_flight: HashSet::new(),
                 command_memo: HashMap::new(),
                 replay,
-                borrowed: HashMap::new(),
-                shared: Vec::new(),
+                pool: None,
                 command_replay,
                 ledger: Vec::new(),
                 log,
@@ -186,25 +183,17 @@ impl Calls {
         }
     }
 
-    /// Lets this run answer requests from `records` of another run (the initial
-    /// evaluation that every run of a comparison or study with the same agent makes): a
-    /// borrowed answer is copied into this run's event log, so that a resume replays it from
-    /// there, and is accounted as `shared` (its tokens count for the run's methods but not
-    /// in its total). Records of other requests are never used.
-    pub fn with_borrowed(self, records: Vec<CallRecord>) -> Self {
-        {
-            let mut st = self.lock();
-            for r in records {
-                st.borrowed.insert(r.key.clone(), r);
-            }
-        }
+    /// Shares the calls of the shared method (the initial evaluation, which every run of a
+    /// comparison or study with the same agent makes alike) with the other runs on `pool`:
+    /// this run publishes the ones it makes, replays or borrows, answers a request another
+    /// run has published from that run's record, and waits for one another run has in
+    /// flight instead of computing it again. A borrowed answer is copied into this run's
+    /// event log, so that a resume replays it from there, and is accounted as `shared` (its
+    /// tokens count for the run's methods but not in its total). Records of other requests
+    /// are never used.
+    pub fn with_pool(self, pool: Arc<CallPool>) -> Self {
+        self.lock().pool = Some(pool);
         self
-    }
-
-    /// The records of the calls this run made (or replayed, or borrowed) for all of its
-    /// methods (the initial evaluation), for [`Calls::with_borrowed`] of another run.
-    pub fn shared_records(&self) -> Vec<CallRecord> {
-        self.lock().shared.clone()
     }
 
     /// Reports the progress of every live batch to `observer` (for progress bars).
@@ -252,6 +241,8 @@ impl Calls {
         // Keys another thread has in flight: answered once that thread records them.
         let mut waiting: Vec<usize> = Vec::new();
         let mut live: Vec<usize> = Vec::new();
+        // Keys another run has in flight: borrowed once that run publishes them.
+        let mut pooled: Vec<usize> = Vec::new();
         {
             let mut st = self.lock();
             let mut queued = HashSet::new();
@@ -268,18 +259,6 @@ impl Calls {
                     st.ledger
                         .push(entry(ctx, role, Source::Replayed, rec.usage, rec.time_s));
                     st.memo.insert(key.clone(), rec.result);
-                } else if let Some(rec) = st.borrowed.remove(key) {
-                    let mut copy = rec.clone();
-                    copy.method = ctx.method.clone();
-                    copy.stage = ctx.stage.clone();
-                    copy.run_elapsed_s = self.elapsed_s();
-                    // A failure is kept by the log and ends the run (see `log_failure`).
-                    let _ = st.log.append(&Event::Call(Box::new(copy.clone())));
-                    st.keep_shared(ctx, &copy);
-                    st.paid.insert((ctx.method.clone(), key.clone()));
-                    st.ledger
-                        .push(entry(ctx, role, Source::Shared, rec.usage, 0.0));
-                    st.memo.insert(key.clone(), rec.result);
                 } else if queued.contains(key) {
                     // The same request twice in one batch is computed once.
                     st.ledger
@@ -287,9 +266,22 @@ impl Calls {
                 } else if st.in_flight.contains(key) {
                     waiting.push(i);
                 } else {
-                    queued.insert(key.clone());
-                    st.in_flight.insert(key.clone());
-                    live.push(i);
+                    let claim = match &st.pool {
+                        Some(pool) if ctx.method == SHARED_METHOD => pool.claim(key),
+                        Some(pool) => pool
+                            .done(key)
+                            .map_or(Claim::Mine, |r| Claim::Done(r.into())),
+                        None => Claim::Mine,
+                    };
+                    match claim {
+                        Claim::Done(rec) => self.borrow(&mut st, ctx, role, *rec),
+                        Claim::Busy => pooled.push(i),
+                        Claim::Mine => {
+                            queued.insert(key.clone());
+                            st.in_flight.insert(key.clone());
+                            live.push(i);
+                        }
+                    }
                 }
             }
         }
@@ -342,13 +334,21 @@ impl Calls {
         }
         if !live.is_empty() {
             // Calls the model never answered (or that were not made) are no longer in
-            // flight: whoever waits for them gets "no result" instead of waiting forever.
+            // flight: whoever waits for them gets "no result" instead of waiting forever,
+            // and another run waiting for one computes it itself.
             let mut st = self.lock();
             for &i in &live {
                 st.in_flight.remove(&keys[i]);
+                // Only the shared method's calls were claimed on the pool.
+                if let (Some(pool), true) = (&st.pool, ctx.method == SHARED_METHOD) {
+                    pool.release(&keys[i]);
+                }
             }
             drop(st);
             self.answered.notify_all();
+        }
+        if !pooled.is_empty() {
+            self.complete_pooled(llm, ctx, role, requests, &keys, &pooled);
         }
         let mut st = self.lock();
         for &i in &waiting {
@@ -491,6 +491,54 @@ impl Calls {
         })
     }
 
+    /// Answers a request from another run's record: copied into this run's log and
+    /// accounted as `shared`.
+    fn borrow(&self, st: &mut State, ctx: &Ctx, role: Role, rec: CallRecord) {
+        let mut copy = rec.clone();
+        copy.method = ctx.method.clone();
+        copy.stage = ctx.stage.clone();
+        copy.run_elapsed_s = self.elapsed_s();
+        // A failure is kept by the log and ends the run (see `log_failure`).
+        let _ = st.log.append(&Event::Call(Box::new(copy.clone())));
+        st.keep_shared(ctx, &copy);
+        st.paid.insert((ctx.method.clone(), rec.key.clone()));
+        st.ledger
+            .push(entry(ctx, role, Source::Shared, rec.usage, 0.0));
+        st.memo.insert(rec.key, rec.result);
+    }
+
+    /// Waits for the requests `pooled` that other runs had in flight and borrows their
+    /// answers; those released unanswered are completed here.
+    fn complete_pooled(
+        &self,
+        llm: &dyn Llm,
+        ctx: &Ctx,
+        role: Role,
+        requests: &[ChatRequest],
+        keys: &[String],
+        pooled: &[usize],
+    ) {
+        let Some(pool) = self.lock().pool.clone() else {
+            return;
+        };
+        let mut again = Vec::new();
+        for &i in pooled {
+            let record = pool.wait(&keys[i]);
+            let mut st = self.lock();
+            if st.memo.contains_key(&keys[i]) {
+                // The other method of this run borrowed it meanwhile.
+                st.account_known(ctx, role, &keys[i]);
+            } else if let Some(rec) = record {
+                self.borrow(&mut st, ctx, role, rec);
+            } else {
+                again.push(requests[i].clone());
+            }
+        }
+        if !again.is_empty() {
+            self.complete(llm, ctx, role, &again);
+        }
+    }
+
     fn observe(&self, finished: usize, submitted: usize) {
         if let Some(observer) = &self.observer {
             observer(finished, submitted);
@@ -504,10 +552,12 @@ impl Calls {
 }
 
 impl State {
-    /// Keeps a successful call of the shared method for [`Calls::shared_records`].
+    /// Publishes a successful call of the shared method to the runs on the pool.
     fn keep_shared(&mut self, ctx: &Ctx, record: &CallRecord) {
-        if ctx.method == SHARED_METHOD && record.result.is_ok() {
-            self.shared.push(record.clone());
+        if let Some(pool) = &self.pool {
+            if ctx.method == SHARED_METHOD && record.result.is_ok() {
+                pool.publish(record);
+            }
         }
     }
 

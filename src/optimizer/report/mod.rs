@@ -584,7 +584,9 @@ mod tests {
     use crate::llm::ChatRequest;
     use crate::optimizer::exec::calls::{Calls, Ctx, Role, SHARED_METHOD};
     use crate::optimizer::exec::events::EventLog;
+    use crate::optimizer::exec::pool::CallPool;
     use crate::optimizer::exec::testutil::ScriptedLlm;
+    use std::sync::Arc;
 
     fn request(text: &str) -> ChatRequest {
         ChatRequest {
@@ -598,19 +600,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let llm = ScriptedLlm::new(|r| format!("re: {}", r.messages[0].content));
         let shared = Ctx::new(SHARED_METHOD, "initial_eval");
-        let first = Calls::in_memory();
+        let pool = Arc::new(CallPool::default());
+        let first = Calls::in_memory().with_pool(pool.clone());
         first.complete(&llm, &shared, Role::Agent, &[request("a"), request("b")]);
         first.complete(&llm, &Ctx::new("fgo", "x"), Role::Agent, &[request("c")]);
-        let records = first.shared_records();
-        assert_eq!(records.len(), 2, "only the shared method's calls");
         assert_eq!(llm.requests(), 3);
 
         let path = dir.path().join("events.jsonl");
         let (log, _) = EventLog::open(&path).unwrap();
-        let second = Calls::new(log, Vec::new()).with_borrowed(records);
+        let second = Calls::new(log, Vec::new()).with_pool(pool);
         let out = second.complete(&llm, &shared, Role::Agent, &[request("a"), request("c")]);
         assert_eq!(out[0].as_ref().unwrap().text, "re: a");
-        assert_eq!(llm.requests(), 4, "only `c` was made");
+        assert_eq!(
+            llm.requests(),
+            4,
+            "only `c` was made: only the shared method's are pooled"
+        );
         let ledger = second.ledger();
         assert_eq!(ledger[0].source, Source::Shared);
         assert!(ledger[0].usage.prompt_tokens > 0 || ledger[0].usage.completion_tokens > 0);
@@ -623,5 +628,57 @@ mod tests {
         let acc = Accounting::from_ledger(&ledger);
         assert_eq!(acc.total.shared, 1);
         assert_eq!(acc.total.live, 1);
+    }
+
+    /// Runs side by side on one pool: each shared call is made once, by whichever run asked
+    /// first, and every run gets every answer, in its own log.
+    #[test]
+    fn runs_side_by_side_make_each_shared_call_once() {
+        let llm = Arc::new(ScriptedLlm::new(|r| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            format!("re: {}", r.messages[0].content)
+        }));
+        let shared = Ctx::new(SHARED_METHOD, "initial_eval");
+        let pool = Arc::new(CallPool::default());
+        let requests: Vec<ChatRequest> = (0..6).map(|i| request(&format!("q{i}"))).collect();
+        let ledgers: Vec<Vec<crate::optimizer::exec::calls::LedgerEntry>> =
+            std::thread::scope(|s| {
+                let runs: Vec<_> = (0..3)
+                    .map(|run| {
+                        let (llm, pool, requests, shared) = (&llm, &pool, &requests, &shared);
+                        s.spawn(move || {
+                            let calls = Calls::in_memory().with_pool(pool.clone());
+                            // Each run asks in its own order, one request at a time.
+                            for k in 0..requests.len() {
+                                let r = &requests[(k + 2 * run) % requests.len()];
+                                let out = calls.complete(
+                                    &**llm,
+                                    shared,
+                                    Role::Agent,
+                                    std::slice::from_ref(r),
+                                );
+                                let want = format!("re: {}", r.messages[0].content);
+                                assert_eq!(out[0].as_ref().unwrap().text, want);
+                            }
+                            calls.ledger()
+                        })
+                    })
+                    .collect();
+                runs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+        assert_eq!(
+            llm.requests(),
+            requests.len(),
+            "a shared call was made twice"
+        );
+        let live: usize = ledgers
+            .iter()
+            .flatten()
+            .filter(|e| e.source == Source::Live)
+            .count();
+        assert_eq!(live, requests.len());
+        for ledger in &ledgers {
+            assert_eq!(ledger.len(), requests.len());
+        }
     }
 }
