@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
+#[path = "common/report.rs"]
+mod report;
 #[path = "common/tiny_task.rs"]
 mod tiny_task;
 
@@ -651,20 +653,9 @@ fn fgo_view(report: &Value) -> Value {
         .iter()
         .find(|m| m["method"] == "fgo")
         .expect("an fgo method");
-    let tokens: Vec<Value> = report["accounting"]["rows"]
-        .as_array()
-        .expect("rows")
-        .iter()
-        .filter(|t| t["method"] == "fgo")
-        .map(|t| {
-            serde_json::json!([
-                t["stage"],
-                t["role"],
-                t["calls"],
-                t["prompt_tokens"],
-                t["completion_tokens"]
-            ])
-        })
+    let tokens: Vec<Value> = report::token_rows(report)
+        .into_iter()
+        .filter(|row| row[0] == "fgo")
         .collect();
     let fields: Vec<Value> = [
         "final_components",

@@ -10,6 +10,8 @@ use std::process::{Child, Command, Stdio};
 use serde_json::Value;
 
 mod common;
+#[path = "common/report.rs"]
+mod report;
 #[path = "common/tiny_task.rs"]
 mod tiny_task;
 
@@ -117,21 +119,7 @@ fn outcome(r: &Value) -> Value {
             })
         })
         .collect();
-    let tokens: Vec<Value> = r["accounting"]["rows"]
-        .as_array()
-        .expect("rows")
-        .iter()
-        .map(|t| {
-            serde_json::json!([
-                t["method"],
-                t["stage"],
-                t["role"],
-                t["calls"],
-                t["prompt_tokens"],
-                t["completion_tokens"]
-            ])
-        })
-        .collect();
+    let tokens = report::token_rows(r);
     serde_json::json!({ "initial": r["initial"], "methods": methods, "tokens": tokens })
 }
 

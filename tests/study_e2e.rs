@@ -16,6 +16,8 @@ use std::time::Instant;
 use serde_json::Value;
 
 mod common;
+#[path = "common/report.rs"]
+mod report;
 
 const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -424,21 +426,7 @@ fn bad_grids_fail_before_any_model_is_loaded() {
 
 /// What a cell's report says that must not depend on the cells beside it.
 fn cell_view(report: &Value) -> Value {
-    let tokens: Vec<Value> = report["accounting"]["rows"]
-        .as_array()
-        .expect("rows")
-        .iter()
-        .map(|t| {
-            serde_json::json!([
-                t["method"],
-                t["stage"],
-                t["role"],
-                t["calls"],
-                t["prompt_tokens"],
-                t["completion_tokens"]
-            ])
-        })
-        .collect();
+    let tokens = report::token_rows(report);
     serde_json::json!({
         "initial": report["initial"],
         "methods": report["methods"],
