@@ -162,7 +162,9 @@ pub fn run(args: StudyArgs) -> anyhow::Result<()> {
         .iter()
         .filter_map(|(.., plan)| plan.as_ref())
         .collect();
+    let started = std::time::Instant::now();
     run_cells(&to_run, method, args.jobs)?;
+    let wall_s = started.elapsed().as_secs_f64();
     let mut cells = Vec::new();
     for (size, seed, dir, plan) in planned {
         cells.push(Cell {
@@ -178,7 +180,7 @@ pub fn run(args: StudyArgs) -> anyhow::Result<()> {
     }
     let summary = study::summarize(&methods, &cells)?;
     summary.write(&out)?;
-    print_study(&summary, &out, args.json)
+    print_study(&summary, &out, wall_s, args.jobs, args.json)
 }
 
 fn override_optimizer(task: &mut Task, optimizer_model: &Option<String>) {
@@ -343,19 +345,29 @@ fn run_cells(cells: &[&Pending], method: Method, jobs: usize) -> anyhow::Result<
 }
 
 /// Prints study.json (with `--json`) or study.md on stdout.
-fn print_study(study: &Study, out: &Path, json: bool) -> anyhow::Result<()> {
+/// Prints the summary; the first line gives this invocation's own wall time, which the
+/// summary leaves out (it is a function of the cells' reports only).
+fn print_study(
+    study: &Study,
+    out: &Path,
+    wall_s: f64,
+    jobs: usize,
+    json: bool,
+) -> anyhow::Result<()> {
     if json {
         outln!("{}", serde_json::to_string_pretty(study)?);
         return Ok(());
     }
     let count = |s: CellSource| study.cells.iter().filter(|c| c.source == s).count();
     outln!(
-        "study directory {}: {} cells ({} run, {} resumed, {} read)\n",
+        "study directory {}: {} cells ({} run, {} resumed, {} read), {:.1} s, at most {} side by side\n",
         out.display(),
         study.cells.len(),
         count(CellSource::Run),
         count(CellSource::Resumed),
-        count(CellSource::Read)
+        count(CellSource::Read),
+        wall_s,
+        jobs
     );
     out!("{}", study.to_markdown());
     Ok(())

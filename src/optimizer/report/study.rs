@@ -197,7 +197,7 @@ pub struct Timing {
     pub train_size: usize,
     /// Mean wall time of a cell (one run of every method for one seed), in seconds.
     pub mean_cell_s: f64,
-    /// Total over the cells, in seconds.
+    /// Total over the cells, in seconds (cells run side by side overlap in time).
     pub total_s: f64,
 }
 

@@ -105,7 +105,7 @@ impl Study {
         for t in &self.timing {
             let _ = writeln!(
                 s,
-                "\nTraining-set size {}: {:.1}s per cell on average, {:.1}s in all.",
+                "\nTraining-set size {}: {:.1}s per cell on average, {:.1}s summed over its cells (cells run side by side overlap in time).",
                 t.train_size, t.mean_cell_s, t.total_s
             );
         }
