@@ -344,9 +344,9 @@ fn run_cells(cells: &[&Pending], method: Method, jobs: usize) -> anyhow::Result<
     }
 }
 
-/// Prints study.json (with `--json`) or study.md on stdout.
-/// Prints the summary; the first line gives this invocation's own wall time, which the
-/// summary leaves out (it is a function of the cells' reports only).
+/// Prints study.json (with `--json`) or study.md on stdout; before study.md, a line with
+/// this invocation's own wall time, which the summary leaves out (it is a function of the
+/// cells' reports only).
 fn print_study(
     study: &Study,
     out: &Path,

@@ -4,7 +4,7 @@ use serde_json::Value;
 
 /// The report's calls and tokens per method, stage and role, as
 /// `[method, stage, role, calls, prompt_tokens, completion_tokens]` rows: what must not
-/// change with what ran beside the run (cached tokens and times are left out, as they do).
+/// change with what ran beside the run (cached tokens and times, which may, are left out).
 pub fn token_rows(report: &Value) -> Vec<Value> {
     report["accounting"]["rows"]
         .as_array()
