@@ -295,6 +295,17 @@ fn optimize_writes_a_report_that_matches_its_event_log() {
     assert_eq!(r["status"], "completed");
     assert_eq!(r["initial"]["components"]["system_prompt"], INITIAL_PROMPT);
     assert!(f(&r["elapsed_s"]) > 0.0);
+    // The constant answer: the two training answers tie at one of two, the first seen
+    // stays; val and test expect another number.
+    assert_eq!(
+        r["constant_baseline"],
+        serde_json::json!({"answer": "11", "train": 0.5, "val": 0.0, "test": 0.0})
+    );
+    let md = std::fs::read_to_string(dir.join("report.md")).expect("report.md");
+    assert!(
+        md.contains("| constant answer `11` (best on train) | 50.0% | 0.0% | 0.0% |"),
+        "{md}"
+    );
     let methods = r["methods"].as_array().expect("methods");
     assert_eq!(methods.len(), 1);
     let m = &methods[0];

@@ -352,6 +352,15 @@ pub(crate) fn print_report(report: &RunReport, dir: &Path, json: bool) -> anyhow
             pct(m.test_score)
         );
     }
+    if let Some(c) = &report.constant_baseline {
+        outln!(
+            "{:<14} {:>8} {:>8} {:>8}",
+            "constant",
+            pct(Some(c.train)),
+            pct(c.val),
+            pct(c.test)
+        );
+    }
     for m in &report.methods {
         if let (Some(before), Some(after)) = (report.initial.test, m.test_score) {
             outln!(
@@ -362,6 +371,9 @@ pub(crate) fn print_report(report: &RunReport, dir: &Path, json: bool) -> anyhow
                 100.0 * (after - before)
             );
         }
+    }
+    if report.constant_baseline.is_some() {
+        outln!("{}", report.constant_note());
     }
     Ok(())
 }

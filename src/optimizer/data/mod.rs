@@ -1,9 +1,11 @@
 //! The task and its data, the first stage of the flow: the task file and its validation
 //! ([`task`], [`validate`]), the examples ([`dataset`]), prompt templates ([`template`]),
-//! the scoring of an answer ([`metric`]), the JSON command protocol agents and metrics
+//! the scoring of an answer ([`metric`]) and the score of one answer given to every
+//! example ([`baseline`]), the JSON command protocol agents and metrics
 //! speak ([`command`]) and seeded randomness ([`rng`]). Nothing here depends on the rest
 //! of the optimizer.
 
+pub mod baseline;
 pub mod command;
 pub mod dataset;
 pub mod metric;

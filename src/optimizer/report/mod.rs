@@ -17,6 +17,7 @@
 //!   "status": "completed" | "stopped by budget <name>",
 //!   "initial": { "components": {name: text}, "train": f, "val": f|null, "test": f|null,
 //!                "per_example": { "val": [f], "test": [f] } },
+//!   "constant_baseline": { "answer": "...", "train": f, "val": f|null, "test": f|null } | null,
 //!   "methods": [ {                       // one per method run (fgo, all_at_once)
 //!       "method": "fgo", "final_components": {name: text}, "final_source": "merge m2.0 (crossover)",
 //!       "selection": "why it won", "subset_sizing": "how train was divided",
@@ -62,6 +63,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::optimizer::data::baseline::ConstantBaseline;
 use crate::optimizer::exec::agent::Components;
 use crate::optimizer::exec::calls::BudgetHit;
 use crate::optimizer::exec::calls::{LedgerEntry, Source};
@@ -164,6 +166,11 @@ pub struct RunReport {
     /// methods against each other.
     #[serde(default)]
     pub comparisons: Vec<Comparison>,
+    /// The best single answer on train given to every example, scored on each split
+    /// (absent for `regex` and `command` metrics): what a component that only shifts the
+    /// agent towards one answer can reach.
+    #[serde(default)]
+    pub constant_baseline: Option<ConstantBaseline>,
     /// How the run's remote models were measured, by model name ([`RunReport::notes_now`]):
     /// kept in report.json so that a re-rendered report still says what was not measured.
     #[serde(default)]
@@ -180,6 +187,36 @@ pub struct Comparison {
 }
 
 impl RunReport {
+    /// What the constant-answer baseline says about the scores on test: the methods whose
+    /// final component does not beat it (empty when there is no baseline or no test).
+    pub fn at_most_constant(&self) -> Vec<&str> {
+        let Some(c) = self.constant_baseline.as_ref().and_then(|c| c.test) else {
+            return Vec::new();
+        };
+        self.methods
+            .iter()
+            .filter(|m| m.test_score.is_some_and(|t| t <= c))
+            .map(|m| m.method.as_str())
+            .collect()
+    }
+
+    /// One sentence on the constant-answer baseline for the report and the summary.
+    pub fn constant_note(&self) -> String {
+        let Some(c) = &self.constant_baseline else {
+            return String::new();
+        };
+        let mut note = format!(
+            "Giving every example the same answer (`{}`, the best on train) scores {} on test: a component can reach that by moving the agent towards one answer, without solving more.",
+            c.answer.replace('`', "'"),
+            pct(c.test)
+        );
+        let under = self.at_most_constant();
+        if !under.is_empty() {
+            note.push_str(&format!(" Not above it on test: {}.", under.join(", ")));
+        }
+        note
+    }
+
     /// The paired comparisons on test of every method against the initial component and
     /// of the first two methods against each other (seeded bootstrap).
     pub fn paired_on_test(&self) -> Vec<Comparison> {
@@ -378,6 +415,17 @@ impl RunReport {
                 pct(m.val_score),
                 pct(m.test_score)
             );
+        }
+        if let Some(c) = &self.constant_baseline {
+            let _ = writeln!(
+                s,
+                "| constant answer `{}` (best on train) | {} | {} | {} |",
+                c.answer.replace('|', "\\|").replace('`', "'"),
+                pct(Some(c.train)),
+                pct(c.val),
+                pct(c.test)
+            );
+            let _ = writeln!(s, "\n{}", self.constant_note());
         }
         if self.methods.len() == 2 {
             let (a, b) = (&self.methods[0], &self.methods[1]);

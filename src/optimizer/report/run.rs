@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::llm::Llm;
+use crate::optimizer::data::baseline::constant_baseline;
 use crate::optimizer::data::dataset::{Dataset, Example};
 use crate::optimizer::data::rng::Rng;
 use crate::optimizer::data::task::Selection;
@@ -242,6 +243,7 @@ pub fn execute(
             test: data.test.iter().map(|e| e.id.clone()).collect(),
         },
         comparisons: Vec::new(),
+        constant_baseline: constant_baseline(&task.spec.metric, &data.train, &data.val, &data.test),
         model_notes: Default::default(),
     };
     report.model_notes =

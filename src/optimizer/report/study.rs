@@ -127,6 +127,23 @@ pub struct Study {
     pub timing: Vec<Timing>,
     /// Every cell, in grid order.
     pub cells: Vec<CellSummary>,
+    /// The constant-answer baseline per training-set size (empty when the metric has
+    /// none): what moving the agent towards one answer reaches on test.
+    #[serde(default)]
+    pub constant: Vec<ConstantResult>,
+}
+
+/// The constant-answer baseline of the cells of one training-set size
+/// ([`crate::optimizer::data::baseline`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConstantResult {
+    pub train_size: usize,
+    /// The answers chosen on each cell's train, distinct, in cell order.
+    pub answers: Vec<String>,
+    /// Mean test score over the cells that have one.
+    pub mean_test: f64,
+    /// How many cells that was.
+    pub cells: usize,
 }
 
 /// One method at one training-set size, over the seeds.
@@ -387,6 +404,31 @@ pub fn summarize(methods: &[String], cells: &[Cell]) -> Result<Study> {
             }
         })
         .collect();
+    let constant = sizes
+        .iter()
+        .filter_map(|&n| {
+            let baselines: Vec<_> = of_size(n)
+                .filter_map(|c| c.report.constant_baseline.as_ref())
+                .filter(|b| b.test.is_some())
+                .collect();
+            if baselines.is_empty() {
+                return None;
+            }
+            let mut answers: Vec<String> = Vec::new();
+            for b in &baselines {
+                if !answers.contains(&b.answer) {
+                    answers.push(b.answer.clone());
+                }
+            }
+            let total: f64 = baselines.iter().filter_map(|b| b.test).sum();
+            Some(ConstantResult {
+                train_size: n,
+                answers,
+                mean_test: total / baselines.len() as f64,
+                cells: baselines.len(),
+            })
+        })
+        .collect();
     let cells_out = cells
         .iter()
         .map(|c| CellSummary {
@@ -413,6 +455,7 @@ pub fn summarize(methods: &[String], cells: &[Cell]) -> Result<Study> {
         comparisons,
         timing,
         cells: cells_out,
+        constant,
     })
 }
 

@@ -57,6 +57,21 @@ impl Study {
                     .sum::<usize>()
             );
         }
+        for c in &self.constant {
+            let answers: Vec<String> = c
+                .answers
+                .iter()
+                .map(|a| format!("`{}`", a.replace('`', "'")))
+                .collect();
+            let _ = writeln!(
+                s,
+                "\nTrain {}: giving every test example the same answer ({}, the best on each seed's train) scores {} on test (mean over {} seeds): a method can reach that by moving the agent towards one answer, without solving more.",
+                c.train_size,
+                answers.join(", "),
+                pct(c.mean_test),
+                c.cells
+            );
+        }
         let _ = writeln!(s, "\n## Paired comparisons on test\n\nPairs are (seed, test example), pooled over the seeds of a size. A win is an example `a` solves and `b` does not; p is the exact two-sided McNemar test on wins against losses; the interval is a {}-resample bootstrap of the mean score difference (seed {}).\n", self.bootstrap_resamples, self.bootstrap_seed);
         let _ = writeln!(s, "| train | a | b | pairs | wins | losses | ties | McNemar p | mean difference | 95% interval |\n|---|---|---|---|---|---|---|---|---|---|");
         for c in &self.comparisons {

@@ -81,6 +81,7 @@ fn cell(train_size: usize, seed: u64, none: &[f64], fgo: &[f64], aao: &[f64]) ->
             test: (0..none.len()).map(|i| format!("x{i}")).collect(),
         },
         comparisons: Vec::new(),
+        constant_baseline: None,
         model_notes: Default::default(),
     };
     Cell {
@@ -242,4 +243,45 @@ fn cells_without_test_scores_leave_the_pool() {
         (0, None)
     );
     assert!(s.to_markdown().contains("| 2 | fgo | none | 0 | - |"));
+}
+
+#[test]
+fn the_constant_baseline_is_averaged_per_size_and_named_in_the_markdown() {
+    use crate::optimizer::data::baseline::ConstantBaseline;
+    let with = |mut c: Cell, answer: &str, test: f64| {
+        c.report.constant_baseline = Some(ConstantBaseline {
+            answer: answer.into(),
+            train: 0.5,
+            val: None,
+            test: Some(test),
+        });
+        c
+    };
+    let cells = vec![
+        with(cell(4, 0, &[0.0, 1.0], &[1.0, 1.0], &[0.0, 1.0]), "No", 0.5),
+        with(
+            cell(4, 1, &[0.0, 1.0], &[1.0, 1.0], &[0.0, 1.0]),
+            "Yes",
+            0.25,
+        ),
+        with(
+            cell(4, 2, &[0.0, 1.0], &[1.0, 1.0], &[0.0, 1.0]),
+            "No",
+            0.75,
+        ),
+        // A size whose cells have no baseline (a command metric) gets no line.
+        cell(8, 0, &[0.0, 1.0], &[1.0, 1.0], &[0.0, 1.0]),
+    ];
+    let study = summarize(&names(&["fgo", "all_at_once", "none"]), &cells).expect("summary");
+    assert_eq!(study.constant.len(), 1);
+    let c = &study.constant[0];
+    assert_eq!((c.train_size, c.cells), (4, 3));
+    assert_eq!(c.answers, names(&["No", "Yes"]));
+    assert!((c.mean_test - 0.5).abs() < 1e-12);
+    let md = study.to_markdown();
+    assert!(
+        md.contains("Train 4: giving every test example the same answer (`No`, `Yes`"),
+        "{md}"
+    );
+    assert!(!md.contains("Train 8: giving"), "{md}");
 }
