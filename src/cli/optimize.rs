@@ -372,8 +372,9 @@ pub(crate) fn print_report(report: &RunReport, dir: &Path, json: bool) -> anyhow
             );
         }
     }
-    if report.constant_baseline.is_some() {
-        outln!("{}", report.constant_note());
+    let note = report.constant_note();
+    if !note.is_empty() {
+        outln!("{note}");
     }
     Ok(())
 }

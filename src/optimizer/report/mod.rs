@@ -200,11 +200,17 @@ impl RunReport {
             .collect()
     }
 
-    /// One sentence on the constant-answer baseline for the report and the summary.
+    /// A sentence on the constant-answer baseline for the report and the summary, when it
+    /// matters: the baseline reaches the initial component's test score, or a method's
+    /// final component does not beat it. Empty otherwise.
     pub fn constant_note(&self) -> String {
         let Some(c) = &self.constant_baseline else {
             return String::new();
         };
+        let reaches_initial = matches!((c.test, self.initial.test), (Some(b), Some(i)) if b >= i);
+        if !reaches_initial && self.at_most_constant().is_empty() {
+            return String::new();
+        }
         let mut note = format!(
             "Giving every example the same answer (`{}`, the best on train) scores {} on test: a component can reach that by moving the agent towards one answer, without solving more.",
             c.answer.replace('`', "'"),
@@ -425,7 +431,10 @@ impl RunReport {
                 pct(c.val),
                 pct(c.test)
             );
-            let _ = writeln!(s, "\n{}", self.constant_note());
+            let note = self.constant_note();
+            if !note.is_empty() {
+                let _ = writeln!(s, "\n{note}");
+            }
         }
         if self.methods.len() == 2 {
             let (a, b) = (&self.methods[0], &self.methods[1]);

@@ -285,3 +285,33 @@ fn the_constant_baseline_is_averaged_per_size_and_named_in_the_markdown() {
     );
     assert!(!md.contains("Train 8: giving"), "{md}");
 }
+
+#[test]
+fn the_report_speaks_of_the_constant_answer_only_when_it_matters() {
+    use crate::optimizer::data::baseline::ConstantBaseline;
+    // Initial 0.5 on test, FGO 1.0, all-at-once 0.5.
+    let mut r = cell(4, 0, &[0.0, 1.0], &[1.0, 1.0], &[0.0, 1.0]).report;
+    let baseline = |test: f64| ConstantBaseline {
+        answer: "No".into(),
+        train: 0.5,
+        val: None,
+        test: Some(test),
+    };
+    assert_eq!(r.constant_note(), "", "no baseline, no note");
+    // Far below everything: the row is enough.
+    r.constant_baseline = Some(baseline(0.0));
+    assert_eq!(r.constant_note(), "");
+    assert!(r.at_most_constant().is_empty());
+    // Level with the initial component and all-at-once: both said.
+    r.constant_baseline = Some(baseline(0.5));
+    let note = r.constant_note();
+    assert!(
+        note.contains("(`No`, the best on train) scores 50.0% on test"),
+        "{note}"
+    );
+    assert!(
+        note.ends_with("Not above it on test: all_at_once."),
+        "{note}"
+    );
+    assert!(r.to_markdown().contains(&note));
+}
