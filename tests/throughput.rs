@@ -141,3 +141,34 @@ fn a_request_larger_than_the_whole_cache_is_refused() {
     assert!(err.contains("key/value cache holds 128"), "{err}");
     assert!(results[0].is_ok() && results[2].is_ok());
 }
+
+/// The step counters say how full the batches were: a batch of four decodes several
+/// sequences per step, `max_batch = 1` exactly one; every prompt token is either computed
+/// or served from the cache.
+#[test]
+fn step_counters_measure_how_full_the_batches_were() {
+    let requests = requests(6);
+    for (max_batch, batched) in [(None, true), (Some(1), false)] {
+        let engine = smollm(LoadOptions {
+            max_batch,
+            ..LoadOptions::default()
+        });
+        let before = engine.step_stats();
+        let done: Vec<_> = engine
+            .generate_batch(&requests)
+            .into_iter()
+            .map(|r| r.expect("generated"))
+            .collect();
+        let st = engine.step_stats().since(&before);
+        let prompt: usize = done.iter().map(|c| c.usage.prompt_tokens).sum();
+        let cached: usize = done.iter().map(|c| c.usage.cached_prompt_tokens).sum();
+        assert_eq!(st.prefill_tokens as usize, prompt - cached, "{st:?}");
+        assert!(st.decode_steps > 0 && st.decode_steps <= st.steps, "{st:?}");
+        assert!(st.busy_s > 0.0, "{st:?}");
+        if batched {
+            assert!(st.mean_decode_batch() > 2.0, "batch of 4: {st:?}");
+        } else {
+            assert_eq!(st.decode_rows, st.decode_steps, "one at a time: {st:?}");
+        }
+    }
+}

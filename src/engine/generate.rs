@@ -19,7 +19,7 @@ use crate::engine::gguf::GgufFile;
 use crate::engine::kv::{KvDtype, KvStats};
 use crate::engine::model::{Model, ModelConfig};
 use crate::engine::sampling::SamplingParams;
-use crate::engine::scheduler::{Pending, Scheduler, MAX_RUNNING};
+use crate::engine::scheduler::{Pending, Scheduler, StepStats, MAX_RUNNING};
 use crate::engine::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 
@@ -466,6 +466,11 @@ impl Engine {
         self.scheduler
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// What the engine's forward steps did since it was loaded (how full its batches were).
+    pub fn step_stats(&self) -> StepStats {
+        self.scheduler().stats()
     }
 
     /// Counters of the key/value store.

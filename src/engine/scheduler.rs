@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::generate::{Completion, FinishReason, GenerationRequest, Timings, Usage};
 use crate::engine::kv::{prefix_hashes, KvStore, PrefixHash, SeqKv};
@@ -227,6 +228,47 @@ pub struct Scheduler {
     running: Vec<Running>,
     /// The most sequences in the running batch.
     max_batch: usize,
+    stats: StepStats,
+}
+
+/// What the forward steps of a scheduler did, summed since it was made: how full the
+/// engine was kept. The mean decode batch (`decode_rows / decode_steps`) is what batching
+/// can gain at most on decode; `busy_s` against a run's wall time is how much of it the
+/// engine spent computing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepStats {
+    /// Forward steps.
+    pub steps: u64,
+    /// Steps in which at least one sequence decoded a token.
+    pub decode_steps: u64,
+    /// Sequences that decoded a token, summed over steps.
+    pub decode_rows: u64,
+    /// Prompt tokens computed (those answered from the prefix cache are not).
+    pub prefill_tokens: u64,
+    /// Seconds inside forward steps.
+    pub busy_s: f64,
+}
+
+impl StepStats {
+    /// What happened between `earlier` and `self` (a later snapshot of the same engine).
+    pub fn since(&self, earlier: &StepStats) -> StepStats {
+        StepStats {
+            steps: self.steps.saturating_sub(earlier.steps),
+            decode_steps: self.decode_steps.saturating_sub(earlier.decode_steps),
+            decode_rows: self.decode_rows.saturating_sub(earlier.decode_rows),
+            prefill_tokens: self.prefill_tokens.saturating_sub(earlier.prefill_tokens),
+            busy_s: (self.busy_s - earlier.busy_s).max(0.0),
+        }
+    }
+
+    /// Sequences decoding per decode step, on average (0 without any).
+    pub fn mean_decode_batch(&self) -> f64 {
+        if self.decode_steps == 0 {
+            0.0
+        } else {
+            self.decode_rows as f64 / self.decode_steps as f64
+        }
+    }
 }
 
 impl Scheduler {
@@ -236,6 +278,7 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
             max_batch: MAX_RUNNING,
+            stats: StepStats::default(),
         }
     }
 
@@ -249,6 +292,11 @@ impl Scheduler {
     /// The most sequences in the running batch.
     pub fn max_batch(&self) -> usize {
         self.max_batch
+    }
+
+    /// What the forward steps did so far.
+    pub fn stats(&self) -> StepStats {
+        self.stats
     }
 
     /// Whether any request is waiting or running.
@@ -411,6 +459,15 @@ impl Scheduler {
                 plan.push((i, 1));
             }
         }
+        // Counted before the step moves the sequences on.
+        let (mut decoding, mut prefilled) = (0u64, 0usize);
+        for &(i, take) in &plan {
+            if self.running[i].prefilling() {
+                prefilled += take;
+            } else {
+                decoding += 1;
+            }
+        }
         let started = Instant::now();
         let outcome = {
             let mut steps = Vec::with_capacity(plan.len());
@@ -444,6 +501,11 @@ impl Scheduler {
             model.forward(&mut self.store, &mut steps)
         };
         let elapsed = started.elapsed().as_secs_f64();
+        self.stats.steps += 1;
+        self.stats.decode_steps += u64::from(decoding > 0);
+        self.stats.decode_rows += decoding;
+        self.stats.prefill_tokens += prefilled as u64;
+        self.stats.busy_s += elapsed;
         match outcome.and_then(|logits| {
             logits
                 .iter()
@@ -554,6 +616,29 @@ mod tests {
             },
         };
         Pending::new((tx.clone(), index), prompt, request, 16)
+    }
+
+    #[test]
+    fn step_counters_subtract_and_average() {
+        let later = StepStats {
+            steps: 10,
+            decode_steps: 8,
+            decode_rows: 30,
+            prefill_tokens: 500,
+            busy_s: 2.5,
+        };
+        let earlier = StepStats {
+            steps: 4,
+            decode_steps: 2,
+            decode_rows: 6,
+            prefill_tokens: 100,
+            busy_s: 0.5,
+        };
+        let d = later.since(&earlier);
+        assert_eq!((d.steps, d.decode_steps, d.decode_rows), (6, 6, 24));
+        assert_eq!((d.prefill_tokens, d.busy_s), (400, 2.0));
+        assert_eq!(d.mean_decode_batch(), 4.0);
+        assert_eq!(StepStats::default().mean_decode_batch(), 0.0);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod wire;
 use crate::engine::chat::ChatMessage;
 use crate::engine::generate::{Engine, GenerationRequest, Prompt};
 use crate::engine::sampling::SamplingParams;
+use crate::engine::scheduler::StepStats;
 use crate::error::Result;
 
 pub use crate::engine::generate::{Completion, FinishReason, Timings, Usage};
@@ -41,6 +42,12 @@ pub trait Llm: Send + Sync {
 
     /// The context window, in tokens.
     fn context_length(&self) -> usize;
+
+    /// What the model's forward steps did so far, for a model run in this process (how full
+    /// its batches were kept); `None` for a model served elsewhere.
+    fn step_stats(&self) -> Option<StepStats> {
+        None
+    }
 
     /// How many tokens `text` takes (for truncating prompts to fit).
     fn count_tokens(&self, text: &str) -> Result<usize>;
@@ -83,6 +90,10 @@ impl Llm for Engine {
 
     fn context_length(&self) -> usize {
         self.config().context_length
+    }
+
+    fn step_stats(&self) -> Option<StepStats> {
+        Some(Engine::step_stats(self))
     }
 
     fn count_tokens(&self, text: &str) -> Result<usize> {

@@ -18,6 +18,8 @@
 //!   "initial": { "components": {name: text}, "train": f, "val": f|null, "test": f|null,
 //!                "per_example": { "val": [f], "test": [f] } },
 //!   "constant_baseline": { "answer": "...", "train": f, "val": f|null, "test": f|null } | null,
+//!   "engine": [ { "model", "roles": ["agent", "optimizer"], "steps": { "steps", "decode_steps",
+//!                 "decode_rows", "prefill_tokens", "busy_s" } } ],
 //!   "methods": [ {                       // one per method run (fgo, all_at_once)
 //!       "method": "fgo", "final_components": {name: text}, "final_source": "merge m2.0 (crossover)",
 //!       "selection": "why it won", "subset_sizing": "how train was divided",
@@ -63,6 +65,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::scheduler::StepStats;
 use crate::optimizer::data::baseline::ConstantBaseline;
 use crate::optimizer::exec::agent::Components;
 use crate::optimizer::exec::calls::BudgetHit;
@@ -171,10 +174,48 @@ pub struct RunReport {
     /// agent towards one answer can reach.
     #[serde(default)]
     pub constant_baseline: Option<ConstantBaseline>,
+    /// What each model run in this process computed during the run: forward steps and how
+    /// full their batches were (with study cells side by side on one engine, the other
+    /// cells' steps are in it too; a resumed run counts only what it computed itself).
+    #[serde(default)]
+    pub engine: Vec<EngineUse>,
     /// How the run's remote models were measured, by model name ([`RunReport::notes_now`]):
     /// kept in report.json so that a re-rendered report still says what was not measured.
     #[serde(default)]
     pub model_notes: BTreeMap<String, Vec<String>>,
+}
+
+/// The forward steps of one in-process model during a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineUse {
+    /// The model's name, as the report names models.
+    pub model: String,
+    /// `agent`, `optimizer`, or both when one model plays both roles.
+    pub roles: Vec<String>,
+    pub steps: StepStats,
+}
+
+impl EngineUse {
+    /// One sentence for report.md: steps, time computing against the run's wall time, the
+    /// mean decode batch and the prompt tokens computed.
+    pub fn sentence(&self, wall_s: f64) -> String {
+        let st = &self.steps;
+        let share = if wall_s > 0.0 {
+            format!(" ({:.0}% of the wall time)", 100.0 * st.busy_s / wall_s)
+        } else {
+            String::new()
+        };
+        format!(
+            "Engine `{}` ({}): {} forward steps, {:.1} s computing{share}; {:.2} sequences decoding per decode step on average ({} decode steps); {} prompt tokens computed.",
+            self.model,
+            self.roles.join(" and "),
+            st.steps,
+            st.busy_s,
+            st.mean_decode_batch(),
+            st.decode_steps,
+            st.prefill_tokens
+        )
+    }
 }
 
 /// One paired comparison of two components on the same test examples.
@@ -518,6 +559,9 @@ impl RunReport {
         }
         for (model, notes) in &self.model_notes {
             let _ = writeln!(s, "\nModel `{model}`: {}.", notes.join("; "));
+        }
+        for e in &self.engine {
+            let _ = writeln!(s, "\n{}", e.sentence(self.elapsed_s));
         }
         for m in &self.methods {
             let _ = writeln!(s, "\n## Method `{}`\n", m.method);

@@ -14,6 +14,7 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
+use crate::engine::scheduler::StepStats;
 use crate::error::{Error, Result};
 use crate::llm::Llm;
 use crate::optimizer::data::baseline::constant_baseline;
@@ -31,7 +32,9 @@ use crate::optimizer::methods::optimize::optimize;
 use crate::optimizer::methods::prompts;
 use crate::optimizer::methods::select::{self, PoolEntry};
 use crate::optimizer::methods::slot::Slot;
-use crate::optimizer::report::{Accounting, ExampleIds, ExampleScores, InitialScores, RunReport};
+use crate::optimizer::report::{
+    Accounting, EngineUse, ExampleIds, ExampleScores, InitialScores, RunReport,
+};
 
 use crate::optimizer::report::{Method, MethodReport};
 
@@ -42,6 +45,47 @@ pub struct Models {
     pub agent: Option<Arc<dyn Llm>>,
     /// The optimizer's model (`None` only for method `none`).
     pub optimizer: Option<Arc<dyn Llm>>,
+}
+
+impl Models {
+    /// Each distinct in-process model with its roles, in the order agent, optimizer.
+    fn distinct(&self) -> Vec<(&Arc<dyn Llm>, Vec<String>)> {
+        let mut out: Vec<(&Arc<dyn Llm>, Vec<String>)> = Vec::new();
+        for (role, model) in [("agent", &self.agent), ("optimizer", &self.optimizer)] {
+            let Some(model) = model else { continue };
+            if model.step_stats().is_none() {
+                continue;
+            }
+            match out.iter_mut().find(|(m, _)| Arc::ptr_eq(m, model)) {
+                Some((_, roles)) => roles.push(role.into()),
+                None => out.push((model, vec![role.into()])),
+            }
+        }
+        out
+    }
+
+    /// The step counters of every in-process model now.
+    fn engine_snapshot(&self) -> Vec<StepStats> {
+        self.distinct()
+            .iter()
+            .filter_map(|(m, _)| m.step_stats())
+            .collect()
+    }
+
+    /// What every in-process model computed since `before` ([`Models::engine_snapshot`]).
+    fn engine_use(&self, before: &[StepStats]) -> Vec<EngineUse> {
+        self.distinct()
+            .into_iter()
+            .zip(before)
+            .filter_map(|((m, roles), b)| {
+                Some(EngineUse {
+                    model: m.name(),
+                    roles,
+                    steps: m.step_stats()?.since(b),
+                })
+            })
+            .collect()
+    }
 }
 
 /// Runs `task` on `data` with `method`; every call goes through `calls`.
@@ -55,6 +99,7 @@ pub fn execute(
     progress: &dyn Progress,
 ) -> Result<RunReport> {
     let agent = Agent::new(task, models.agent.clone())?;
+    let engines_before = models.engine_snapshot();
     let names: Vec<String> = task
         .spec
         .components
@@ -244,6 +289,7 @@ pub fn execute(
         },
         comparisons: Vec::new(),
         constant_baseline: constant_baseline(&task.spec.metric, &data.train, &data.val, &data.test),
+        engine: models.engine_use(&engines_before),
         model_notes: Default::default(),
     };
     report.model_notes =

@@ -82,6 +82,7 @@ fn cell(train_size: usize, seed: u64, none: &[f64], fgo: &[f64], aao: &[f64]) ->
         },
         comparisons: Vec::new(),
         constant_baseline: None,
+        engine: Vec::new(),
         model_notes: Default::default(),
     };
     Cell {
