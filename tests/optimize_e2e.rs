@@ -305,11 +305,20 @@ fn optimize_writes_a_report_that_matches_its_event_log() {
     let engines = r["engine"].as_array().expect("engine");
     assert_eq!(engines.len(), 1, "{engines:?}");
     assert_eq!(engines[0]["model"], MODEL_FILE);
-    assert_eq!(engines[0]["roles"], serde_json::json!(["agent", "optimizer"]));
+    assert_eq!(
+        engines[0]["roles"],
+        serde_json::json!(["agent", "optimizer"])
+    );
     let steps = &engines[0]["steps"];
     assert!(u(&steps["steps"]) >= u(&steps["decode_steps"]), "{steps}");
-    assert!(u(&steps["decode_rows"]) >= u(&steps["decode_steps"]), "{steps}");
-    assert!(u(&steps["prefill_tokens"]) > 0 && f(&steps["busy_s"]) > 0.0, "{steps}");
+    assert!(
+        u(&steps["decode_rows"]) >= u(&steps["decode_steps"]),
+        "{steps}"
+    );
+    assert!(
+        u(&steps["prefill_tokens"]) > 0 && f(&steps["busy_s"]) > 0.0,
+        "{steps}"
+    );
     let md = std::fs::read_to_string(dir.join("report.md")).expect("report.md");
     assert!(
         md.contains(&format!("Engine `{MODEL_FILE}` (agent and optimizer): ")),

@@ -748,3 +748,63 @@ fn successive_halving_changes_nothing_but_the_evaluations() {
     }
     assert!(saved_in_all > 0, "halving never stopped a candidate early");
 }
+
+/// The mechanical candidates (here `seed`) are scored on their first halving slice while
+/// the optimizer writes its diagnoses and rewrites, and no request is made twice: the
+/// evaluation that follows finds the early replies in the run's memo.
+#[test]
+fn mechanical_candidates_are_scored_while_the_optimizer_writes() {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    let writing = Arc::new(AtomicUsize::new(0));
+    let overlapped = Arc::new(AtomicUsize::new(0));
+    let seen: Arc<Mutex<(HashSet<String>, usize)>> = Arc::default();
+    let inner = world(Optimizer::Good);
+    let (w, o, s) = (writing.clone(), overlapped.clone(), seen.clone());
+    let llm = Arc::new(ScriptedLlm::new(move |r: &ChatRequest| {
+        let key = format!("{r:?}");
+        {
+            let mut seen = s.lock().unwrap();
+            if !seen.0.insert(key) {
+                seen.1 += 1;
+            }
+        }
+        let system = &r.messages[0].content;
+        if system.starts_with("You improve") {
+            w.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(40));
+            let reply = (inner.script)(r);
+            w.fetch_sub(1, Ordering::SeqCst);
+            return reply;
+        }
+        let seeded = crate::optimizer::methods::operators::STRATEGIES
+            .iter()
+            .any(|st| system.contains(st));
+        if seeded && w.load(Ordering::SeqCst) > 0 {
+            o.fetch_add(1, Ordering::SeqCst);
+        }
+        (inner.script)(r)
+    }));
+    let t = task("operators = [\"seed\", \"rewrite\"]");
+    let r = run(&t, llm.clone(), Method::Fgo, &Calls::in_memory());
+    assert_eq!(r.status, "completed");
+    assert!(
+        overlapped.load(Ordering::SeqCst) > 0,
+        "no seed candidate was scored while the optimizer wrote"
+    );
+    assert_eq!(seen.lock().unwrap().1, 0, "a request was made twice");
+    // The same run without the optimizer's delay gives the same result.
+    let plain = run(
+        &t,
+        Arc::new(world(Optimizer::Good)),
+        Method::Fgo,
+        &Calls::in_memory(),
+    );
+    assert_eq!(
+        r.methods[0].final_components,
+        plain.methods[0].final_components
+    );
+    assert_eq!(r.methods[0].counters, plain.methods[0].counters);
+}

@@ -21,6 +21,7 @@
 //! The all-at-once baseline is the same loop on one subset holding all of train, with every
 //! trajectory in the prompt, truncated to the optimizer's context window.
 
+use crate::optimizer::data::dataset::Example;
 use crate::optimizer::data::task::BudgetSpec;
 use crate::optimizer::data::task::Operator;
 use crate::optimizer::exec::agent::{Components, Outcome};
@@ -29,7 +30,7 @@ use crate::optimizer::methods::env::{mean_score, Env};
 use crate::optimizer::methods::halving;
 use crate::optimizer::methods::operators;
 use crate::optimizer::methods::prompts::{self, FailedAttempt};
-use crate::optimizer::methods::propose::propose;
+use crate::optimizer::methods::propose::{mechanical, propose};
 use crate::optimizer::methods::select::{self, PoolEntry};
 use crate::optimizer::methods::slot::{
     CandidateRecord, IterationRecord, NearMiss, Slot, Truncation,
@@ -84,54 +85,72 @@ pub fn optimize(
             })
             .collect();
 
-        // 1. Diagnoses (for the slots that rewrite), one batch. The prompt shows the whole
-        // subset, cut to the token budget.
-        let mut shown = Vec::new();
-        for &i in &active {
-            let (text, t) = all_trajectories(env, &slots[i], iteration, trajectory_tokens);
-            slots[i].truncations.push(t);
-            shown.push(text);
-        }
-        let mut diag_requests = Vec::new();
-        let mut diag_of = vec![None; active.len()];
-        for (a, &i) in active.iter().enumerate() {
-            if !plans[a].iter().any(|(op, _)| op.needs_diagnosis()) {
-                continue;
+        // The first halving slice of the mechanical candidates is scored while the
+        // optimizer writes (steps 1 and 2), so that its long replies share the engine's
+        // batches with agent sequences; step 3 then finds those replies in the run's memo.
+        let prefetch = prefetch_jobs(env, slots, &active, &plans);
+        let (agent, calls, ctx, env_train) = (env.agent, env.calls, env.ctx(stage), env.train);
+        let (diagnoses, proposals) = std::thread::scope(|scope| {
+            if !prefetch.is_empty() {
+                let (prefetch, ctx) = (&prefetch, &ctx);
+                scope.spawn(move || {
+                    let flat: Vec<(&Components, &Example)> = prefetch
+                        .iter()
+                        .flat_map(|(c, idx)| idx.iter().map(move |&i| (c, &env_train[i])))
+                        .collect();
+                    agent.evaluate(calls, ctx, &flat);
+                });
             }
-            let s = &slots[i];
-            let failed = prompts::show_failed(&s.failed, &env.names, spec.show_failed_attempts);
-            diag_of[a] = Some(diag_requests.len());
-            diag_requests.push(crate::llm::ChatRequest {
-                messages: prompts::diagnose(&s.current, &env.names, &shown[a], &failed),
-                params: env.params(
-                    &spec.diagnosis_params,
-                    &format!("{stage}/diag/{}/{iteration}", s.id),
-                ),
-            });
-        }
-        let replies = env.calls.complete(
-            env.optimizer,
-            &env.ctx(stage),
-            crate::optimizer::exec::calls::Role::Optimizer,
-            &diag_requests,
-        );
-        let replies: Vec<String> = replies
-            .into_iter()
-            .map(|r| match r {
-                Ok(c) => c.text,
-                Err(_) => {
-                    env.counters.borrow_mut().call_errors += 1;
-                    String::new()
+            // 1. Diagnoses (for the slots that rewrite), one batch. The prompt shows the whole
+            // subset, cut to the token budget.
+            let mut shown = Vec::new();
+            for &i in &active {
+                let (text, t) = all_trajectories(env, &slots[i], iteration, trajectory_tokens);
+                slots[i].truncations.push(t);
+                shown.push(text);
+            }
+            let mut diag_requests = Vec::new();
+            let mut diag_of = vec![None; active.len()];
+            for (a, &i) in active.iter().enumerate() {
+                if !plans[a].iter().any(|(op, _)| op.needs_diagnosis()) {
+                    continue;
                 }
-            })
-            .collect();
-        let diagnoses: Vec<String> = diag_of
-            .iter()
-            .map(|d| d.and_then(|k| replies.get(k).cloned()).unwrap_or_default())
-            .collect();
+                let s = &slots[i];
+                let failed = prompts::show_failed(&s.failed, &env.names, spec.show_failed_attempts);
+                diag_of[a] = Some(diag_requests.len());
+                diag_requests.push(crate::llm::ChatRequest {
+                    messages: prompts::diagnose(&s.current, &env.names, &shown[a], &failed),
+                    params: env.params(
+                        &spec.diagnosis_params,
+                        &format!("{stage}/diag/{}/{iteration}", s.id),
+                    ),
+                });
+            }
+            let replies = env.calls.complete(
+                env.optimizer,
+                &env.ctx(stage),
+                crate::optimizer::exec::calls::Role::Optimizer,
+                &diag_requests,
+            );
+            let replies: Vec<String> = replies
+                .into_iter()
+                .map(|r| match r {
+                    Ok(c) => c.text,
+                    Err(_) => {
+                        env.counters.borrow_mut().call_errors += 1;
+                        String::new()
+                    }
+                })
+                .collect();
+            let diagnoses: Vec<String> = diag_of
+                .iter()
+                .map(|d| d.and_then(|k| replies.get(k).cloned()).unwrap_or_default())
+                .collect();
 
-        // 2. Proposals: the optimizer's moves in one batch, the mechanical ones directly.
-        let proposals = propose(env, slots, &active, &plans, &diagnoses, stage, iteration);
+            // 2. Proposals: the optimizer's moves in one batch, the mechanical ones directly.
+            let proposals = propose(env, slots, &active, &plans, &diagnoses, stage, iteration);
+            (diagnoses, proposals)
+        });
 
         // 3. Screen candidates, then evaluate the survivors on the subset and the check
         // examples, one batch.
@@ -397,6 +416,52 @@ struct Evaluated {
     /// delta when it was scored on all).
     known_gain: f64,
     known_check: f64,
+}
+
+/// The mechanical candidates of this iteration's plans (see [`mechanical`]) with the
+/// training examples of their first successive-halving slice (all of their examples
+/// without halving): exactly the requests step 3 makes for them first, so that scoring
+/// them early changes no result. A candidate equal to its slot's current component, or to
+/// one listed before it, is left out, as step 3 leaves it out.
+fn prefetch_jobs(
+    env: &Env,
+    slots: &[Slot],
+    active: &[usize],
+    plans: &[Vec<(Operator, usize)>],
+) -> Vec<(Components, Vec<usize>)> {
+    let mut out: Vec<(Components, Vec<usize>)> = Vec::new();
+    for (a, &i) in active.iter().enumerate() {
+        let s = &slots[i];
+        let group = halving::Group {
+            n_sub: s.examples.len(),
+            current: s
+                .outcomes
+                .iter()
+                .chain(&s.check_outcomes)
+                .map(|o| o.score)
+                .collect(),
+            candidates: Vec::new(),
+        };
+        let order = group.order();
+        let fraction = if env.spec.halving {
+            halving::ROUNDS[0]
+        } else {
+            1.0
+        };
+        let upto = ((order.len() as f64 * fraction).ceil() as usize).min(order.len());
+        let eval_set: Vec<usize> = s.examples.iter().chain(&s.check).copied().collect();
+        let examples: Vec<usize> = order[..upto].iter().map(|&p| eval_set[p]).collect();
+        let first = out.len();
+        for &(op, variant) in &plans[a] {
+            let Some(Ok((c, _))) = mechanical(env, s, op, variant) else {
+                continue;
+            };
+            if c != s.current && !out[first..].iter().any(|(d, _)| *d == c) {
+                out.push((c, examples.clone()));
+            }
+        }
+    }
+    out
 }
 
 /// Evaluates `survivors[from..]` (slot position, record, candidate) on their slots' subset

@@ -82,49 +82,16 @@ pub fn propose(
                         Expect::Procedure(&s.current, first.clone()),
                     ))
                 }
-                Operator::Seed => {
-                    match operators::strategy_for(&joined(&s.current), variant) {
-                        Some(strategy) => {
-                            p.components =
-                                Some(operators::append_section(&s.current, &first, strategy));
-                        }
-                        None => {
-                            p.missing = Some("the component states every library strategy".into())
-                        }
-                    }
-                    None
-                }
-                Operator::Demos => {
-                    match operators::demos_block(
-                        &s.outcomes,
-                        spec.demo_count,
-                        spec.trajectory_chars,
-                        env.seed ^ s.id as u64,
-                        variant,
-                    ) {
-                        Some(block) => {
-                            p.components =
-                                Some(operators::append_section(&s.current, &first, &block));
-                            env.exempt.borrow_mut().push(block);
-                        }
-                        None => p.missing = Some("no solved example to show".into()),
-                    }
-                    None
-                }
-                Operator::Format => {
-                    match format::format_of(&s.outcomes) {
-                        Some(section) => {
-                            let stated =
-                                s.current.get(&first).is_some_and(|t| t.contains(&section));
-                            if stated {
-                                p.missing = Some("the answer format is already stated".into());
-                            } else {
-                                p.components =
-                                    Some(operators::append_section(&s.current, &first, &section));
+                Operator::Seed | Operator::Demos | Operator::Format => {
+                    match mechanical(env, s, op, variant) {
+                        Some(Ok((c, exempt))) => {
+                            p.components = Some(c);
+                            if let Some(section) = exempt {
                                 env.exempt.borrow_mut().push(section);
                             }
                         }
-                        None => p.missing = Some("the answers have no common format".into()),
+                        Some(Err(why)) => p.missing = Some(why),
+                        None => {}
                     }
                     None
                 }
@@ -150,6 +117,53 @@ pub fn propose(
         proposals[a][j].components = c;
     }
     proposals
+}
+
+/// The candidate of a mechanical move (`seed`, `demos`, `format`: made without a model
+/// call) on slot `s`, with the section the guard must exempt (the worked examples or the
+/// answer format, taken from the run's own training data); `Err` says why the move has
+/// nothing to add; `None` for a move that needs the optimizer.
+pub fn mechanical(
+    env: &Env,
+    s: &Slot,
+    op: Operator,
+    variant: usize,
+) -> Option<Result<(Components, Option<String>), String>> {
+    let spec = env.spec;
+    let first = env.names.first().cloned().unwrap_or_default();
+    Some(match op {
+        Operator::Seed => match operators::strategy_for(&joined(&s.current), variant) {
+            Some(strategy) => Ok((
+                operators::append_section(&s.current, &first, strategy),
+                None,
+            )),
+            None => Err("the component states every library strategy".into()),
+        },
+        Operator::Demos => match operators::demos_block(
+            &s.outcomes,
+            spec.demo_count,
+            spec.trajectory_chars,
+            env.seed ^ s.id as u64,
+            variant,
+        ) {
+            Some(block) => Ok((
+                operators::append_section(&s.current, &first, &block),
+                Some(block),
+            )),
+            None => Err("no solved example to show".into()),
+        },
+        Operator::Format => match format::format_of(&s.outcomes) {
+            Some(section) if s.current.get(&first).is_some_and(|t| t.contains(&section)) => {
+                Err("the answer format is already stated".into())
+            }
+            Some(section) => Ok((
+                operators::append_section(&s.current, &first, &section),
+                Some(section),
+            )),
+            None => Err("the answers have no common format".into()),
+        },
+        _ => return None,
+    })
 }
 
 /// Every component text, one after another: where a library strategy is looked for.

@@ -510,15 +510,17 @@ impl RunReport {
             }
         }
         if !self.methods.is_empty() {
-            let _ = writeln!(s, "\nWhat each method spent (compare scores at equal cost):\n\n| method | candidates evaluated | agent calls | optimizer calls | optimizer prompt tokens | optimizer completion tokens |\n|---|---|---|---|---|---|");
+            let _ = writeln!(s, "\nWhat each method spent (compare scores at equal cost):\n\n| method | candidates evaluated | agent calls (memo hits not counted) | optimizer calls (memo hits not counted) | optimizer prompt tokens | optimizer completion tokens |\n|---|---|---|---|---|---|");
             for m in &self.methods {
                 let rows = self.accounting.rows.iter().filter(|r| r.method == m.method);
                 let (mut agent, mut opt, mut prompt, mut completion) = (0, 0, 0, 0);
+                // A memo hit repeats a request the method already made (an early-scored
+                // candidate asked again, say): it costs nothing, so it is not counted.
                 for r in rows {
                     if r.role == "agent" {
-                        agent += r.calls;
+                        agent += r.calls.saturating_sub(r.memo_hits);
                     } else {
-                        opt += r.calls;
+                        opt += r.calls.saturating_sub(r.memo_hits);
                         prompt += r.prompt_tokens;
                         completion += r.completion_tokens;
                     }
