@@ -101,52 +101,16 @@ pub fn optimize(
                     agent.evaluate(calls, ctx, &flat);
                 });
             }
-            // 1. Diagnoses (for the slots that rewrite), one batch. The prompt shows the whole
-            // subset, cut to the token budget.
-            let mut shown = Vec::new();
-            for &i in &active {
-                let (text, t) = all_trajectories(env, &slots[i], iteration, trajectory_tokens);
-                slots[i].truncations.push(t);
-                shown.push(text);
-            }
-            let mut diag_requests = Vec::new();
-            let mut diag_of = vec![None; active.len()];
-            for (a, &i) in active.iter().enumerate() {
-                if !plans[a].iter().any(|(op, _)| op.needs_diagnosis()) {
-                    continue;
-                }
-                let s = &slots[i];
-                let failed = prompts::show_failed(&s.failed, &env.names, spec.show_failed_attempts);
-                diag_of[a] = Some(diag_requests.len());
-                diag_requests.push(crate::llm::ChatRequest {
-                    messages: prompts::diagnose(&s.current, &env.names, &shown[a], &failed),
-                    params: env.params(
-                        &spec.diagnosis_params,
-                        &format!("{stage}/diag/{}/{iteration}", s.id),
-                    ),
-                });
-            }
-            let replies = env.calls.complete(
-                env.optimizer,
-                &env.ctx(stage),
-                crate::optimizer::exec::calls::Role::Optimizer,
-                &diag_requests,
+            // 1. Diagnoses (for the slots that rewrite), one batch.
+            let diagnoses = diagnose(
+                env,
+                slots,
+                &active,
+                &plans,
+                trajectory_tokens,
+                stage,
+                iteration,
             );
-            let replies: Vec<String> = replies
-                .into_iter()
-                .map(|r| match r {
-                    Ok(c) => c.text,
-                    Err(_) => {
-                        env.counters.borrow_mut().call_errors += 1;
-                        String::new()
-                    }
-                })
-                .collect();
-            let diagnoses: Vec<String> = diag_of
-                .iter()
-                .map(|d| d.and_then(|k| replies.get(k).cloned()).unwrap_or_default())
-                .collect();
-
             // 2. Proposals: the optimizer's moves in one batch, the mechanical ones directly.
             let proposals = propose(env, slots, &active, &plans, &diagnoses, stage, iteration);
             (diagnoses, proposals)
@@ -416,6 +380,64 @@ struct Evaluated {
     /// delta when it was scored on all).
     known_gain: f64,
     known_check: f64,
+}
+
+/// Step 1 of an iteration: a diagnosis for each active slot whose plan has a move that
+/// needs one (empty for the others), in one optimizer batch. The prompt shows the whole
+/// subset, cut to the token budget; what was shown is recorded on the slot.
+fn diagnose(
+    env: &Env,
+    slots: &mut [Slot],
+    active: &[usize],
+    plans: &[Vec<(Operator, usize)>],
+    trajectory_tokens: usize,
+    stage: &str,
+    iteration: usize,
+) -> Vec<String> {
+    let spec = env.spec;
+    let mut shown = Vec::new();
+    for &i in active {
+        let (text, t) = all_trajectories(env, &slots[i], iteration, trajectory_tokens);
+        slots[i].truncations.push(t);
+        shown.push(text);
+    }
+    let mut diag_requests = Vec::new();
+    let mut diag_of = vec![None; active.len()];
+    for (a, &i) in active.iter().enumerate() {
+        if !plans[a].iter().any(|(op, _)| op.needs_diagnosis()) {
+            continue;
+        }
+        let s = &slots[i];
+        let failed = prompts::show_failed(&s.failed, &env.names, spec.show_failed_attempts);
+        diag_of[a] = Some(diag_requests.len());
+        diag_requests.push(crate::llm::ChatRequest {
+            messages: prompts::diagnose(&s.current, &env.names, &shown[a], &failed),
+            params: env.params(
+                &spec.diagnosis_params,
+                &format!("{stage}/diag/{}/{iteration}", s.id),
+            ),
+        });
+    }
+    let replies = env.calls.complete(
+        env.optimizer,
+        &env.ctx(stage),
+        crate::optimizer::exec::calls::Role::Optimizer,
+        &diag_requests,
+    );
+    let replies: Vec<String> = replies
+        .into_iter()
+        .map(|r| match r {
+            Ok(c) => c.text,
+            Err(_) => {
+                env.counters.borrow_mut().call_errors += 1;
+                String::new()
+            }
+        })
+        .collect();
+    diag_of
+        .iter()
+        .map(|d| d.and_then(|k| replies.get(k).cloned()).unwrap_or_default())
+        .collect()
 }
 
 /// The mechanical candidates of this iteration's plans (see [`mechanical`]) with the
