@@ -15,7 +15,6 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::optimizer::data::dataset::Example;
 use crate::optimizer::data::metric;
@@ -94,11 +93,7 @@ fn candidates(spec: &MetricSpec, train: &[Example]) -> Vec<String> {
 fn as_prediction(spec: &MetricSpec, ex: &Example) -> String {
     match spec {
         MetricSpec::JsonField { field } => {
-            let value = match &ex.answer {
-                Value::Object(o) => o.get(field).cloned().unwrap_or(Value::Null),
-                other => other.clone(),
-            };
-            serde_json::json!({ field.as_str(): value }).to_string()
+            serde_json::json!({ field.as_str(): metric::expected_field(ex, field) }).to_string()
         }
         _ => ex.answer_text(),
     }
@@ -115,6 +110,7 @@ fn mean(spec: &MetricSpec, answer: &str, examples: &[Example]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
     use std::path::PathBuf;
 
     fn ex(i: usize, answer: Value) -> Example {

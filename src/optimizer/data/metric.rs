@@ -118,10 +118,7 @@ fn score_inner(
         }
         MetricSpec::TokenF1 => token_f1(prediction, &expected),
         MetricSpec::JsonField { field } => {
-            let want = match &ex.answer {
-                Value::Object(o) => o.get(field).cloned().unwrap_or(Value::Null),
-                other => other.clone(),
-            };
+            let want = expected_field(ex, field);
             let got = first_json_object(prediction).and_then(|o| o.get(field).cloned());
             bool_score(
                 got.is_some_and(|g| g == want || value_text(&g).trim() == value_text(&want).trim()),
@@ -152,6 +149,15 @@ fn score_inner(
             s.clamp(0.0, 1.0)
         }
     })
+}
+
+/// The expected value of a `json_field` metric: the answer's `field`, or the answer itself
+/// when it is not an object.
+pub fn expected_field(ex: &Example, field: &str) -> Value {
+    match &ex.answer {
+        Value::Object(o) => o.get(field).cloned().unwrap_or(Value::Null),
+        other => other.clone(),
+    }
 }
 
 fn bool_score(b: bool) -> f64 {

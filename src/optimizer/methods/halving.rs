@@ -22,6 +22,11 @@ const EPS: f64 = 1e-9;
 /// The fractions of a candidate's examples scored after each round.
 pub const ROUNDS: [f64; 3] = [0.25, 0.5, 1.0];
 
+/// How many of `n` ordered positions are scored once `fraction` of them is (rounded up).
+pub fn slice_end(n: usize, fraction: f64) -> usize {
+    ((n as f64 * fraction).ceil() as usize).min(n)
+}
+
 /// One subset's candidates and what they are compared with.
 #[derive(Debug, Clone)]
 pub struct Group {
@@ -166,7 +171,7 @@ pub fn evaluate<T: Clone>(
         let mut jobs = Vec::new();
         let mut upto = vec![0usize; groups.len()];
         for (g, order) in orders.iter().enumerate() {
-            upto[g] = ((order.len() as f64 * fraction).ceil() as usize).min(order.len());
+            upto[g] = slice_end(order.len(), fraction);
             if upto[g] <= done[g] {
                 continue;
             }

@@ -470,7 +470,7 @@ fn prefetch_jobs(
         } else {
             1.0
         };
-        let upto = ((order.len() as f64 * fraction).ceil() as usize).min(order.len());
+        let upto = halving::slice_end(order.len(), fraction);
         let eval_set: Vec<usize> = s.examples.iter().chain(&s.check).copied().collect();
         let examples: Vec<usize> = order[..upto].iter().map(|&p| eval_set[p]).collect();
         let first = out.len();
