@@ -160,13 +160,7 @@ pub fn optimize(
                 survivors.push((a, records[a].len() - 1, c.clone()));
             }
         }
-        let eval_sets: Vec<Vec<usize>> = active
-            .iter()
-            .map(|&i| {
-                let s = &slots[i];
-                s.examples.iter().chain(&s.check).copied().collect()
-            })
-            .collect();
+        let eval_sets: Vec<Vec<usize>> = active.iter().map(|&i| slots[i].eval_set()).collect();
         let mut evaluated =
             evaluate_survivors(env, slots, &active, &survivors, 0, &eval_sets, stage);
 
@@ -454,24 +448,14 @@ fn prefetch_jobs(
     let mut out: Vec<(Components, Vec<usize>)> = Vec::new();
     for (a, &i) in active.iter().enumerate() {
         let s = &slots[i];
-        let group = halving::Group {
-            n_sub: s.examples.len(),
-            current: s
-                .outcomes
-                .iter()
-                .chain(&s.check_outcomes)
-                .map(|o| o.score)
-                .collect(),
-            candidates: Vec::new(),
-        };
-        let order = group.order();
+        let order = s.halving_group(Vec::new()).order();
         let fraction = if env.spec.halving {
             halving::ROUNDS[0]
         } else {
             1.0
         };
         let upto = halving::slice_end(order.len(), fraction);
-        let eval_set: Vec<usize> = s.examples.iter().chain(&s.check).copied().collect();
+        let eval_set = s.eval_set();
         let examples: Vec<usize> = order[..upto].iter().map(|&p| eval_set[p]).collect();
         let first = out.len();
         for &(op, variant) in &plans[a] {
@@ -502,21 +486,16 @@ fn evaluate_survivors(
     let groups: Vec<halving::Group> = active
         .iter()
         .enumerate()
-        .map(|(a, &i)| halving::Group {
-            n_sub: slots[i].examples.len(),
-            current: slots[i]
-                .outcomes
-                .iter()
-                .chain(&slots[i].check_outcomes)
-                .map(|o| o.score)
-                .collect(),
-            candidates: survivors
-                .iter()
-                .enumerate()
-                .skip(from)
-                .filter(|(_, (sa, _, _))| *sa == a)
-                .map(|(k, (_, _, c))| (k, select::text_len(c)))
-                .collect(),
+        .map(|(a, &i)| {
+            slots[i].halving_group(
+                survivors
+                    .iter()
+                    .enumerate()
+                    .skip(from)
+                    .filter(|(_, (sa, _, _))| *sa == a)
+                    .map(|(k, (_, _, c))| (k, select::text_len(c)))
+                    .collect(),
+            )
         })
         .collect();
     let scored = halving::evaluate(

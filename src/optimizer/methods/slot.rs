@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::optimizer::exec::agent::{Components, Outcome};
 use crate::optimizer::methods::env::{mean_score, solved};
+use crate::optimizer::methods::halving;
 use crate::optimizer::methods::prompts::FailedAttempt;
 
 /// What an optimizer prompt had to leave out.
@@ -138,5 +139,26 @@ impl Slot {
 
     pub(super) fn solved(&self) -> bool {
         solved(&self.outcomes) == self.outcomes.len()
+    }
+
+    /// The training examples a candidate of this slot is scored on: the subset, then the
+    /// check examples (the positions of [`halving::Group`]).
+    pub(super) fn eval_set(&self) -> Vec<usize> {
+        self.examples.iter().chain(&self.check).copied().collect()
+    }
+
+    /// The successive-halving group of `candidates` (indices into the caller's list and
+    /// text lengths) against this slot's current component, scored on [`Self::eval_set`].
+    pub(super) fn halving_group(&self, candidates: Vec<(usize, usize)>) -> halving::Group {
+        halving::Group {
+            n_sub: self.examples.len(),
+            current: self
+                .outcomes
+                .iter()
+                .chain(&self.check_outcomes)
+                .map(|o| o.score)
+                .collect(),
+            candidates,
+        }
     }
 }
