@@ -5,7 +5,9 @@
 //! one sentence until the token limit. Each raises the training score or the length and
 //! nothing else. A candidate is rejected when
 //! - it contains, verbatim (at word boundaries), the expected answer of a training example
-//!   that the initial component did not contain; answers shorter than `leak_min_chars`
+//!   that neither the initial component nor the task's own texts contain (an answer the
+//!   agent is shown with every example, such as the labels a template names in "answer Yes
+//!   or No", is the task's output vocabulary, not one item's answer); answers shorter than `leak_min_chars`
 //!   (small numbers, one-letter labels) are too common to judge alone and are caught only
 //!   in an answer-giving context (`= 7`, `is 7`, `answer: 7`);
 //! - it shares a run of `copy_ngram_words` consecutive words with a training input that the
@@ -134,25 +136,31 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// Builds the checker from the training examples, the initial component text(s), and
-    /// the texts whose words are allowed (the task's description and templates, the
+    /// Builds the checker from the training examples, the initial component text(s), the
+    /// task's own texts (what the agent is shown besides the components: its description,
+    /// templates and answer labels), and further texts whose words are allowed (the
     /// optimizer's own instructions).
     pub fn new(
         train: &[Example],
         answer_field: &str,
         initial: &str,
+        task_texts: &str,
         allowed_texts: &str,
         cfg: GuardConfig,
     ) -> Self {
         let n = cfg.copy_ngram_words;
         let initial_lower = initial.to_lowercase();
+        let task_lower = task_texts.to_lowercase();
         let mut answers = Vec::new();
         let mut short: HashMap<String, String> = HashMap::new();
         let mut counts: HashMap<String, (usize, String)> = HashMap::new();
         let mut term_counts: HashMap<String, (usize, String)> = HashMap::new();
         for ex in train {
             let a = ex.answer_text().trim().to_lowercase();
-            if !a.is_empty() && !contains_word(&initial_lower, &a) {
+            if !a.is_empty()
+                && !contains_word(&initial_lower, &a)
+                && !contains_word(&task_lower, &a)
+            {
                 if a.chars().count() >= cfg.leak_min_chars {
                     answers.push((a, ex.id.clone()));
                 } else {
@@ -185,6 +193,7 @@ impl Guard {
             .collect();
         let mut allowed: HashSet<String> = terms(COMMON_WORDS).collect();
         allowed.extend(terms(initial));
+        allowed.extend(terms(task_texts));
         allowed.extend(terms(allowed_texts));
         // Terms found in half the inputs or more are the task's own vocabulary; with one or
         // two inputs there is no telling, and every term counts.
@@ -385,6 +394,7 @@ mod tests {
             "answer",
             "Answer with a number, e.g. 2024-03-08 style dates.",
             "",
+            "",
             cfg(),
         )
     }
@@ -397,7 +407,7 @@ mod tests {
             "present in initial"
         );
         let train = examples(&[("q", "2024-03-08")]);
-        let g2 = Guard::new(&train, "answer", "Give dates.", "", cfg());
+        let g2 = Guard::new(&train, "answer", "Give dates.", "", "", cfg());
         assert!(matches!(
             g2.check("Example answer: 2024-03-08."),
             Some(Rejection::Leak { .. })
@@ -448,8 +458,44 @@ mod tests {
         // One incidental term is tolerated; allowed texts never count.
         assert!(g.check("Count every item, such as a lemon.").is_none());
         let train = examples(&[("Tom has apples and pears and onions", "3")]);
-        let g2 = Guard::new(&train, "answer", "Count.", "apples pears onions", cfg());
+        let g2 = Guard::new(&train, "answer", "Count.", "", "apples pears onions", cfg());
         assert!(g2.check("Count apples, pears and onions.").is_none());
+    }
+
+    #[test]
+    fn labels_the_task_names_are_not_leaks() {
+        let train = examples(&[
+            ("Take 3 steps left, then 3 steps right.", "Yes"),
+            ("Take 2 steps forward.", "No"),
+            ("Take 1 step back, then 2 steps forward.", "No"),
+            ("The code word of the box is marigold.", "marigold"),
+        ]);
+        let template = "{{question}}\nEnd your reply with Yes or No on its own line.";
+        let g = Guard::new(
+            &train,
+            "answer",
+            "Answer the question.",
+            template,
+            "",
+            cfg(),
+        );
+        for fine in [
+            "Add up the moves; if they cancel out, the answer is Yes, otherwise No.",
+            "Answer: Yes only when every move is undone.",
+        ] {
+            assert!(g.check(fine).is_none(), "{fine}");
+        }
+        // An answer the task's texts do not name is still a leak.
+        assert!(matches!(
+            g.check("When unsure, say marigold."),
+            Some(Rejection::Leak { .. })
+        ));
+        // Without the template the same labels, given as answers, are leaks.
+        let bare = Guard::new(&train, "answer", "Answer the question.", "", "", cfg());
+        assert!(matches!(
+            bare.check("Answer: Yes only when every move is undone."),
+            Some(Rejection::Leak { .. })
+        ));
     }
 
     #[test]

@@ -146,7 +146,8 @@ pub fn execute(
         &data.train,
         &task.spec.data.answer_field,
         &initial_text,
-        &allowed_texts(task),
+        &task_texts(task),
+        &own_texts(),
         GuardConfig {
             leak_min_chars: spec.leak_min_chars,
             copy_ngram_words: spec.copy_ngram_words,
@@ -604,18 +605,30 @@ fn subset_token_budget(env: &Env) -> usize {
         .max(1)
 }
 
-/// Texts whose words the guard never counts as content of the training set: the task's
-/// name, description, components and templates, and the optimizer's own texts.
-fn allowed_texts(task: &Task) -> String {
+/// The task's own texts, which the guard never counts as content or leaks of the training
+/// set: its name, description, components and templates, and the labels of a `choice`
+/// metric.
+fn task_texts(task: &Task) -> String {
     let mut parts = vec![task.spec.name.clone(), task.spec.description.clone()];
     parts.extend(task.initial.values().cloned());
     if let crate::optimizer::data::task::AgentSpec::Chat { system, user, .. } = &task.spec.agent {
         parts.extend(system.clone());
         parts.push(user.clone());
     }
-    parts.push(prompts::own_texts());
-    parts.push(crate::optimizer::methods::operators::own_vocabulary());
+    if let crate::optimizer::data::task::MetricSpec::Choice { labels } = &task.spec.metric {
+        parts.extend(labels.iter().cloned());
+    }
     parts.join("\n")
+}
+
+/// The optimizer's own texts, whose words the guard never counts as content of the
+/// training set.
+fn own_texts() -> String {
+    [
+        prompts::own_texts(),
+        crate::optimizer::methods::operators::own_vocabulary(),
+    ]
+    .join("\n")
 }
 
 /// The node that solves the most examples beyond the initial component on the same
