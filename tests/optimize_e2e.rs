@@ -224,8 +224,8 @@ fn check_accounting(report: &Value, dir: &Path) {
     );
 }
 
-/// The agent's completion for `question` under `system_prompt`, from the event log.
-fn agent_reply<'a>(calls: &'a [Value], system_prompt: &str, question: &str) -> &'a str {
+/// The agent's call for `question` under `system_prompt`, from the event log.
+fn agent_call<'a>(calls: &'a [Value], system_prompt: &str, question: &str) -> &'a Value {
     calls
         .iter()
         .filter(|c| c["role"] == "agent")
@@ -233,8 +233,26 @@ fn agent_reply<'a>(calls: &'a [Value], system_prompt: &str, question: &str) -> &
             let m = &c["request"]["messages"];
             m[0]["content"] == system_prompt && m[1]["content"] == question
         })
-        .and_then(|c| c["result"]["Ok"]["text"].as_str())
         .unwrap_or_else(|| panic!("no agent call for `{question}` under `{system_prompt}`"))
+}
+
+/// The agent's completion for `question` under `system_prompt`, from the event log.
+fn agent_reply<'a>(calls: &'a [Value], system_prompt: &str, question: &str) -> &'a str {
+    agent_call(calls, system_prompt, question)["result"]["Ok"]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no completion for `{question}` under `{system_prompt}`"))
+}
+
+/// How many of the agent's replies to `data` under `system_prompt` stopped at its token
+/// limit, from the event log.
+fn cut_off_by_hand(calls: &[Value], system_prompt: &str, data: &str) -> u64 {
+    data.lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("example"))
+        .filter(|e| {
+            let call = agent_call(calls, system_prompt, e["question"].as_str().expect("q"));
+            call["result"]["Ok"]["finish_reason"] == "length"
+        })
+        .count() as u64
 }
 
 /// The task's metric by hand: the last integer of the reply against the expected answer.
@@ -421,6 +439,15 @@ fn optimize_writes_a_report_that_matches_its_event_log() {
     assert_eq!(
         f(&m["test_score"]),
         score_by_hand(&calls, final_prompt, TEST)
+    );
+    // Test replies cut off at the agent's token limit, counted from the log too.
+    assert_eq!(
+        u(&r["initial"]["per_example"]["test_cut_off"]),
+        cut_off_by_hand(&calls, INITIAL_PROMPT, TEST)
+    );
+    assert_eq!(
+        u(&m["per_example"]["test_cut_off"]),
+        cut_off_by_hand(&calls, final_prompt, TEST)
     );
 
     // Tokens: the accounting is the event log's, by method, stage and role.

@@ -372,9 +372,10 @@ pub(crate) fn print_report(report: &RunReport, dir: &Path, json: bool) -> anyhow
             );
         }
     }
-    let note = report.constant_note();
-    if !note.is_empty() {
-        outln!("{note}");
+    for note in [report.constant_note(), report.cut_off_note()] {
+        if !note.is_empty() {
+            outln!("{note}");
+        }
     }
     Ok(())
 }

@@ -264,6 +264,38 @@ impl RunReport {
         note
     }
 
+    /// A sentence for each component (the initial one, each method's final) under which at
+    /// least a quarter of the test replies, and at least two, stopped at the agent's token
+    /// limit before they ended: a procedure that asks the agent to reason can need more
+    /// room than the task gives it, and no wording of the component fixes that. Empty
+    /// when none did.
+    pub fn cut_off_note(&self) -> String {
+        let n = self.sizes[2];
+        let many = |k: usize| k >= 2 && 4 * k >= n;
+        let mut parts: Vec<String> = Vec::new();
+        if many(self.initial.per_example.test_cut_off) {
+            parts.push(format!(
+                "{} of {n} under the initial component",
+                self.initial.per_example.test_cut_off
+            ));
+        }
+        for m in &self.methods {
+            if many(m.per_example.test_cut_off) {
+                parts.push(format!(
+                    "{} of {n} under {}'s final component",
+                    m.per_example.test_cut_off, m.method
+                ));
+            }
+        }
+        if parts.is_empty() {
+            return String::new();
+        }
+        format!(
+            "Test replies that stopped at the agent's token limit before they ended: {}. Their answers, if any, were cut short; a larger `max_new_tokens` in the task's agent settings may let them finish.",
+            parts.join("; ")
+        )
+    }
+
     /// The paired comparisons on test of every method against the initial component and
     /// of the first two methods against each other (seeded bootstrap).
     pub fn paired_on_test(&self) -> Vec<Comparison> {
@@ -304,6 +336,10 @@ pub struct ExampleIds {
 pub struct ExampleScores {
     pub val: Vec<f64>,
     pub test: Vec<f64>,
+    /// How many of the test replies stopped at the agent's token limit before they ended
+    /// (their answers, if any, cut short).
+    #[serde(default)]
+    pub test_cut_off: usize,
 }
 
 /// The initial components and their scores.
@@ -476,6 +512,10 @@ impl RunReport {
             if !note.is_empty() {
                 let _ = writeln!(s, "\n{note}");
             }
+        }
+        let note = self.cut_off_note();
+        if !note.is_empty() {
+            let _ = writeln!(s, "\n{note}");
         }
         if self.methods.len() == 2 {
             let (a, b) = (&self.methods[0], &self.methods[1]);

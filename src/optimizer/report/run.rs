@@ -213,7 +213,7 @@ pub fn execute(
     let mut initial_test = None;
     let mut initial_per_example = ExampleScores {
         val: initial_val.iter().map(|o| o.score).collect(),
-        test: Vec::new(),
+        ..ExampleScores::default()
     };
     if !stopped_hard {
         progress.update(
@@ -234,6 +234,7 @@ pub fn execute(
         let test_out = agent.evaluate(calls, &shared_final, &jobs(&initial, &data.test, &all_test));
         initial_test = Some(mean_score(&test_out));
         initial_per_example.test = test_out.iter().map(|o| o.score).collect();
+        initial_per_example.test_cut_off = test_out.iter().filter(|o| o.cut_off).count();
         let finals: Vec<(Ctx, Vec<(&Components, &Example)>)> = methods
             .iter()
             .map(|m| {
@@ -253,6 +254,7 @@ pub fn execute(
             m.per_example = ExampleScores {
                 val: out[..nv].iter().map(|o| o.score).collect(),
                 test: out[nv..].iter().map(|o| o.score).collect(),
+                test_cut_off: out[nv..].iter().filter(|o| o.cut_off).count(),
             };
         }
     }

@@ -21,8 +21,8 @@ fn method(name: &str, test: &[f64]) -> MethodReport {
         counters: Counters::default(),
         budget_hit: None,
         per_example: ExampleScores {
-            val: Vec::new(),
             test: test.to_vec(),
+            ..ExampleScores::default()
         },
         pool: Vec::new(),
         selection: String::new(),
@@ -60,8 +60,8 @@ fn cell(train_size: usize, seed: u64, none: &[f64], fgo: &[f64], aao: &[f64]) ->
             val: None,
             test: Some(none.iter().sum::<f64>() / none.len() as f64),
             per_example: ExampleScores {
-                val: Vec::new(),
                 test: none.to_vec(),
+                ..ExampleScores::default()
             },
         },
         methods: vec![method("fgo", fgo), method("all_at_once", aao)],
@@ -315,4 +315,26 @@ fn the_report_speaks_of_the_constant_answer_only_when_it_matters() {
         "{note}"
     );
     assert!(r.to_markdown().contains(&note));
+}
+
+#[test]
+fn the_report_speaks_of_cut_off_replies_only_when_many_were() {
+    // Four test examples; the initial component, FGO and all-at-once.
+    let mut r = cell(4, 0, &[0.0; 4], &[1.0; 4], &[0.0; 4]).report;
+    assert_eq!(r.cut_off_note(), "", "none cut off, no note");
+    // One of four: too few to say anything.
+    r.methods[0].per_example.test_cut_off = 1;
+    assert_eq!(r.cut_off_note(), "");
+    r.methods[0].per_example.test_cut_off = 3;
+    r.initial.per_example.test_cut_off = 2;
+    let note = r.cut_off_note();
+    assert!(
+        note.contains("2 of 4 under the initial component; 3 of 4 under fgo's final component."),
+        "{note}"
+    );
+    assert!(!note.contains("all_at_once"), "{note}");
+    assert!(r.to_markdown().contains(&note));
+    // Older reports without the count read as none cut off.
+    let old: ExampleScores = serde_json::from_str(r#"{"val": [], "test": [1.0]}"#).unwrap();
+    assert_eq!(old.test_cut_off, 0);
 }
