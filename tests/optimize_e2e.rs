@@ -387,7 +387,15 @@ fn optimize_writes_a_report_that_matches_its_event_log() {
             other => panic!("subset stopped by {other:?}"),
         }
         for it in iterations {
-            assert_eq!(it["candidates"].as_array().map(Vec::len), Some(1), "{it}");
+            let candidates = it["candidates"].as_array().expect("candidates");
+            assert_eq!(candidates.len(), 1, "{it}");
+            // An evaluated candidate says on how many examples, and how many of those
+            // replies were cut off.
+            for c in candidates.iter().filter(|c| !c["score"].is_null()) {
+                let scored = u(&c["scored"]);
+                assert!(scored >= 1, "{c}");
+                assert!(c["cut_off"].as_u64().unwrap_or(0) <= scored, "{c}");
+            }
         }
     }
     let merges = m["merges"].as_array().expect("merges");

@@ -336,6 +336,24 @@ fn a_candidate_whose_replies_are_cut_off_is_tried_again_with_the_reply_budget() 
     );
     // The note's number is the task's setting, not training content: no rejection.
     assert_eq!(m.counters.content_rejections, 0, "{:?}", m.counters);
+    // Every evaluated candidate says on how many examples it was scored; the report names
+    // the candidates cut off often, the repair's being all but cut-free.
+    for c in records.iter().filter(|c| c.score.is_some()) {
+        let scored = c.scored.expect("an evaluated candidate's count");
+        assert!(scored >= 1 && c.cut_off.unwrap_or(0) <= scored, "{c:?}");
+    }
+    let often: Vec<_> = records.iter().filter(|c| c.cut_off_often()).collect();
+    assert!(often.iter().all(|c| !c.reply_budget), "{often:?}");
+    assert!(!often.is_empty(), "{records:?}");
+    let note = r.cut_off_note();
+    assert!(
+        note.contains(&format!(
+            "under {} of fgo's {} evaluated candidates (seed)",
+            often.len(),
+            records.iter().filter(|c| c.scored.is_some()).count()
+        )),
+        "{note}"
+    );
 }
 
 /// Without cut-off replies there is no repair, and the note never appears.
@@ -349,6 +367,7 @@ fn no_reply_budget_is_stated_when_replies_are_not_cut_off() {
     assert_eq!(m.train_score, 1.0, "{}", r.to_markdown());
     assert!(candidate_records(m).iter().all(|c| !c.reply_budget));
     assert!(!m.counters.by_operator.contains_key("seed+budget"));
+    assert_eq!(r.cut_off_note(), "", "nothing was cut off");
 }
 
 /// An agent that a library strategy helps on lists of three and four items only (4 of the

@@ -131,6 +131,7 @@ pub fn optimize(
                     check_score: None,
                     detail,
                     cut_off: None,
+                    scored: None,
                     reply_budget: false,
                 };
                 let Some(c) = &p.components else {
@@ -200,6 +201,7 @@ pub fn optimize(
                     check_score: None,
                     detail: String::new(),
                     cut_off: None,
+                    scored: None,
                     reply_budget: true,
                 };
                 env.counters
@@ -241,6 +243,7 @@ pub fn optimize(
                     .operator(&record.counter_key())
                     .evaluated += 1;
                 let e = &evaluated[k];
+                record.scored = Some(e.scored);
                 if e.cut_off > 0 {
                     record.cut_off = Some(e.cut_off);
                 }

@@ -39,6 +39,10 @@ pub struct CandidateRecord {
     /// How many of the agent's scored replies under it stopped at the token limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cut_off: Option<usize>,
+    /// How many of its examples were scored (fewer than the subset and check examples when
+    /// successive halving stopped it early); `None` when it was not evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scored: Option<usize>,
     /// A repair: an earlier candidate of this iteration with the agent's reply budget
     /// stated, made because the agent's replies under that one were often cut off.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -46,6 +50,16 @@ pub struct CandidateRecord {
 }
 
 impl CandidateRecord {
+    /// Whether a quarter or more of its scored replies, and at least two, stopped at the
+    /// agent's token limit: the mark of a procedure that needs more room than the task's
+    /// `max_new_tokens` gives.
+    pub fn cut_off_often(&self) -> bool {
+        match (self.cut_off, self.scored) {
+            (Some(c), Some(n)) => crate::optimizer::methods::operators::cut_off_often(c, n),
+            _ => false,
+        }
+    }
+
     /// The name its counts go under: the operator, with `+budget` for a repair.
     pub fn counter_key(&self) -> String {
         if self.reply_budget {

@@ -75,7 +75,7 @@ use crate::optimizer::methods::env::Counters;
 use crate::optimizer::methods::env::StepPoint;
 use crate::optimizer::methods::merge::MergeRecord;
 use crate::optimizer::methods::select::PoolEntry;
-use crate::optimizer::methods::slot::Slot;
+use crate::optimizer::methods::slot::{CandidateRecord, Slot};
 use crate::optimizer::report::stats::{paired, Paired};
 
 /// Which optimization to run.
@@ -264,26 +264,52 @@ impl RunReport {
         note
     }
 
-    /// A sentence for each component (the initial one, each method's final) under which at
-    /// least a quarter of the test replies, and at least two, stopped at the agent's token
-    /// limit before they ended: a procedure that asks the agent to reason can need more
-    /// room than the task gives it, and no wording of the component fixes that. Empty
-    /// when none did.
+    /// A sentence on replies that stopped at the agent's token limit, when many did: a
+    /// procedure that asks the agent to reason can need more room than the task gives it,
+    /// and no wording of the component fixes that. It names the components (the initial
+    /// one, each method's final) under which a quarter or more of the test replies, and at
+    /// least two, were cut off, and per method the evaluated candidates under which as
+    /// many of their scored replies were. Empty when none.
     pub fn cut_off_note(&self) -> String {
         let n = self.sizes[2];
         let many = |k: usize| k >= 2 && 4 * k >= n;
         let mut parts: Vec<String> = Vec::new();
         if many(self.initial.per_example.test_cut_off) {
             parts.push(format!(
-                "{} of {n} under the initial component",
+                "{} of {n} test replies under the initial component",
                 self.initial.per_example.test_cut_off
             ));
         }
         for m in &self.methods {
             if many(m.per_example.test_cut_off) {
                 parts.push(format!(
-                    "{} of {n} under {}'s final component",
+                    "{} of {n} test replies under {}'s final component",
                     m.per_example.test_cut_off, m.method
+                ));
+            }
+        }
+        for m in &self.methods {
+            let evaluated: Vec<&CandidateRecord> = m
+                .subsets
+                .iter()
+                .flat_map(|s| &s.iterations)
+                .flat_map(|it| &it.candidates)
+                .filter(|c| c.scored.is_some())
+                .collect();
+            let mut ops: Vec<&str> = Vec::new();
+            let mut often = 0;
+            for c in evaluated.iter().filter(|c| c.cut_off_often()) {
+                often += 1;
+                if !ops.contains(&c.operator.as_str()) {
+                    ops.push(&c.operator);
+                }
+            }
+            if often > 0 {
+                parts.push(format!(
+                    "a quarter or more of the scored replies under {often} of {}'s {} evaluated candidates ({})",
+                    m.method,
+                    evaluated.len(),
+                    ops.join(", ")
                 ));
             }
         }
@@ -291,7 +317,7 @@ impl RunReport {
             return String::new();
         }
         format!(
-            "Test replies that stopped at the agent's token limit before they ended: {}. Their answers, if any, were cut short; a larger `max_new_tokens` in the task's agent settings may let them finish.",
+            "Replies that stopped at the agent's token limit before they ended: {}. Their answers, if any, were cut short; a larger `max_new_tokens` in the task's agent settings may let them finish.",
             parts.join("; ")
         )
     }

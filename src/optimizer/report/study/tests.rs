@@ -329,11 +329,48 @@ fn the_report_speaks_of_cut_off_replies_only_when_many_were() {
     r.initial.per_example.test_cut_off = 2;
     let note = r.cut_off_note();
     assert!(
-        note.contains("2 of 4 under the initial component; 3 of 4 under fgo's final component."),
+        note.contains(
+            "2 of 4 test replies under the initial component; 3 of 4 test replies under fgo's final component."
+        ),
         "{note}"
     );
     assert!(!note.contains("all_at_once"), "{note}");
     assert!(r.to_markdown().contains(&note));
+    // Candidates: cut off in 5 of 20 scored replies (a quarter) counts, 1 of 2 does not
+    // (too few), nor does an unevaluated one.
+    let candidate = |operator: &str, cut_off: Option<usize>, scored: Option<usize>| {
+        crate::optimizer::methods::slot::CandidateRecord {
+            operator: operator.into(),
+            status: "rolled_back".into(),
+            score: None,
+            check_score: None,
+            detail: String::new(),
+            cut_off,
+            scored,
+            reply_budget: false,
+        }
+    };
+    let mut slot =
+        crate::optimizer::methods::slot::Slot::new(0, vec![0], Default::default(), Vec::new());
+    slot.iterations
+        .push(crate::optimizer::methods::slot::IterationRecord {
+            iteration: 0,
+            score_before: 0.0,
+            score_after: 0.0,
+            diagnosis: String::new(),
+            candidates: vec![
+                candidate("seed", Some(5), Some(20)),
+                candidate("rewrite", Some(1), Some(2)),
+                candidate("format", None, Some(20)),
+                candidate("strategy", Some(3), None),
+            ],
+        });
+    r.methods[1].subsets.push(slot);
+    let note = r.cut_off_note();
+    assert!(
+        note.contains("a quarter or more of the scored replies under 1 of all_at_once's 3 evaluated candidates (seed)."),
+        "{note}"
+    );
     // Older reports without the count read as none cut off.
     let old: ExampleScores = serde_json::from_str(r#"{"val": [], "test": [1.0]}"#).unwrap();
     assert_eq!(old.test_cut_off, 0);
