@@ -156,7 +156,9 @@ pub fn append_section(base: &Components, name: &str, addition: &str) -> Componen
 /// successes, each the success whose input is most similar to one of the failures (in a
 /// seeded order of failures), then the remaining successes by similarity to all failures.
 /// Lines of one block are separated by single newlines, so the block stays one section.
-/// `None` when there is no success to show.
+/// A reply that stopped at the agent's token limit is never shown, even when the answer
+/// taken from it was right: it ends before its answer, and the agent would learn to write
+/// replies that do. `None` when there is no success to show.
 pub fn demos_block(
     outcomes: &[Outcome],
     count: usize,
@@ -166,7 +168,9 @@ pub fn demos_block(
 ) -> Option<String> {
     let successes: Vec<&Outcome> = outcomes
         .iter()
-        .filter(|o| o.solved() && o.error.is_none() && !o.trajectory.trim().is_empty())
+        .filter(|o| {
+            o.solved() && o.error.is_none() && !o.cut_off && !o.trajectory.trim().is_empty()
+        })
         .collect();
     if successes.is_empty() || count == 0 {
         return None;
@@ -451,6 +455,14 @@ mod tests {
         let two = demos_block(&o, 2, 400, 0, 0).unwrap();
         assert!(two.contains("Example 2."), "{two}");
         assert!(demos_block(&o[..1], 2, 400, 0, 0).is_none());
+        // A solved reply cut off at the token limit is no worked example.
+        let mut cut = o.clone();
+        cut[2].cut_off = true;
+        let block = demos_block(&cut, 2, 400, 0, 0).unwrap();
+        assert!(!block.contains("red apples and green pears"), "{block}");
+        assert!(block.contains("green trees and tall hills"), "{block}");
+        cut[1].cut_off = true;
+        assert!(demos_block(&cut, 2, 400, 0, 0).is_none());
     }
 
     #[test]
