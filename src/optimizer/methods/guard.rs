@@ -6,10 +6,10 @@
 //! nothing else. A candidate is rejected when
 //! - it contains, verbatim (at word boundaries), the expected answer of a training example
 //!   that neither the initial component nor the task's own texts contain (an answer the
-//!   agent is shown with every example, such as the labels a template names in "answer Yes
-//!   or No", is the task's output vocabulary, not one item's answer); answers shorter than `leak_min_chars`
-//!   (small numbers, one-letter labels) are too common to judge alone and are caught only
-//!   in an answer-giving context (`= 7`, `is 7`, `answer: 7`);
+//!   task's author wrote into the task, such as the labels a template names in "answer Yes
+//!   or No", is the task's output vocabulary, not one item's answer); answers shorter than
+//!   `leak_min_chars` (small numbers, one-letter labels) are too common to judge alone and
+//!   are caught only in an answer-giving context (`= 7`, `is 7`, `answer: 7`);
 //! - it shares a run of `copy_ngram_words` consecutive words with a training input that the
 //!   initial component does not share (runs found in three or more inputs are boilerplate);
 //! - it introduces more than `max_content_words` *content terms*: words of the training
@@ -137,9 +137,9 @@ pub struct Guard {
 
 impl Guard {
     /// Builds the checker from the training examples, the initial component text(s), the
-    /// task's own texts (what the agent is shown besides the components: its description,
-    /// templates and answer labels), and further texts whose words are allowed (the
-    /// optimizer's own instructions).
+    /// task's own texts (what its author wrote besides the components: its name,
+    /// description, templates and answer labels), and further texts whose words are allowed
+    /// (the optimizer's own instructions).
     pub fn new(
         train: &[Example],
         answer_field: &str,
