@@ -793,7 +793,13 @@ fn mechanical_candidates_are_scored_while_the_optimizer_writes() {
         let system = &r.messages[0].content;
         if system.starts_with("You improve") {
             w.fetch_add(1, Ordering::SeqCst);
-            std::thread::sleep(std::time::Duration::from_millis(40));
+            // Write until a seed candidate has been scored meanwhile (or give up after a
+            // while, and the assertion below fails): no fixed delay to lose on a loaded
+            // machine.
+            let start = std::time::Instant::now();
+            while o.load(Ordering::SeqCst) == 0 && start.elapsed().as_secs() < 5 {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
             let reply = (inner.script)(r);
             w.fetch_sub(1, Ordering::SeqCst);
             return reply;
