@@ -288,17 +288,6 @@ fn reasoning_agent(verbose: bool) -> ScriptedLlm {
     })
 }
 
-/// Every candidate record of a method's subsets.
-fn candidate_records(
-    m: &crate::optimizer::report::MethodReport,
-) -> Vec<&crate::optimizer::methods::slot::CandidateRecord> {
-    m.subsets
-        .iter()
-        .flat_map(|s| &s.iterations)
-        .flat_map(|i| &i.candidates)
-        .collect()
-}
-
 /// An FGO run of library strategies only, the agent's replies limited to 40 tokens.
 fn seed_run_with_a_reply_limit(agent: ScriptedLlm) -> RunReport {
     let t = task("operators = [\"seed\"]\n[agent.params]\nmax_new_tokens = 40");
@@ -315,7 +304,7 @@ fn a_candidate_whose_replies_are_cut_off_is_tried_again_with_the_reply_budget() 
     assert!(text.contains("Work step by step"), "{}", r.to_markdown());
     assert!(text.ends_with(&crate::optimizer::methods::operators::reply_budget_note(40)));
     assert_eq!(m.train_score, 1.0, "{}", r.to_markdown());
-    let records = candidate_records(m);
+    let records: Vec<_> = m.candidates().collect();
     // The strategy alone was cut off on its replies and lost; its repair was accepted.
     assert!(
         records
@@ -365,7 +354,7 @@ fn no_reply_budget_is_stated_when_replies_are_not_cut_off() {
     assert!(text.contains("Work step by step"), "{}", r.to_markdown());
     assert!(!text.contains("Keep the whole reply"), "{text}");
     assert_eq!(m.train_score, 1.0, "{}", r.to_markdown());
-    assert!(candidate_records(m).iter().all(|c| !c.reply_budget));
+    assert!(m.candidates().all(|c| !c.reply_budget));
     assert!(!m.counters.by_operator.contains_key("seed+budget"));
     assert_eq!(r.cut_off_note(), "", "nothing was cut off");
 }

@@ -272,41 +272,37 @@ impl RunReport {
     /// many of their scored replies were. Empty when none.
     pub fn cut_off_note(&self) -> String {
         let n = self.sizes[2];
-        let many = |k: usize| k >= 2 && 4 * k >= n;
-        let mut parts: Vec<String> = Vec::new();
-        if many(self.initial.per_example.test_cut_off) {
-            parts.push(format!(
-                "{} of {n} test replies under the initial component",
-                self.initial.per_example.test_cut_off
-            ));
-        }
-        for m in &self.methods {
-            if many(m.per_example.test_cut_off) {
-                parts.push(format!(
-                    "{} of {n} test replies under {}'s final component",
-                    m.per_example.test_cut_off, m.method
-                ));
-            }
-        }
-        for m in &self.methods {
-            let evaluated: Vec<&CandidateRecord> = m
-                .subsets
+        let finals = std::iter::once((
+            "the initial component".to_string(),
+            &self.initial.per_example,
+        ))
+        .chain(
+            self.methods
                 .iter()
-                .flat_map(|s| &s.iterations)
-                .flat_map(|it| &it.candidates)
-                .filter(|c| c.scored.is_some())
+                .map(|m| (format!("{}'s final component", m.method), &m.per_example)),
+        );
+        let mut parts: Vec<String> = finals
+            .filter(|(_, e)| e.test_cut_off >= 2 && 4 * e.test_cut_off >= n)
+            .map(|(who, e)| format!("{} of {n} test replies under {who}", e.test_cut_off))
+            .collect();
+        for m in &self.methods {
+            let evaluated: Vec<&CandidateRecord> =
+                m.candidates().filter(|c| c.scored.is_some()).collect();
+            let often: Vec<&CandidateRecord> = evaluated
+                .iter()
+                .copied()
+                .filter(|c| c.cut_off_often())
                 .collect();
             let mut ops: Vec<&str> = Vec::new();
-            let mut often = 0;
-            for c in evaluated.iter().filter(|c| c.cut_off_often()) {
-                often += 1;
+            for c in &often {
                 if !ops.contains(&c.operator.as_str()) {
                     ops.push(&c.operator);
                 }
             }
-            if often > 0 {
+            if !often.is_empty() {
                 parts.push(format!(
-                    "a quarter or more of the scored replies under {often} of {}'s {} evaluated candidates ({})",
+                    "a quarter or more of the scored replies under {} of {}'s {} evaluated candidates ({})",
+                    often.len(),
                     m.method,
                     evaluated.len(),
                     ops.join(", ")
@@ -366,6 +362,16 @@ pub struct ExampleScores {
     /// (their answers, if any, cut short).
     #[serde(default)]
     pub test_cut_off: usize,
+}
+
+impl MethodReport {
+    /// Every candidate record of its subsets' iterations, in order.
+    pub fn candidates(&self) -> impl Iterator<Item = &CandidateRecord> {
+        self.subsets
+            .iter()
+            .flat_map(|s| &s.iterations)
+            .flat_map(|it| &it.candidates)
+    }
 }
 
 /// The initial components and their scores.
