@@ -95,6 +95,8 @@ enum Optimizer {
     Leaky,
     /// Proposes a prompt that solves the training examples only.
     Overfit,
+    /// Writes the fix, then keeps going with a second, harmful version.
+    Rambles,
 }
 
 fn world(optimizer: Optimizer) -> ScriptedLlm {
@@ -112,6 +114,7 @@ fn world(optimizer: Optimizer) -> ScriptedLlm {
                 };
             }
             return match optimizer {
+                Optimizer::Rambles => "<system_prompt>Count the items. Keep a running total.</system_prompt>\nOr, shorter:\n<system_prompt>Guess quickly.</system_prompt>".into(),
                 Optimizer::Overfit => "<system_prompt>Count the items. Memorize them.</system_prompt>".into(),
                 Optimizer::Leaky => "<system_prompt>Count the items; for long lists answer seven.</system_prompt>".into(),
                 // Every other seed forgets the tags, to exercise re-asks.
@@ -149,6 +152,21 @@ fn run_fgo(task: &Task) -> RunReport {
         Method::Fgo,
         &Calls::in_memory(),
     )
+}
+
+#[test]
+fn an_optimizer_reply_ends_at_the_closing_tag_of_its_answer() {
+    let llm = Arc::new(world(Optimizer::Rambles));
+    let calls = Calls::in_memory();
+    let r = run(&task(""), llm.clone(), Method::AllAtOnce, &calls);
+    let m = &r.methods[0];
+    // The second version after the first closing tag is never generated: the fix is used.
+    assert!(
+        m.final_components["system_prompt"].contains("running total"),
+        "{:?}",
+        m.final_components
+    );
+    assert!(!m.final_components["system_prompt"].contains("Guess"));
 }
 
 #[test]

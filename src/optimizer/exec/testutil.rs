@@ -58,6 +58,17 @@ impl Llm for ScriptedLlm {
                 // limit, as a model's is.
                 let limit = r.params.max_new_tokens.saturating_mul(4);
                 let mut finish_reason = FinishReason::Eos;
+                // A stop string ends the reply and is cut from it, as the engine does.
+                if let Some(at) = r
+                    .params
+                    .stop
+                    .iter()
+                    .filter_map(|s| text.find(s.as_str()))
+                    .min()
+                {
+                    text.truncate(at);
+                    finish_reason = FinishReason::StopString;
+                }
                 if text.len() > limit {
                     let mut end = limit;
                     while !text.is_char_boundary(end) {

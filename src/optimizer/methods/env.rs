@@ -220,9 +220,13 @@ impl Env<'_> {
             }
             let requests: Vec<ChatRequest> = pending
                 .iter()
-                .map(|(i, m)| ChatRequest {
-                    messages: m.clone(),
-                    params: proposals[*i].params.clone(),
+                .map(|(i, m)| {
+                    let mut params = proposals[*i].params.clone();
+                    params.stop.extend(proposals[*i].expect.stop(&self.names));
+                    ChatRequest {
+                        messages: m.clone(),
+                        params,
+                    }
                 })
                 .collect();
             let replies = self
@@ -238,10 +242,14 @@ impl Env<'_> {
                     }
                 };
                 let p = &proposals[i];
-                match p
-                    .expect
-                    .parse(&completion.text, completion.finish_reason, &self.names)
-                {
+                let mut text = completion.text;
+                if completion.finish_reason == FinishReason::StopString {
+                    // The closing tag that ended the reply was cut from it; put it back.
+                    if let Some(tag) = p.expect.stop(&self.names).first() {
+                        text.push_str(tag);
+                    }
+                }
+                match p.expect.parse(&text, completion.finish_reason, &self.names) {
                     Ok(parsed) => results[i] = Some(parsed),
                     // A reply that ran to the token limit mostly loops; asking again with it
                     // in the conversation costs a long prompt and loops again.
@@ -252,7 +260,7 @@ impl Env<'_> {
                             i,
                             prompts::reask(
                                 &messages,
-                                &completion.text,
+                                &text,
                                 &reason,
                                 &p.expect.format(&self.names),
                             ),
@@ -291,6 +299,18 @@ impl Expect<'_> {
         match self {
             Expect::Components(_) => prompts::output_format(names),
             Expect::Procedure(..) => prompts::procedure_format(),
+        }
+    }
+
+    /// The stop string that ends the reply at the closing tag of what it returns: text a
+    /// small model writes after its answer (an echo of the prompt, a second version) costs
+    /// time on the run's critical path and is never used. Several components have no single
+    /// last tag, so their replies run to the end.
+    fn stop(&self, names: &[String]) -> Vec<String> {
+        match self {
+            Expect::Components(_) if names.len() == 1 => vec![format!("</{}>", names[0])],
+            Expect::Components(_) => Vec::new(),
+            Expect::Procedure(..) => vec!["</procedure>".into()],
         }
     }
 

@@ -10,6 +10,9 @@
 
 use std::collections::BTreeMap;
 
+/// What the output format shows between the tags; a reply that copies it has no text.
+pub const PLACEHOLDER: &str = "(the new text)";
+
 /// Shortest acceptable component text, in characters.
 const MIN_CHARS: usize = 12;
 
@@ -76,7 +79,8 @@ fn tagged(reply: &str, tag: &str) -> Option<String> {
         match find_ignoring_ascii_case(reply, &close, start) {
             Some(end) => {
                 let body = &reply[start..end];
-                if !clean(body).is_empty() {
+                let text = clean(body);
+                if !text.is_empty() && text != PLACEHOLDER {
                     best = Some(body.to_string());
                 }
                 from = end + close.len();
@@ -184,6 +188,18 @@ mod tests {
 
     fn one(reply: &str) -> Result<String, String> {
         parse_components(reply, &["system_prompt".to_string()]).map(|m| m["system_prompt"].clone())
+    }
+
+    #[test]
+    fn the_formats_placeholder_is_not_a_component() {
+        let names = vec!["system_prompt".to_string()];
+        let echo = format!("<system_prompt>\n{PLACEHOLDER}\n</system_prompt>");
+        assert!(parse_components(&echo, &names).is_err());
+        let later = format!("{echo}\n<system_prompt>Count twice, then answer.</system_prompt>");
+        assert_eq!(
+            parse_components(&later, &names).unwrap()["system_prompt"],
+            "Count twice, then answer."
+        );
     }
 
     #[test]

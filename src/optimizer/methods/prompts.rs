@@ -13,6 +13,7 @@ use crate::optimizer::exec::agent::{Components, Outcome};
 use crate::optimizer::methods::operators::{
     jaccard, truncate_informative, word_set, EDIT_HINTS, MERGE_HINTS,
 };
+use crate::optimizer::methods::parse::PLACEHOLDER;
 
 const SYSTEM: &str = include_str!("prompts/system.txt");
 const DIAGNOSE: &str = include_str!("prompts/diagnose.txt");
@@ -73,7 +74,7 @@ pub fn show_components(components: &Components, names: &[String]) -> String {
 pub fn output_format(names: &[String]) -> String {
     let blocks: Vec<String> = names
         .iter()
-        .map(|n| format!("<{n}>\n(the new text)\n</{n}>"))
+        .map(|n| format!("<{n}>\n{PLACEHOLDER}\n</{n}>"))
         .collect();
     format!(
         "End your reply with the complete new instructions between tags, exactly like this:\n{}",

@@ -9,10 +9,12 @@
 //! level). When one is reached the method stops and its best component so far is reported:
 //! the component that solves the most training examples beyond what the initial component
 //! solved on the same examples (the initial component itself when nothing beat it). A run
-//! stopped by the agent-token or wall-time budget skips the final val/test evaluation.
+//! stopped by the agent-token or wall-time budget skips its final val/test evaluation. The
+//! initial component's test evaluation runs beside the methods; each method evaluates its
+//! final component as soon as it has chosen it.
 
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 use crate::engine::scheduler::StepStats;
 use crate::error::{Error, Result};
@@ -155,17 +157,33 @@ pub fn execute(
             max_added_chars: spec.max_added_chars,
         },
     );
-    // The methods run side by side, each on its own thread: their calls reach the engine
+    // 2. The initial component on test, beside the methods: its calls fill the engine's
+    // batch while the optimizer writes, and are the shared method's whatever a method's
+    // final component is (a method's own test calls wait for them, see `Latch`).
+    let all_test: Vec<usize> = (0..data.test.len()).collect();
+    let initial_tested = Latch::default();
+    let test_initial = || {
+        let ctx = Ctx::new(SHARED_METHOD, "final_eval");
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            agent.evaluate(calls, &ctx, &jobs(&initial, &data.test, &all_test))
+        }));
+        initial_tested.open();
+        out.unwrap_or_else(|p| std::panic::resume_unwind(p))
+    };
+    // 3. The methods side by side, each on its own thread: their calls reach the engine
     // together (one running batch, shared cached prefixes), while each method's control
-    // flow, seeds and accounting stay what they would be alone (see `Calls`).
+    // flow, seeds and accounting stay what they would be alone (see `Calls`). Each method
+    // evaluates its final component on val and test as soon as it has chosen it.
     let start = Start {
         components: &initial,
         train: &initial_train,
         val: &initial_val,
         val_examples: &data.val,
     };
-    let mut methods = Vec::new();
-    if !method.parts().is_empty() {
+    let run_methods = || -> Result<Vec<(MethodReport, Vec<StepPoint>)>> {
+        if method.parts().is_empty() {
+            return Ok(Vec::new());
+        }
         let optimizer = models
             .optimizer
             .as_deref()
@@ -187,77 +205,48 @@ pub fn execute(
                 exempt: RefCell::new(Vec::new()),
                 pool: RefCell::new(Vec::new()),
             };
-            let report = match part {
+            let mut report = match part {
                 "fgo" => run_fgo(&env, task, &start),
                 _ => run_all_at_once(&env, task, &start),
             };
             progress.best(part, &report.final_components, &report.final_source);
+            if !stopped_hard(&report, calls, task) {
+                progress.update(
+                    "final",
+                    0,
+                    1,
+                    &format!(
+                        "{part}: evaluating on {} val + {} test examples",
+                        data.val.len(),
+                        data.test.len()
+                    ),
+                );
+                initial_tested.wait();
+                evaluate_final(&agent, calls, data, &mut report);
+            }
             (report, env.steps.into_inner())
         };
-        for (report, method_steps) in side_by_side(method.parts(), &run_part) {
-            steps.extend(method_steps);
-            methods.push(report);
-        }
-    }
-
-    // 2. Final evaluation on val and test: the initial component and every method at once.
-    let stopped_hard = methods
-        .iter()
-        .filter_map(|m| m.budget_hit.as_ref())
-        .any(|h| h.budget != "optimizer_tokens")
-        || methods.iter().any(|m| {
-            calls
-                .budget_hit(&task.spec.budget, &m.method)
-                .is_some_and(|h| h.budget != "optimizer_tokens")
-        });
-    let mut initial_test = None;
-    let mut initial_per_example = ExampleScores {
-        val: initial_val.iter().map(|o| o.score).collect(),
-        ..ExampleScores::default()
+        Ok(side_by_side(method.parts(), &run_part))
     };
-    if !stopped_hard {
-        progress.update(
-            "final",
-            0,
-            1,
-            &format!(
-                "evaluating on {} val + {} test examples",
-                data.val.len(),
-                data.test.len()
-            ),
-        );
-        let all_test: Vec<usize> = (0..data.test.len()).collect();
-        // The initial component on test first (val is known), so that its calls are the
-        // shared method's whatever a method's final component is; then every method on val
-        // and test, each batch on its own thread, so that they reach the engine together.
-        let shared_final = Ctx::new(SHARED_METHOD, "final_eval");
-        let test_out = agent.evaluate(calls, &shared_final, &jobs(&initial, &data.test, &all_test));
-        initial_test = Some(mean_score(&test_out));
-        initial_per_example.test = test_out.iter().map(|o| o.score).collect();
-        initial_per_example.test_cut_off = test_out.iter().filter(|o| o.cut_off).count();
-        let finals: Vec<(Ctx, Vec<(&Components, &Example)>)> = methods
-            .iter()
-            .map(|m| {
-                let mut both = jobs(&m.final_components, &data.val, &all_val);
-                both.extend(jobs(&m.final_components, &data.test, &all_test));
-                (Ctx::new(&m.method, "final_eval"), both)
-            })
-            .collect();
-        let evaluate =
-            |(ctx, batch): &(Ctx, Vec<(&Components, &Example)>)| agent.evaluate(calls, ctx, batch);
-        let outs = side_by_side(finals.iter().collect(), &evaluate);
-        let nv = data.val.len();
-        for (m, out) in methods.iter_mut().zip(outs) {
-            let nv = nv.min(out.len());
-            m.val_score = (nv > 0).then(|| mean_score(&out[..nv]));
-            m.test_score = (!data.test.is_empty()).then(|| mean_score(&out[nv..]));
-            m.per_example = ExampleScores {
-                val: out[..nv].iter().map(|o| o.score).collect(),
-                test: out[nv..].iter().map(|o| o.score).collect(),
-                test_cut_off: out[nv..].iter().filter(|o| o.cut_off).count(),
-            };
-        }
+    let (test_out, ran) = std::thread::scope(|scope| {
+        let tester = scope.spawn(test_initial);
+        let ran = run_methods();
+        let test_out = tester
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (test_out, ran)
+    });
+    let mut methods = Vec::new();
+    for (report, method_steps) in ran? {
+        steps.extend(method_steps);
+        methods.push(report);
     }
+    let initial_per_example = ExampleScores {
+        val: initial_val.iter().map(|o| o.score).collect(),
+        test: test_out.iter().map(|o| o.score).collect(),
+        test_cut_off: test_out.iter().filter(|o| o.cut_off).count(),
+    };
+    let initial_test = (!data.test.is_empty()).then(|| mean_score(&test_out));
     let budget_hit = methods.iter().find_map(|m| m.budget_hit.clone());
     let mut report = RunReport {
         schema_version: crate::optimizer::report::SCHEMA_VERSION,
@@ -275,7 +264,7 @@ pub fn execute(
             components: initial.clone(),
             train: mean_score(&initial_train),
             val: (!data.val.is_empty()).then(|| mean_score(&initial_val)),
-            test: initial_test.filter(|_| !data.test.is_empty()),
+            test: initial_test,
             per_example: initial_per_example,
         },
         status: match &budget_hit {
@@ -301,6 +290,57 @@ pub fn execute(
     Ok(report)
 }
 
+/// Whether a method was stopped by a budget that forbids further agent calls (agent tokens,
+/// wall time, a failed event log): such a method skips its final evaluation.
+fn stopped_hard(report: &MethodReport, calls: &Calls, task: &Task) -> bool {
+    let hard = |h: &BudgetHit| h.budget != "optimizer_tokens";
+    report.budget_hit.as_ref().is_some_and(hard)
+        || calls
+            .budget_hit(&task.spec.budget, &report.method)
+            .as_ref()
+            .is_some_and(hard)
+}
+
+/// Evaluates a method's final component on val and test (one batch) into its report.
+fn evaluate_final(agent: &Agent, calls: &Calls, data: &Dataset, report: &mut MethodReport) {
+    let all_val: Vec<usize> = (0..data.val.len()).collect();
+    let all_test: Vec<usize> = (0..data.test.len()).collect();
+    let mut batch = jobs(&report.final_components, &data.val, &all_val);
+    batch.extend(jobs(&report.final_components, &data.test, &all_test));
+    let out = agent.evaluate(calls, &Ctx::new(&report.method, "final_eval"), &batch);
+    let nv = data.val.len().min(out.len());
+    report.val_score = (nv > 0).then(|| mean_score(&out[..nv]));
+    report.test_score = (!data.test.is_empty()).then(|| mean_score(&out[nv..]));
+    report.per_example = ExampleScores {
+        val: out[..nv].iter().map(|o| o.score).collect(),
+        test: out[nv..].iter().map(|o| o.score).collect(),
+        test_cut_off: out[nv..].iter().filter(|o| o.cut_off).count(),
+    };
+}
+
+/// A gate that threads wait on until it is opened once: a method's final test calls wait
+/// for the initial component's, so that a call both make is always the shared method's
+/// (free for every method) and the methods' accounting does not depend on timing.
+#[derive(Default)]
+struct Latch {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Latch {
+    fn open(&self) {
+        *self.open.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.opened.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        while !*open {
+            open = self.opened.wait(open).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
 /// Runs `f` on every item, each on its own thread (the current one when there is one
 /// item), and returns the results in item order. A panic on a thread is raised again here.
 fn side_by_side<T: Send, R: Send>(items: Vec<T>, f: &(dyn Fn(T) -> R + Sync)) -> Vec<R> {
@@ -321,9 +361,9 @@ fn side_by_side<T: Send, R: Send>(items: Vec<T>, f: &(dyn Fn(T) -> R + Sync)) ->
 
 fn jobs<'a>(
     c: &'a Components,
-    examples: &'a [crate::optimizer::data::dataset::Example],
+    examples: &'a [Example],
     idx: &[usize],
-) -> Vec<(&'a Components, &'a crate::optimizer::data::dataset::Example)> {
+) -> Vec<(&'a Components, &'a Example)> {
     idx.iter()
         .filter_map(|&i| examples.get(i).map(|e| (c, e)))
         .collect()
@@ -346,7 +386,7 @@ struct Start<'a> {
     components: &'a Components,
     train: &'a [Outcome],
     val: &'a [Outcome],
-    val_examples: &'a [crate::optimizer::data::dataset::Example],
+    val_examples: &'a [Example],
 }
 
 fn run_fgo(env: &Env, task: &Task, start: &Start) -> MethodReport {
