@@ -240,7 +240,9 @@ pub fn parse_procedure(reply: &str) -> Option<String> {
                 .strip_prefix('.')
                 .or_else(|| rest.strip_prefix(')'))
                 .or_else(|| rest.strip_prefix(':'))?;
-            (digits > 0 && !rest.trim().is_empty()).then(|| rest.trim().to_string())
+            // "1. ..." (the format's own example) is no step.
+            let text = rest.trim();
+            (digits > 0 && text.chars().any(char::is_alphanumeric)).then(|| text.to_string())
         })
         .take(8)
         .collect();
@@ -477,6 +479,8 @@ mod tests {
         let p = parse_procedure("They did:\n1. list things\n2. add them\nthat's it").unwrap();
         assert!(p.ends_with("2. add them"), "{p}");
         assert!(parse_procedure("1. only one step").is_none());
+        // The format's own example is not a procedure.
+        assert!(parse_procedure("<procedure>\n1. ...\n2. ...\n</procedure>").is_none());
         // Characters whose lower case is longer must not break the slicing.
         assert!(parse_procedure("İİ <PROCEDURE>\n1. a b\n2. c d").is_some());
     }
