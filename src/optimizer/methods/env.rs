@@ -243,11 +243,8 @@ impl Env<'_> {
                 };
                 let p = &proposals[i];
                 let mut text = completion.text;
-                if completion.finish_reason == FinishReason::StopString {
-                    // The closing tag that ended the reply was cut from it; put it back.
-                    if let Some(tag) = p.expect.stop(&self.names).first() {
-                        text.push_str(tag);
-                    }
+                if let Some(tag) = p.expect.stop(&self.names).first() {
+                    restore_closing_tag(&mut text, completion.finish_reason, tag);
                 }
                 match p.expect.parse(&text, completion.finish_reason, &self.names) {
                     Ok(parsed) => results[i] = Some(parsed),
@@ -279,6 +276,17 @@ impl Env<'_> {
         let mut p = base.clone();
         p.seed = crate::optimizer::data::rng::Rng::derived(self.seed, label).next_u64() >> 11;
         p
+    }
+}
+
+/// Puts back the closing `tag` that ended a reply as a stop string (cut from the text). A
+/// server that does not say which stop string ended a reply reports a plain end, so any
+/// reply that ended before the token limit with no such tag gets it: the parser reads an
+/// unclosed last block to the end of the reply anyway.
+fn restore_closing_tag(text: &mut String, finish: FinishReason, tag: &str) {
+    let limit = matches!(finish, FinishReason::Length | FinishReason::ContextFull);
+    if !limit && !text.to_lowercase().contains(&tag.to_lowercase()) {
+        text.push_str(tag);
     }
 }
 
@@ -368,4 +376,29 @@ pub fn mean_score(outcomes: &[Outcome]) -> f64 {
 /// Number of solved outcomes.
 pub fn solved(outcomes: &[Outcome]) -> usize {
     outcomes.iter().filter(|o| o.solved()).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_closing_tag_a_stop_string_cut_is_put_back() {
+        let tag = "</p>";
+        let restored = |text: &str, finish| {
+            let mut t = text.to_string();
+            restore_closing_tag(&mut t, finish, tag);
+            t
+        };
+        // Cut by the engine's stop string, or by a server that reports a plain end.
+        assert_eq!(
+            restored("<p>Do it.", FinishReason::StopString),
+            "<p>Do it.</p>"
+        );
+        assert_eq!(restored("<p>Do it.", FinishReason::Eos), "<p>Do it.</p>");
+        // A reply cut at the token limit stays cut; one that has the tag is left alone.
+        assert_eq!(restored("<p>Do it", FinishReason::Length), "<p>Do it");
+        let whole = "<p>Do it.</P> and more <p>Other";
+        assert_eq!(restored(whole, FinishReason::Eos), whole);
+    }
 }

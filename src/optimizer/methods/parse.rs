@@ -86,7 +86,7 @@ fn tagged(reply: &str, tag: &str) -> Option<String> {
                 from = end + close.len();
             }
             None => {
-                if best.is_none() {
+                if best.is_none() && clean(&reply[start..]) != PLACEHOLDER {
                     best = Some(reply[start..].to_string());
                 }
                 break;
@@ -195,6 +195,8 @@ mod tests {
         let names = vec!["system_prompt".to_string()];
         let echo = format!("<system_prompt>\n{PLACEHOLDER}\n</system_prompt>");
         assert!(parse_components(&echo, &names).is_err());
+        let unclosed = format!("<system_prompt>\n{PLACEHOLDER}\n");
+        assert!(parse_components(&unclosed, &names).is_err());
         let later = format!("{echo}\n<system_prompt>Count twice, then answer.</system_prompt>");
         assert_eq!(
             parse_components(&later, &names).unwrap()["system_prompt"],
