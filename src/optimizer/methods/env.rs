@@ -280,12 +280,15 @@ impl Env<'_> {
 }
 
 /// Puts back the closing `tag` that ended a reply as a stop string (cut from the text). A
-/// server that does not say which stop string ended a reply reports a plain end, so any
-/// reply that ended before the token limit with no such tag gets it: the parser reads an
-/// unclosed last block to the end of the reply anyway.
+/// server that does not say which stop string ended a reply reports a plain end, so a reply
+/// that ended before the token limit inside an opened block (the opening tag, never the
+/// closing one) gets it: the parser reads an unclosed last block to the end anyway. A reply
+/// without the opening tag is left as it is, for the parser's other readings.
 fn restore_closing_tag(text: &mut String, finish: FinishReason, tag: &str) {
     let limit = matches!(finish, FinishReason::Length | FinishReason::ContextFull);
-    if !limit && !text.to_lowercase().contains(&tag.to_lowercase()) {
+    let lower = text.to_lowercase();
+    let open = tag.to_lowercase().replacen("</", "<", 1);
+    if !limit && lower.contains(&open) && !lower.contains(&tag.to_lowercase()) {
         text.push_str(tag);
     }
 }
@@ -400,5 +403,10 @@ mod tests {
         assert_eq!(restored("<p>Do it", FinishReason::Length), "<p>Do it");
         let whole = "<p>Do it.</P> and more <p>Other";
         assert_eq!(restored(whole, FinishReason::Eos), whole);
+        // A reply with no block is left for the parser's other readings.
+        assert_eq!(
+            restored("New prompt: do it.", FinishReason::Eos),
+            "New prompt: do it."
+        );
     }
 }
