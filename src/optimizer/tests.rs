@@ -156,9 +156,12 @@ fn run_fgo(task: &Task) -> RunReport {
 
 #[test]
 fn an_optimizer_reply_ends_at_the_closing_tag_of_its_answer() {
-    let llm = Arc::new(world(Optimizer::Rambles));
-    let calls = Calls::in_memory();
-    let r = run(&task(""), llm.clone(), Method::AllAtOnce, &calls);
+    let r = run(
+        &task(""),
+        Arc::new(world(Optimizer::Rambles)),
+        Method::AllAtOnce,
+        &Calls::in_memory(),
+    );
     let m = &r.methods[0];
     // The second version after the first closing tag is never generated: the fix is used.
     assert!(

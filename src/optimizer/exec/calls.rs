@@ -116,6 +116,14 @@ pub struct BudgetHit {
     pub used: f64,
 }
 
+impl BudgetHit {
+    /// Whether the run may make no further agent calls: every budget but the optimizer's
+    /// tokens (a method stopped by those still chooses on val and is scored).
+    pub fn forbids_agent_calls(&self) -> bool {
+        self.budget != "optimizer_tokens"
+    }
+}
+
 struct State {
     memo: HashMap<String, Result<Completion, String>>,
     /// (method, key) pairs already accounted for that method.

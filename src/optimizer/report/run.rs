@@ -293,12 +293,13 @@ pub fn execute(
 /// Whether a method was stopped by a budget that forbids further agent calls (agent tokens,
 /// wall time, a failed event log): such a method skips its final evaluation.
 fn stopped_hard(report: &MethodReport, calls: &Calls, task: &Task) -> bool {
-    let hard = |h: &BudgetHit| h.budget != "optimizer_tokens";
-    report.budget_hit.as_ref().is_some_and(hard)
+    report
+        .budget_hit
+        .as_ref()
+        .is_some_and(BudgetHit::forbids_agent_calls)
         || calls
             .budget_hit(&task.spec.budget, &report.method)
-            .as_ref()
-            .is_some_and(hard)
+            .is_some_and(|h| h.forbids_agent_calls())
 }
 
 /// Evaluates a method's final component on val and test (one batch) into its report.
@@ -517,7 +518,7 @@ fn finish(
     // A run stopped by the agent-token or wall-time budget makes no further agent calls.
     let stopped_hard = budget_hit
         .as_ref()
-        .is_some_and(|h| h.budget != "optimizer_tokens");
+        .is_some_and(BudgetHit::forbids_agent_calls);
     let (source, components, train_score, train_n, selection) =
         if env.spec.selection == Selection::Val && !start.val.is_empty() && !stopped_hard {
             select_on_val(env, start, frontier)
